@@ -1,0 +1,209 @@
+//! Every use of `wide` in the crate: f32x8 loads, stores, remainders and multi-accumulator
+//! reductions. The generic bodies are `#[inline(always)]`; the SIMD level is whatever the build's
+//! target features give `wide` (see `.cargo/config.toml` and [`crate::simd_level`]).
+//!
+//! Reductions accumulate in four independent f32x8 registers (32 lanes) over at most
+//! [`BLOCK`] elements at a time and return f64, so callers combine blocks in f64 and the f32
+//! rounding error is bounded by the block length, not the tensor length.
+
+use wide::f32x8;
+
+/// Lanes in one SIMD register.
+pub const LANES: usize = 8;
+
+/// Elements reduced in f32 before the partial result is widened to f64. 4096 f32 = 16 KiB: a
+/// block read twice (two-pass statistics) is still in L1 the second time.
+pub const BLOCK: usize = 4096;
+
+#[inline(always)]
+fn load(s: &[f32]) -> f32x8 {
+    let a: [f32; LANES] = s[..LANES].try_into().unwrap();
+    f32x8::from(a)
+}
+
+#[inline(always)]
+fn store(d: &mut [f32], v: f32x8) {
+    d[..LANES].copy_from_slice(&v.to_array());
+}
+
+#[inline(always)]
+fn hsum(v: f32x8) -> f64 {
+    v.to_array().iter().map(|&a| a as f64).sum()
+}
+
+/// Sum of `x` (any length; use blocks of at most [`BLOCK`] for accuracy).
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f64 {
+    let mut acc = [f32x8::ZERO; 4];
+    let mut quads = x.chunks_exact(4 * LANES);
+    for q in &mut quads {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += load(&q[k * LANES..]);
+        }
+    }
+    let rest = quads.remainder();
+    let mut octs = rest.chunks_exact(LANES);
+    for o in &mut octs {
+        acc[0] += load(o);
+    }
+    let tail: f64 = octs.remainder().iter().map(|&a| a as f64).sum();
+    hsum((acc[0] + acc[1]) + (acc[2] + acc[3])) + tail
+}
+
+/// `(Σ (x - m), Σ (x - m)²)` — the second pass of the corrected two-pass algorithm.
+#[inline(always)]
+pub fn sum_dev(x: &[f32], m: f32) -> (f64, f64) {
+    let mv = f32x8::splat(m);
+    let mut s1 = [f32x8::ZERO; 2];
+    let mut s2 = [f32x8::ZERO; 2];
+    let mut pairs = x.chunks_exact(2 * LANES);
+    for p in &mut pairs {
+        for k in 0..2 {
+            let d = load(&p[k * LANES..]) - mv;
+            s1[k] += d;
+            s2[k] = d.mul_add(d, s2[k]);
+        }
+    }
+    let mut octs = pairs.remainder().chunks_exact(LANES);
+    for o in &mut octs {
+        let d = load(o) - mv;
+        s1[0] += d;
+        s2[0] = d.mul_add(d, s2[0]);
+    }
+    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+    for &a in octs.remainder() {
+        let d = (a - m) as f64;
+        t1 += d;
+        t2 += d * d;
+    }
+    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
+}
+
+/// `(Σ dy, Σ dy·x)`, the two reductions every backward needs.
+#[inline(always)]
+pub fn sum_dy_dyx(dy: &[f32], x: &[f32]) -> (f64, f64) {
+    debug_assert_eq!(dy.len(), x.len());
+    let mut s1 = [f32x8::ZERO; 2];
+    let mut s2 = [f32x8::ZERO; 2];
+    let mut pd = dy.chunks_exact(2 * LANES);
+    let mut px = x.chunks_exact(2 * LANES);
+    for (d, v) in (&mut pd).zip(&mut px) {
+        for k in 0..2 {
+            let g = load(&d[k * LANES..]);
+            s1[k] += g;
+            s2[k] = g.mul_add(load(&v[k * LANES..]), s2[k]);
+        }
+    }
+    let mut od = pd.remainder().chunks_exact(LANES);
+    let mut ox = px.remainder().chunks_exact(LANES);
+    for (d, v) in (&mut od).zip(&mut ox) {
+        let g = load(d);
+        s1[0] += g;
+        s2[0] = g.mul_add(load(v), s2[0]);
+    }
+    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+    for (&d, &v) in od.remainder().iter().zip(ox.remainder()) {
+        t1 += d as f64;
+        t2 += d as f64 * v as f64;
+    }
+    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
+}
+
+/// `y = x·a + b` with scalar `a`, `b` (normalise + per-channel affine folded into one FMA).
+#[inline(always)]
+pub fn scale_shift(x: &[f32], y: &mut [f32], a: f32, b: f32) {
+    debug_assert_eq!(x.len(), y.len());
+    let (av, bv) = (f32x8::splat(a), f32x8::splat(b));
+    let mut xs = x.chunks_exact(LANES);
+    let mut ys = y.chunks_exact_mut(LANES);
+    for (xi, yi) in (&mut xs).zip(&mut ys) {
+        store(yi, load(xi).mul_add(av, bv));
+    }
+    for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
+        *yi = xi.mul_add(a, b);
+    }
+}
+
+/// `y = (x·a + b)·g + beta` elementwise in `g`, `beta` (LayerNorm's per-element affine).
+#[inline(always)]
+pub fn scale_shift_affine(x: &[f32], y: &mut [f32], a: f32, b: f32, g: &[f32], beta: &[f32]) {
+    debug_assert!(x.len() == y.len() && x.len() == g.len() && x.len() == beta.len());
+    let (av, bv) = (f32x8::splat(a), f32x8::splat(b));
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        let xh = load(&x[i..]).mul_add(av, bv);
+        store(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
+    }
+    for i in n..x.len() {
+        y[i] = x[i].mul_add(a, b).mul_add(g[i], beta[i]);
+    }
+}
+
+/// `dx = dy·a + x·b + c` with scalar `a`, `b`, `c`: the closed form of every norm's input gradient
+/// once the per-group reductions are known.
+#[inline(always)]
+pub fn dy_x_affine(dy: &[f32], x: &[f32], dx: &mut [f32], a: f32, b: f32, c: f32) {
+    debug_assert!(dy.len() == x.len() && x.len() == dx.len());
+    let (av, bv, cv) = (f32x8::splat(a), f32x8::splat(b), f32x8::splat(c));
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        let v = load(&dy[i..]).mul_add(av, load(&x[i..]).mul_add(bv, cv));
+        store(&mut dx[i..], v);
+    }
+    for i in n..x.len() {
+        dx[i] = dy[i].mul_add(a, x[i].mul_add(b, c));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each helper against the same operation done lane by lane in scalar f64.
+    use super::*;
+
+    fn data(n: usize, off: f32) -> Vec<f32> {
+        (0..n).map(|i| off + ((i * 37 % 101) as f32 - 50.0) * 0.013).collect()
+    }
+
+    const LENS: [usize; 10] = [0, 1, 3, 7, 8, 9, 17, 31, 33, 1000];
+
+    #[test]
+    fn reductions_match_scalar() {
+        for &n in &LENS {
+            let x = data(n, 3.0);
+            let dy = data(n, -0.5);
+            let want: f64 = x.iter().map(|&a| a as f64).sum();
+            assert!((sum(&x) - want).abs() < 1e-4, "sum n={n}");
+            let (s1, s2) = sum_dev(&x, 2.5);
+            let w1: f64 = x.iter().map(|&a| (a - 2.5) as f64).sum();
+            let w2: f64 = x.iter().map(|&a| ((a - 2.5) as f64).powi(2)).sum();
+            assert!((s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4, "sum_dev n={n}");
+            let (d1, d2) = sum_dy_dyx(&dy, &x);
+            let v1: f64 = dy.iter().map(|&a| a as f64).sum();
+            let v2: f64 = dy.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert!((d1 - v1).abs() < 1e-4 && (d2 - v2).abs() < 1e-3, "sum_dy_dyx n={n}");
+        }
+    }
+
+    #[test]
+    fn elementwise_match_scalar() {
+        for &n in &LENS {
+            let x = data(n, 1.0);
+            let dy = data(n, 0.2);
+            let g = data(n, 0.9);
+            let be = data(n, -0.1);
+            let mut y = vec![0.0; n];
+            scale_shift(&x, &mut y, 1.5, -0.25);
+            for i in 0..n {
+                assert!((y[i] - (x[i] * 1.5 - 0.25)).abs() < 1e-6);
+            }
+            scale_shift_affine(&x, &mut y, 1.5, -0.25, &g, &be);
+            for i in 0..n {
+                assert!((y[i] - ((x[i] * 1.5 - 0.25) * g[i] + be[i])).abs() < 1e-5);
+            }
+            dy_x_affine(&dy, &x, &mut y, 0.7, -1.1, 0.3);
+            for i in 0..n {
+                assert!((y[i] - (dy[i] * 0.7 - 1.1 * x[i] + 0.3)).abs() < 1e-5);
+            }
+        }
+    }
+}
