@@ -1,1 +1,2 @@
-//! placeholder
+//! placeholder: modules arrive with the training work.
+pub mod data;

@@ -1,0 +1,1 @@
+//! reference twin: batch (in progress)

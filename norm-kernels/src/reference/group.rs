@@ -1,0 +1,1 @@
+//! reference twin: group (in progress)

@@ -1,0 +1,1 @@
+//! reference twin: instance (in progress)

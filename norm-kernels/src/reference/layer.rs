@@ -1,0 +1,1 @@
+//! reference twin: layer (in progress)
