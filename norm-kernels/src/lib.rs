@@ -193,6 +193,15 @@ pub enum NormError {
         /// The input shape.
         shape: Nchw,
     },
+    /// Training-mode InstanceNorm with one spatial element per plane (`h·w = 1`): the variance
+    /// of each instance is undefined.
+    #[error("{op}: expected more than 1 spatial element when training, got input of shape {shape}")]
+    OneSpatialElement {
+        /// The kernel.
+        op: &'static str,
+        /// The input shape.
+        shape: Nchw,
+    },
     /// `eps` is negative, NaN or infinite.
     #[error("{op}: eps = {eps} must be finite and non-negative")]
     Eps {

@@ -155,6 +155,76 @@ pub fn dy_x_affine(dy: &[f32], x: &[f32], dx: &mut [f32], a: f32, b: f32, c: f32
     }
 }
 
+/// `y = (x - m)·a + b` with scalar `m`, `a`, `b`: normalise + per-channel affine with the mean
+/// subtracted before the multiply, so inputs with a large mean (x + 1000) lose nothing to the
+/// rounding of a folded shift `b - m·a`.
+#[inline(always)]
+pub fn center_scale_shift(x: &[f32], y: &mut [f32], m: f32, a: f32, b: f32) {
+    debug_assert_eq!(x.len(), y.len());
+    let (mv, av, bv) = (f32x8::splat(m), f32x8::splat(a), f32x8::splat(b));
+    let mut xs = x.chunks_exact(LANES);
+    let mut ys = y.chunks_exact_mut(LANES);
+    for (xi, yi) in (&mut xs).zip(&mut ys) {
+        store(yi, (load(xi) - mv).mul_add(av, bv));
+    }
+    for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
+        *yi = (xi - m).mul_add(a, b);
+    }
+}
+
+/// `(Σ dy, Σ dy·(x - m))`: the backward reductions with the mean subtracted in f32 first, so a
+/// large mean does not cancel in `Σ dy·x - m·Σ dy`. Use blocks of at most [`BLOCK`] elements.
+#[inline(always)]
+pub fn sum_dy_dxm(dy: &[f32], x: &[f32], m: f32) -> (f64, f64) {
+    debug_assert_eq!(dy.len(), x.len());
+    let mv = f32x8::splat(m);
+    let mut s1 = [f32x8::ZERO; 2];
+    let mut s2 = [f32x8::ZERO; 2];
+    let mut pd = dy.chunks_exact(2 * LANES);
+    let mut px = x.chunks_exact(2 * LANES);
+    for (d, v) in (&mut pd).zip(&mut px) {
+        for k in 0..2 {
+            let g = load(&d[k * LANES..]);
+            s1[k] += g;
+            s2[k] = g.mul_add(load(&v[k * LANES..]) - mv, s2[k]);
+        }
+    }
+    let mut od = pd.remainder().chunks_exact(LANES);
+    let mut ox = px.remainder().chunks_exact(LANES);
+    for (d, v) in (&mut od).zip(&mut ox) {
+        let g = load(d);
+        s1[0] += g;
+        s2[0] = g.mul_add(load(v) - mv, s2[0]);
+    }
+    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+    for (&d, &v) in od.remainder().iter().zip(ox.remainder()) {
+        t1 += d as f64;
+        t2 += d as f64 * (v - m) as f64;
+    }
+    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
+}
+
+/// `dx = dy·a + (x - m)·b + c` with scalar `m`, `a`, `b`, `c`: [`dy_x_affine`] with the mean
+/// subtracted first (see [`center_scale_shift`]).
+#[inline(always)]
+pub fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32, b: f32, c: f32) {
+    debug_assert!(dy.len() == x.len() && x.len() == dx.len());
+    let (mv, av, bv, cv) = (
+        f32x8::splat(m),
+        f32x8::splat(a),
+        f32x8::splat(b),
+        f32x8::splat(c),
+    );
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        let v = load(&dy[i..]).mul_add(av, (load(&x[i..]) - mv).mul_add(bv, cv));
+        store(&mut dx[i..], v);
+    }
+    for i in n..x.len() {
+        dx[i] = dy[i].mul_add(a, (x[i] - m).mul_add(b, c));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Each helper against the same operation done lane by lane in scalar f64.
@@ -203,6 +273,29 @@ mod tests {
             dy_x_affine(&dy, &x, &mut y, 0.7, -1.1, 0.3);
             for i in 0..n {
                 assert!((y[i] - (dy[i] * 0.7 - 1.1 * x[i] + 0.3)).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn centered_helpers_match_scalar() {
+        for &n in &LENS {
+            let x = data(n, 1000.0);
+            let dy = data(n, 0.3);
+            let m = 1000.01f32;
+            let (s1, s2) = sum_dy_dxm(&dy, &x, m);
+            let w1: f64 = dy.iter().map(|&a| a as f64).sum();
+            let w2: f64 = dy.iter().zip(&x).map(|(&a, &b)| a as f64 * (b - m) as f64).sum();
+            assert!((s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4, "sum_dy_dxm n={n}");
+            let mut y = vec![0.0; n];
+            center_scale_shift(&x, &mut y, m, 1.5, -0.25);
+            for i in 0..n {
+                assert!((y[i] - ((x[i] - m) * 1.5 - 0.25)).abs() < 1e-5, "center_scale_shift n={n}");
+            }
+            dy_xm_affine(&dy, &x, &mut y, m, 0.7, -1.1, 0.3);
+            for i in 0..n {
+                let want = dy[i] * 0.7 - 1.1 * (x[i] - m) + 0.3;
+                assert!((y[i] - want).abs() < 1e-5, "dy_xm_affine n={n}");
             }
         }
     }
