@@ -225,6 +225,109 @@ pub fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32, b: f3
     }
 }
 
+/// `y = ((x - m)·a)·g + beta` elementwise in `g`, `beta`: LayerNorm's normalise with the mean
+/// subtracted first (see [`center_scale_shift`]) and its per-element affine.
+#[inline(always)]
+pub fn center_scale_affine(x: &[f32], y: &mut [f32], m: f32, a: f32, g: &[f32], beta: &[f32]) {
+    debug_assert!(x.len() == y.len() && x.len() == g.len() && x.len() == beta.len());
+    let (mv, av) = (f32x8::splat(m), f32x8::splat(a));
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        let xh = (load(&x[i..]) - mv) * av;
+        store(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
+    }
+    for i in n..x.len() {
+        y[i] = ((x[i] - m) * a).mul_add(g[i], beta[i]);
+    }
+}
+
+/// `(Σ g·dy, Σ g·dy·(x - m))`: [`sum_dy_dxm`] weighted by a per-element `g` (LayerNorm's gamma).
+/// Use blocks of at most [`BLOCK`] elements.
+#[inline(always)]
+pub fn sum_gdy_gdxm(dy: &[f32], x: &[f32], g: &[f32], m: f32) -> (f64, f64) {
+    debug_assert!(dy.len() == x.len() && x.len() == g.len());
+    let mv = f32x8::splat(m);
+    let mut s1 = [f32x8::ZERO; 2];
+    let mut s2 = [f32x8::ZERO; 2];
+    let n = x.len() / (2 * LANES) * (2 * LANES);
+    for i in (0..n).step_by(2 * LANES) {
+        for k in 0..2 {
+            let j = i + k * LANES;
+            let gd = load(&dy[j..]) * load(&g[j..]);
+            s1[k] += gd;
+            s2[k] = gd.mul_add(load(&x[j..]) - mv, s2[k]);
+        }
+    }
+    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+    for i in n..x.len() {
+        let gd = dy[i] * g[i];
+        t1 += gd as f64;
+        t2 += gd as f64 * (x[i] - m) as f64;
+    }
+    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
+}
+
+/// `dx = (dy·g)·a + (x - m)·b + c` with per-element `g` and scalar `m`, `a`, `b`, `c`:
+/// [`dy_xm_affine`] with LayerNorm's per-element gamma.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn gdy_xm_affine(
+    dy: &[f32],
+    g: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+    m: f32,
+    a: f32,
+    b: f32,
+    c: f32,
+) {
+    debug_assert!(dy.len() == x.len() && x.len() == dx.len() && x.len() == g.len());
+    let (mv, av, bv, cv) = (
+        f32x8::splat(m),
+        f32x8::splat(a),
+        f32x8::splat(b),
+        f32x8::splat(c),
+    );
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        let gd = load(&dy[i..]) * load(&g[i..]);
+        store(
+            &mut dx[i..],
+            gd.mul_add(av, (load(&x[i..]) - mv).mul_add(bv, cv)),
+        );
+    }
+    for i in n..x.len() {
+        dx[i] = (dy[i] * g[i]).mul_add(a, (x[i] - m).mul_add(b, c));
+    }
+}
+
+/// `dgamma += dy·((x - m)·r)`, `dbeta += dy` elementwise: one sample's contribution to
+/// LayerNorm's per-element affine gradients.
+#[inline(always)]
+pub fn acc_dgamma_dbeta(
+    dy: &[f32],
+    x: &[f32],
+    m: f32,
+    r: f32,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    debug_assert!(dy.len() == x.len() && x.len() == dgamma.len() && x.len() == dbeta.len());
+    let (mv, rv) = (f32x8::splat(m), f32x8::splat(r));
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        let d = load(&dy[i..]);
+        let g = d.mul_add((load(&x[i..]) - mv) * rv, load(&dgamma[i..]));
+        store(&mut dgamma[i..], g);
+        let b = d + load(&dbeta[i..]);
+        store(&mut dbeta[i..], b);
+    }
+    for i in n..x.len() {
+        dgamma[i] = dy[i].mul_add((x[i] - m) * r, dgamma[i]);
+        dbeta[i] += dy[i];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Each helper against the same operation done lane by lane in scalar f64.
@@ -296,6 +399,52 @@ mod tests {
             for i in 0..n {
                 let want = dy[i] * 0.7 - 1.1 * (x[i] - m) + 0.3;
                 assert!((y[i] - want).abs() < 1e-5, "dy_xm_affine n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn per_element_helpers_match_scalar() {
+        for &n in &LENS {
+            let x = data(n, 1000.0);
+            let dy = data(n, 0.3);
+            let g = data(n, 0.9);
+            let be = data(n, -0.1);
+            let m = 1000.01f32;
+            let (s1, s2) = sum_gdy_gdxm(&dy, &x, &g, m);
+            let w1: f64 = (0..n).map(|i| dy[i] as f64 * g[i] as f64).sum();
+            let w2: f64 = (0..n)
+                .map(|i| dy[i] as f64 * g[i] as f64 * (x[i] - m) as f64)
+                .sum();
+            assert!(
+                (s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4,
+                "sum_gdy_gdxm n={n}"
+            );
+            let mut y = vec![0.0; n];
+            center_scale_affine(&x, &mut y, m, 1.5, &g, &be);
+            for i in 0..n {
+                let want = (x[i] - m) as f64 * 1.5 * g[i] as f64 + be[i] as f64;
+                assert!(
+                    (y[i] as f64 - want).abs() < 1e-5,
+                    "center_scale_affine n={n}"
+                );
+            }
+            gdy_xm_affine(&dy, &g, &x, &mut y, m, 0.7, -1.1, 0.3);
+            for i in 0..n {
+                let want = dy[i] as f64 * g[i] as f64 * 0.7 - 1.1 * (x[i] - m) as f64 + 0.3;
+                assert!((y[i] as f64 - want).abs() < 1e-5, "gdy_xm_affine n={n}");
+            }
+            let mut dg: Vec<f32> = data(n, 0.5);
+            let mut db: Vec<f32> = data(n, -0.5);
+            let (dg0, db0) = (dg.clone(), db.clone());
+            acc_dgamma_dbeta(&dy, &x, m, 0.8, &mut dg, &mut db);
+            for i in 0..n {
+                let want_g = dg0[i] as f64 + dy[i] as f64 * (x[i] - m) as f64 * 0.8;
+                assert!((dg[i] as f64 - want_g).abs() < 1e-5, "acc_dgamma n={n}");
+                assert!(
+                    (db[i] as f64 - (db0[i] + dy[i]) as f64).abs() < 1e-6,
+                    "acc_dbeta n={n}"
+                );
             }
         }
     }
