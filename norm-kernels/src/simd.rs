@@ -249,8 +249,10 @@ pub fn sum_gdy_gdxm(dy: &[f32], x: &[f32], g: &[f32], m: f32) -> (f64, f64) {
     let mv = f32x8::splat(m);
     let mut s1 = [f32x8::ZERO; 2];
     let mut s2 = [f32x8::ZERO; 2];
-    let n = x.len() / (2 * LANES) * (2 * LANES);
-    for i in (0..n).step_by(2 * LANES) {
+    // Same order of operations as `sum_dy_dxm` (pairs, then one register, then scalar), so
+    // `g = 1` gives bit-identical sums.
+    let n2 = x.len() / (2 * LANES) * (2 * LANES);
+    for i in (0..n2).step_by(2 * LANES) {
         for k in 0..2 {
             let j = i + k * LANES;
             let gd = load(&dy[j..]) * load(&g[j..]);
@@ -258,8 +260,14 @@ pub fn sum_gdy_gdxm(dy: &[f32], x: &[f32], g: &[f32], m: f32) -> (f64, f64) {
             s2[k] = gd.mul_add(load(&x[j..]) - mv, s2[k]);
         }
     }
+    let n1 = x.len() / LANES * LANES;
+    for i in (n2..n1).step_by(LANES) {
+        let gd = load(&dy[i..]) * load(&g[i..]);
+        s1[0] += gd;
+        s2[0] = gd.mul_add(load(&x[i..]) - mv, s2[0]);
+    }
     let (mut t1, mut t2) = (0.0f64, 0.0f64);
-    for i in n..x.len() {
+    for i in n1..x.len() {
         let gd = dy[i] * g[i];
         t1 += gd as f64;
         t2 += gd as f64 * (x[i] - m) as f64;
