@@ -81,34 +81,61 @@ pub(crate) fn plane_moments(xp: &[f32], nested: bool) -> Moments {
     }
 }
 
-/// `(Σ dy, Σ dy·(x - m))` of one chunk, block by block in f64.
+/// Backward sums of a plane: `(Σ dy, Σ dy·(x - m), Σ (x - m))`.
+pub(crate) type Sums = (f64, f64, f64);
+
+/// Adds two [`Sums`].
 #[inline]
-fn unit_sums(dy: &[f32], x: &[f32], m: f32) -> (f64, f64) {
+pub(crate) fn add_sums(a: Sums, b: Sums) -> Sums {
+    (a.0 + b.0, a.1 + b.1, a.2 + b.2)
+}
+
+/// [`Sums`] of one chunk, block by block in f64.
+#[inline]
+fn unit_sums(dy: &[f32], x: &[f32], m: f32) -> Sums {
     dy.chunks(BLOCK)
         .zip(x.chunks(BLOCK))
-        .fold((0.0, 0.0), |(a, b), (d, v)| {
-            let (s1, s2) = simd::sum_dy_dxm(d, v, m);
-            (a + s1, b + s2)
+        .fold((0.0, 0.0, 0.0), |acc, (d, v)| {
+            add_sums(acc, simd::sum_dy_dxm_dev(d, v, m))
         })
 }
 
-/// `(Σ dy, Σ dy·(x - m))` of one plane: per [`UNIT`] chunk, added in chunk order.
+/// [`Sums`] of one plane: per [`UNIT`] chunk, added in chunk order.
 #[inline]
-pub(crate) fn plane_sums(dy: &[f32], x: &[f32], m: f32, nested: bool) -> (f64, f64) {
-    let add = |(a, b): (f64, f64), (c, d): (f64, f64)| (a + c, b + d);
+pub(crate) fn plane_sums(dy: &[f32], x: &[f32], m: f32, nested: bool) -> Sums {
     if nested && x.len() > UNIT {
-        let parts: Vec<(f64, f64)> = dy
+        let parts: Vec<Sums> = dy
             .par_chunks(UNIT)
             .zip(x.par_chunks(UNIT))
             .map(|(d, v)| unit_sums(d, v, m))
             .collect();
-        parts.into_iter().fold((0.0, 0.0), add)
+        parts.into_iter().fold((0.0, 0.0, 0.0), add_sums)
     } else {
         dy.chunks(UNIT)
             .zip(x.chunks(UNIT))
             .map(|(d, v)| unit_sums(d, v, m))
-            .fold((0.0, 0.0), add)
+            .fold((0.0, 0.0, 0.0), add_sums)
     }
+}
+
+/// The `(a, b, c)` of `dx = dy·a + (x - m)·b + c` and `(Σ dy·x̂, Σ dy)` of a train backward over
+/// a group of `count` values with saved pivot mean `m`, `rstd`, scale `g` and the group's
+/// [`Sums`] around `m`. The saved mean is only a pivot: its f32 rounding is corrected from the
+/// data (`mean = m + Σ(x - m)/count`), so a large mean with a small spread loses nothing.
+#[inline]
+pub(crate) fn train_dx_coefs(
+    sums: Sums,
+    count: f64,
+    rstd: f64,
+    g: f64,
+) -> ((f32, f32, f32), (f64, f64)) {
+    let (s_dy, s_dyxm, s_xm) = sums;
+    let e = s_xm / count;
+    let s_dyxhat = (s_dyxm - e * s_dy) * rstd;
+    let k = g * rstd;
+    let b = -k * rstd * s_dyxhat / count;
+    let c = -k * s_dy / count - e * b;
+    ((k as f32, b as f32, c as f32), (s_dyxhat, s_dy))
 }
 
 /// `y = (x - m)·a + b` over a plane, split into [`UNIT`] chunks over the pool if `nested`.
@@ -401,27 +428,20 @@ pub fn batch_norm_backward_train(
         .collect();
     let sums = run(par, items, |(c, mut planes)| {
         let m = mean[c];
-        let add = |(a, b): (f64, f64), (p, q): (f64, f64)| (a + p, b + q);
-        let (s_dy, s_dyxm) = if nested {
-            let parts: Vec<(f64, f64)> = planes
+        let sums = if nested {
+            let parts: Vec<Sums> = planes
                 .par_iter()
                 .map(|(xp, dyp, _)| plane_sums(dyp, xp, m, true))
                 .collect();
-            parts.into_iter().fold((0.0, 0.0), add)
+            parts.into_iter().fold((0.0, 0.0, 0.0), add_sums)
         } else {
             planes
                 .iter()
                 .map(|(xp, dyp, _)| plane_sums(dyp, xp, m, false))
-                .fold((0.0, 0.0), add)
+                .fold((0.0, 0.0, 0.0), add_sums)
         };
-        let r = rstd[c] as f64;
-        let s_dyxhat = s_dyxm * r;
-        let k = gamma.map_or(1.0, |g| g[c] as f64) * r;
-        let (a, b, cc) = (
-            k as f32,
-            (-k * r * s_dyxhat / count) as f32,
-            (-k * s_dy / count) as f32,
-        );
+        let g = gamma.map_or(1.0, |g| g[c] as f64);
+        let ((a, b, cc), out) = train_dx_coefs(sums, count, rstd[c] as f64, g);
         if nested {
             planes
                 .par_iter_mut()
@@ -431,7 +451,7 @@ pub fn batch_norm_backward_train(
                 simd::dy_xm_affine(dyp, xp, dxp, m, a, b, cc);
             }
         }
-        (s_dyxhat, s_dy)
+        out
     });
     if let Some(g) = grads {
         for (c, &(dg, db)) in sums.iter().enumerate() {
@@ -562,22 +582,21 @@ pub(crate) fn channel_map_backward(
                 let off = n * shape.chw() + c * shape.hw();
                 &x[off..off + shape.hw()]
             };
-            let add = |(a, b): (f64, f64), (p, q): (f64, f64)| (a + p, b + q);
-            let (s_dy, s_dyxm) = if !want_grads {
-                (0.0, 0.0)
+            let (s_dy, s_dyxm, _) = if !want_grads {
+                (0.0, 0.0, 0.0)
             } else if nested {
-                let parts: Vec<(f64, f64)> = planes
+                let parts: Vec<Sums> = planes
                     .par_iter()
                     .enumerate()
                     .map(|(n, (dyp, _))| plane_sums(dyp, xs(n), m, true))
                     .collect();
-                parts.into_iter().fold((0.0, 0.0), add)
+                parts.into_iter().fold((0.0, 0.0, 0.0), add_sums)
             } else {
                 planes
                     .iter()
                     .enumerate()
                     .map(|(n, (dyp, _))| plane_sums(dyp, xs(n), m, false))
-                    .fold((0.0, 0.0), add)
+                    .fold((0.0, 0.0, 0.0), add_sums)
             };
             if nested {
                 planes

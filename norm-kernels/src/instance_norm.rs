@@ -40,7 +40,7 @@
 use crate::batch_norm::{
     NEST_BELOW, affine_at, channel_map_backward, channel_map_forward, check_backward_train,
     check_forward_train, fold_affine, plane_center_scale_shift, plane_dx, plane_moments,
-    plane_sums, rstd_of, run,
+    plane_sums, rstd_of, run, train_dx_coefs,
 };
 use crate::stats::Moments;
 use crate::{Affine, AffineGrads, Momentum, Nchw, NormError, Parallelism, RunningStats};
@@ -187,17 +187,11 @@ pub fn instance_norm_backward_train(
         .collect();
     let sums = run(par, items, |(i, ((xp, dyp), dxp))| {
         let m = mean[i];
-        let (s_dy, s_dyxm) = plane_sums(dyp, xp, m, nested);
-        let r = rstd[i] as f64;
-        let s_dyxhat = s_dyxm * r;
-        let k = gamma.map_or(1.0, |g| g[i % shape.c] as f64) * r;
-        let (a, b, c) = (
-            k as f32,
-            (-k * r * s_dyxhat / count) as f32,
-            (-k * s_dy / count) as f32,
-        );
+        let sums = plane_sums(dyp, xp, m, nested);
+        let g = gamma.map_or(1.0, |g| g[i % shape.c] as f64);
+        let ((a, b, c), out) = train_dx_coefs(sums, count, rstd[i] as f64, g);
         plane_dx(dyp, xp, dxp, m, a, b, c, nested);
-        (s_dyxhat, s_dy)
+        out
     });
     if let Some(g) = grads {
         for c in 0..shape.c {

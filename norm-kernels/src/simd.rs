@@ -336,6 +336,46 @@ pub fn acc_dgamma_dbeta(
     }
 }
 
+/// `(Σ dy, Σ dy·(x - m), Σ (x - m))`: [`sum_dy_dxm`] plus the deviation sum, from which a
+/// backward corrects the f32 rounding of a saved mean `m` (`mean = m + Σ(x - m)/count`) in the
+/// same pass. Use blocks of at most [`BLOCK`] elements.
+#[inline(always)]
+pub fn sum_dy_dxm_dev(dy: &[f32], x: &[f32], m: f32) -> (f64, f64, f64) {
+    debug_assert_eq!(dy.len(), x.len());
+    let mv = f32x8::splat(m);
+    let mut s1 = [f32x8::ZERO; 2];
+    let mut s2 = [f32x8::ZERO; 2];
+    let mut s3 = [f32x8::ZERO; 2];
+    let mut pd = dy.chunks_exact(2 * LANES);
+    let mut px = x.chunks_exact(2 * LANES);
+    for (d, v) in (&mut pd).zip(&mut px) {
+        for k in 0..2 {
+            let g = load(&d[k * LANES..]);
+            let e = load(&v[k * LANES..]) - mv;
+            s1[k] += g;
+            s2[k] = g.mul_add(e, s2[k]);
+            s3[k] += e;
+        }
+    }
+    let mut od = pd.remainder().chunks_exact(LANES);
+    let mut ox = px.remainder().chunks_exact(LANES);
+    for (d, v) in (&mut od).zip(&mut ox) {
+        let g = load(d);
+        let e = load(v) - mv;
+        s1[0] += g;
+        s2[0] = g.mul_add(e, s2[0]);
+        s3[0] += e;
+    }
+    let (mut t1, mut t2, mut t3) = (0.0f64, 0.0f64, 0.0f64);
+    for (&d, &v) in od.remainder().iter().zip(ox.remainder()) {
+        let e = (v - m) as f64;
+        t1 += d as f64;
+        t2 += d as f64 * e;
+        t3 += e;
+    }
+    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2, hsum(s3[0] + s3[1]) + t3)
+}
+
 #[cfg(test)]
 mod tests {
     //! Each helper against the same operation done lane by lane in scalar f64.
@@ -454,6 +494,21 @@ mod tests {
                     "acc_dbeta n={n}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn sum_dy_dxm_dev_matches_scalar() {
+        for &n in &LENS {
+            let x = data(n, 1000.0);
+            let dy = data(n, 0.3);
+            let m = 1000.01f32;
+            let (s1, s2, s3) = sum_dy_dxm_dev(&dy, &x, m);
+            let w1: f64 = dy.iter().map(|&a| a as f64).sum();
+            let w2: f64 = dy.iter().zip(&x).map(|(&a, &b)| a as f64 * (b - m) as f64).sum();
+            let w3: f64 = x.iter().map(|&b| (b - m) as f64).sum();
+            assert!((s1 - w1).abs() < 1e-4, "sum_dy_dxm_dev n={n}");
+            assert!((s2 - w2).abs() < 1e-4 && (s3 - w3).abs() < 1e-4, "sum_dy_dxm_dev n={n}");
         }
     }
 }
