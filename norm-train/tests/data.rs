@@ -199,7 +199,7 @@ fn softmax_regression_accuracy(
         }
         z
     };
-    let (lr, decay, batch) = (0.002f32, 1e-3f32, 50);
+    let (lr, decay, batch) = (0.01f32, 1e-3f32, 50);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     for _ in 0..epochs {

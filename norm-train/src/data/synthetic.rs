@@ -124,12 +124,12 @@ impl Canvas {
     fn paint(&mut self, mut f: impl FnMut(f32, f32) -> Option<(f32, Rgb)>) {
         for y in 0..IMAGE_SIZE {
             for x in 0..IMAGE_SIZE {
-                if let Some((a, col)) = f(x as f32 + 0.5, y as f32 + 0.5) {
-                    if a > 0.0 {
-                        let k = y * IMAGE_SIZE + x;
-                        for c in 0..3 {
-                            self.px[c][k] += a * (col[c] - self.px[c][k]);
-                        }
+                if let Some((a, col)) = f(x as f32 + 0.5, y as f32 + 0.5)
+                    && a > 0.0
+                {
+                    let k = y * IMAGE_SIZE + x;
+                    for (plane, v) in self.px.iter_mut().zip(col) {
+                        plane[k] += a * (v - plane[k]);
                     }
                 }
             }
@@ -145,8 +145,8 @@ impl Canvas {
                 let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
                 if dx * dx + dy * dy <= r * r {
                     let k = y * IMAGE_SIZE + x;
-                    for c in 0..3 {
-                        s[c] += self.px[c][k];
+                    for (sc, plane) in s.iter_mut().zip(&self.px) {
+                        *sc += plane[k];
                     }
                     n += 1.0;
                 }
