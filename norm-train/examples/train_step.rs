@@ -1,0 +1,83 @@
+//! Training throughput of the default CNN: images per second of one train step (forward +
+//! backward + SGD update) for each norm at the given batch sizes.
+//!
+//! `cargo run --release -p norm-train --example train_step -- [batch ...]` (default: 2 32).
+//! Threads: `RAYON_NUM_THREADS` (default: all cores).
+
+use std::time::Instant;
+
+use norm_train::{Model, ModelConfig, NormKind, Sgd, data};
+use rand::{SeedableRng, seq::SliceRandom};
+use rand_chacha::ChaCha8Rng;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let batches: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let batches = if batches.is_empty() {
+        vec![2, 32]
+    } else {
+        batches
+    };
+    let split = data::synthetic(0, 512, 0);
+    let norm = data::Normalizer::from_dataset(&split.train);
+    println!(
+        "threads: {}, simd: {}",
+        rayon::current_num_threads(),
+        norm_kernels::simd_level()
+    );
+    println!(
+        "{:<9} {:>6} {:>12} {:>10}",
+        "norm", "batch", "images/s", "ms/step"
+    );
+    for kind in NormKind::ALL {
+        for &batch in &batches {
+            let cfg = ModelConfig {
+                norm: kind,
+                ..ModelConfig::default()
+            };
+            let mut model = Model::new(&cfg, 0)?;
+            let mut sgd = Sgd::new(0.9, 5e-4);
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let mut order: Vec<usize> = (0..split.train.len()).collect();
+            let mut x = vec![0.0f32; batch * data::IMAGE_BYTES];
+            let mut labels = vec![0usize; batch];
+            // Warm up (buffers, caches), then time at least ~1.5 s of steps.
+            let mut step = |model: &mut Model,
+                            rng: &mut ChaCha8Rng|
+             -> Result<f64, Box<dyn std::error::Error>> {
+                order.shuffle(rng);
+                data::fill_batch(
+                    &split.train,
+                    &order[..batch],
+                    &norm,
+                    &data::Augment::NONE,
+                    rng,
+                    &mut x,
+                    &mut labels,
+                );
+                let t = Instant::now();
+                let (_, _, grads) = model.loss_and_grads(&x, &labels)?;
+                sgd.step(model, &grads, 0.01);
+                Ok(t.elapsed().as_secs_f64())
+            };
+            for _ in 0..5 {
+                step(&mut model, &mut rng)?;
+            }
+            let (mut secs, mut steps) = (0.0, 0usize);
+            while secs < 1.5 || steps < 20 {
+                secs += step(&mut model, &mut rng)?;
+                steps += 1;
+            }
+            println!(
+                "{:<9} {:>6} {:>12.0} {:>10.3}",
+                kind,
+                batch,
+                (steps * batch) as f64 / secs,
+                1e3 * secs / steps as f64
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Model and training configuration: which norm, widths, optimiser and schedule settings.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{TrainError, data};
+
+/// The normalisation layer after each convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    /// BatchNorm2d: statistics over `(N, H, W)` per channel; running statistics for eval.
+    Batch,
+    /// LayerNorm over `[C, H, W]` of each sample with a per-element affine.
+    Layer,
+    /// InstanceNorm2d: statistics over `(H, W)` per sample and channel; affine on, no running
+    /// statistics (instance statistics in eval too).
+    Instance,
+    /// GroupNorm: statistics over `(C/G, H, W)` per sample and group, per-channel affine.
+    Group,
+    /// No normalisation: conv → ReLU.
+    None,
+}
+
+impl NormKind {
+    /// Every kind, in the order the study reports them.
+    pub const ALL: [NormKind; 5] = [
+        NormKind::Batch,
+        NormKind::Layer,
+        NormKind::Instance,
+        NormKind::Group,
+        NormKind::None,
+    ];
+
+    /// The lowercase name used by `FromStr`, `Display` and serde.
+    pub const fn name(self) -> &'static str {
+        match self {
+            NormKind::Batch => "batch",
+            NormKind::Layer => "layer",
+            NormKind::Instance => "instance",
+            NormKind::Group => "group",
+            NormKind::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for NormKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A string that is not one of the norm names.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("unknown norm `{0}`; valid: batch, layer, instance, group, none")]
+pub struct ParseNormKindError(pub String);
+
+impl FromStr for NormKind {
+    type Err = ParseNormKindError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NormKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| ParseNormKindError(s.to_owned()))
+    }
+}
+
+/// Shape of the CNN: three conv blocks of the given widths, the norm after each conv.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Output channels of the three 3×3 convolutions.
+    pub widths: [usize; 3],
+    /// The normalisation layer.
+    pub norm: NormKind,
+    /// GroupNorm's group count; must divide every width (ignored by the other norms).
+    pub groups: usize,
+    /// The norms' `eps`.
+    pub eps: f32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            widths: [16, 32, 64],
+            norm: NormKind::Group,
+            groups: 8,
+            eps: 1e-5,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks widths, groups (GroupNorm only) and eps.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.widths.contains(&0) {
+            return Err(TrainError::Width {
+                widths: self.widths,
+            });
+        }
+        if self.norm == NormKind::Group {
+            if let Some(&width) = self
+                .widths
+                .iter()
+                .find(|&&w| self.groups == 0 || w % self.groups != 0)
+            {
+                return Err(TrainError::Groups {
+                    groups: self.groups,
+                    width,
+                });
+            }
+        }
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return Err(TrainError::Hyper {
+                name: "eps",
+                value: self.eps,
+                expected: "finite and non-negative",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Learning-rate schedule after the warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Half a cosine from the peak learning rate down to 0 at the last step.
+    Cosine,
+    /// The peak learning rate, ×0.1 from 50 % of the steps and ×0.01 from 75 %.
+    Step,
+}
+
+/// Everything [`crate::train`] needs besides the data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The network.
+    pub model: ModelConfig,
+    /// Passes over the training set (the same for every batch size).
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Learning rate at `batch = lr_ref_batch`.
+    pub base_lr: f32,
+    /// The batch size `base_lr` refers to; the peak rate is `base_lr · batch / lr_ref_batch`.
+    pub lr_ref_batch: usize,
+    /// SGD momentum (PyTorch semantics).
+    pub momentum: f32,
+    /// L2 weight decay on convolution and linear weights (not on biases or norm parameters).
+    pub weight_decay: f32,
+    /// Linear warm-up length in epochs (fractions allowed; 0 disables it).
+    pub warmup_epochs: f32,
+    /// Schedule after the warm-up.
+    pub schedule: Schedule,
+    /// Training-time augmentation.
+    pub augment: data::Augment,
+    /// Seed of the initialisation, the shuffling and the augmentation.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::default(),
+            epochs: 10,
+            batch: 32,
+            base_lr: 0.1,
+            lr_ref_batch: 32,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1.0,
+            schedule: Schedule::Cosine,
+            augment: data::Augment {
+                crop_pad: 4,
+                flip: true,
+            },
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Peak learning rate, linearly scaled with the batch: `base_lr · batch / lr_ref_batch`.
+    pub fn lr(&self) -> f32 {
+        self.base_lr * self.batch as f32 / self.lr_ref_batch as f32
+    }
+
+    /// Checks every setting against a training set of `train_len` images.
+    pub fn validate(&self, train_len: usize) -> Result<(), TrainError> {
+        self.model.validate()?;
+        if self.batch == 0 {
+            return Err(TrainError::BatchZero);
+        }
+        if train_len == 0 {
+            return Err(TrainError::EmptyTrainSet);
+        }
+        if self.batch > train_len {
+            return Err(TrainError::BatchTooLarge {
+                batch: self.batch,
+                train_len,
+            });
+        }
+        if self.epochs == 0 {
+            return Err(TrainError::EpochsZero);
+        }
+        let hyper = |name, value: f32, ok: bool, expected| {
+            if ok {
+                Ok(())
+            } else {
+                Err(TrainError::Hyper {
+                    name,
+                    value,
+                    expected,
+                })
+            }
+        };
+        hyper(
+            "base_lr",
+            self.base_lr,
+            self.base_lr.is_finite() && self.base_lr > 0.0,
+            "finite and positive",
+        )?;
+        hyper(
+            "lr_ref_batch",
+            self.lr_ref_batch as f32,
+            self.lr_ref_batch > 0,
+            "at least 1",
+        )?;
+        let lr = self.lr();
+        hyper("lr", lr, lr.is_finite() && lr > 0.0, "finite and positive")?;
+        hyper(
+            "momentum",
+            self.momentum,
+            (0.0..1.0).contains(&self.momentum),
+            "in [0, 1)",
+        )?;
+        hyper(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "finite and non-negative",
+        )?;
+        hyper(
+            "warmup_epochs",
+            self.warmup_epochs,
+            self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0,
+            "finite and non-negative",
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything [`crate::train`], [`crate::Model`] and the checkpoint code can reject.
+/// Every message is one line and names the value or file at fault.
+#[derive(thiserror::Error, Debug)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// `batch = 0`.
+    #[error("batch size must be at least 1")]
+    BatchZero,
+    /// The batch is larger than the training set, so not one full step fits in an epoch.
+    #[error("batch size {batch} is larger than the training set ({train_len} images)")]
+    BatchTooLarge {
+        /// Requested batch size.
+        batch: usize,
+        /// Images in the training set.
+        train_len: usize,
+    },
+    /// `epochs = 0`.
+    #[error("epochs must be at least 1")]
+    EpochsZero,
+    /// A layer width is zero.
+    #[error("layer widths must be at least 1, got {widths:?}")]
+    Width {
+        /// The widths given.
+        widths: [usize; 3],
+    },
+    /// GroupNorm's group count is zero or does not divide a layer width.
+    #[error(
+        "groups = {groups} must be at least 1 and divide every layer width ({width} is not divisible)"
+    )]
+    Groups {
+        /// Requested groups.
+        groups: usize,
+        /// The first width it does not divide.
+        width: usize,
+    },
+    /// A hyper-parameter is out of range (learning rate, momentum, weight decay, warm-up, eps).
+    #[error("{name} = {value} is invalid: must be {expected}")]
+    Hyper {
+        /// Which hyper-parameter.
+        name: &'static str,
+        /// The value given.
+        value: f32,
+        /// What is allowed.
+        expected: &'static str,
+    },
+    /// The training set is empty.
+    #[error("the training set is empty")]
+    EmptyTrainSet,
+    /// Reading or writing a checkpoint failed.
+    #[error("checkpoint {}: {source}", path.display())]
+    Io {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint file is not in the documented format or is inconsistent.
+    #[error("corrupt checkpoint {}: {reason}", path.display())]
+    Corrupt {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A normalisation kernel rejected its arguments.
+    #[error(transparent)]
+    Kernel(#[from] norm_kernels::NormError),
+    /// A dfdx tensor operation failed (allocation or element count).
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] dfdx::tensor::CpuError),
+}

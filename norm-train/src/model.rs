@@ -1,0 +1,371 @@
+//! The CNN: three blocks of conv3×3 → norm → ReLU (→ 2×2 max pool after the first two), global
+//! average pooling and a linear classifier, for 3×32×32 inputs and 10 classes.
+
+use dfdx::{
+    prelude::{Axes2, Axis, BroadcastTo, MeanTo, PermuteTo, ReshapeTo, TryMatMul},
+    shapes::HasShape,
+    tensor::{Cache, Cpu, Merge, NoneTape, OwnedTape, Tape, Tensor, Trace},
+    tensor_ops::Backward,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{
+    ModelConfig, NormKind, TrainError, data,
+    ops::{
+        BufferPool, Shape1, Shape4, conv,
+        norm::{self, NormSpec, Running},
+        pool,
+    },
+};
+
+/// Input channels, height and width.
+pub const INPUT: (usize, usize, usize) = (data::CHANNELS, data::IMAGE_SIZE, data::IMAGE_SIZE);
+/// Images per evaluation batch.
+pub const EVAL_BATCH: usize = 250;
+
+/// One learnable tensor, stored flat in PyTorch's layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    /// PyTorch-style name: `conv1.weight`, `norm2.bias`, `fc.weight`, ...
+    pub name: String,
+    /// PyTorch's shape (`[C_out, C_in, 3, 3]` for a conv, `[10, C]` for the linear layer).
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub data: Vec<f32>,
+    /// Whether weight decay applies (conv and linear weights only).
+    pub decay: bool,
+}
+
+/// Indices into the parameter list of one conv block.
+#[derive(Clone, Copy, Debug)]
+struct BlockIdx {
+    conv_w: usize,
+    conv_b: usize,
+    norm: Option<(usize, usize)>,
+}
+
+/// The network with its parameters, BatchNorm running statistics and reusable buffers.
+#[derive(Debug)]
+pub struct Model {
+    cfg: ModelConfig,
+    params: Vec<Param>,
+    blocks: [BlockIdx; 3],
+    fc: (usize, usize),
+    running: Vec<Running>,
+    training: bool,
+    dev: Cpu,
+    pool: BufferPool<f32>,
+    index_pool: BufferPool<u8>,
+}
+
+impl Model {
+    /// A freshly initialised model, like PyTorch's defaults: conv and linear weights and biases
+    /// `U(-1/√fan_in, 1/√fan_in)` (Kaiming-uniform with `a = √5`), norm weights 1 and biases 0,
+    /// running mean 0 and variance 1. The draws come from ChaCha8 seeded with `seed`, in
+    /// parameter order.
+    pub fn new(cfg: &ModelConfig, seed: u64) -> Result<Self, TrainError> {
+        cfg.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut params = Vec::new();
+        let mut uniform = |name: String,
+                           shape: Vec<usize>,
+                           fan_in: usize,
+                           decay: bool,
+                           params: &mut Vec<Param>| {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let len = shape.iter().product();
+            let data = (0..len).map(|_| rng.random_range(-bound..bound)).collect();
+            params.push(Param {
+                name,
+                shape,
+                data,
+                decay,
+            });
+            params.len() - 1
+        };
+        let (c0, mut h, mut w) = INPUT;
+        let mut c_in = c0;
+        let spec = norm_spec(cfg);
+        let mut blocks = Vec::new();
+        for (b, &c) in cfg.widths.iter().enumerate() {
+            let fan_in = c_in * 9;
+            let conv_w = uniform(
+                format!("conv{}.weight", b + 1),
+                vec![c, c_in, 3, 3],
+                fan_in,
+                true,
+                &mut params,
+            );
+            let conv_b = uniform(
+                format!("conv{}.bias", b + 1),
+                vec![c],
+                fan_in,
+                false,
+                &mut params,
+            );
+            let al = spec.affine_len(c, h, w);
+            let shape = if cfg.norm == NormKind::Layer {
+                vec![c, h, w]
+            } else {
+                vec![c]
+            };
+            let norm = (al > 0).then(|| {
+                params.push(Param {
+                    name: format!("norm{}.weight", b + 1),
+                    shape: shape.clone(),
+                    data: vec![1.0; al],
+                    decay: false,
+                });
+                params.push(Param {
+                    name: format!("norm{}.bias", b + 1),
+                    shape,
+                    data: vec![0.0; al],
+                    decay: false,
+                });
+                (params.len() - 2, params.len() - 1)
+            });
+            blocks.push(BlockIdx {
+                conv_w,
+                conv_b,
+                norm,
+            });
+            c_in = c;
+            if b < 2 {
+                (h, w) = (h / 2, w / 2);
+            }
+        }
+        let fc_w = uniform(
+            "fc.weight".into(),
+            vec![data::NUM_CLASSES, c_in],
+            c_in,
+            true,
+            &mut params,
+        );
+        let fc_b = uniform(
+            "fc.bias".into(),
+            vec![data::NUM_CLASSES],
+            c_in,
+            false,
+            &mut params,
+        );
+        let running = if cfg.norm == NormKind::Batch {
+            cfg.widths.iter().map(|&c| Running::new(c)).collect()
+        } else {
+            Vec::new()
+        };
+        let dev = Cpu::default();
+        // Reuse dfdx's allocations across steps: every step allocates the same sizes.
+        dev.enable_cache();
+        Ok(Self {
+            cfg: cfg.clone(),
+            params,
+            blocks: [blocks[0], blocks[1], blocks[2]],
+            fc: (fc_w, fc_b),
+            running,
+            training: true,
+            dev,
+            pool: BufferPool::default(),
+            index_pool: BufferPool::default(),
+        })
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The learnable tensors, in order: per block `conv.weight`, `conv.bias`, then `norm.weight`,
+    /// `norm.bias` (absent for `none`); then `fc.weight`, `fc.bias`.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Mutable access to the parameter values (the list itself is fixed).
+    pub fn params_mut(&mut self) -> &mut [Param] {
+        &mut self.params
+    }
+
+    /// BatchNorm running statistics per block (empty for the other norms).
+    pub fn running(&self) -> &[Running] {
+        &self.running
+    }
+
+    /// Train mode (PyTorch's `model.train()`): BatchNorm uses and updates batch statistics.
+    pub fn train_mode(&mut self) {
+        self.training = true;
+    }
+
+    /// Eval mode (PyTorch's `model.eval()`): BatchNorm uses its running statistics.
+    pub fn eval_mode(&mut self) {
+        self.training = false;
+    }
+
+    /// Whether the model is in train mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    fn forward_t<T>(
+        &mut self,
+        x: Tensor<Shape4, f32, Cpu>,
+        p: Vec<Tensor<Shape1, f32, Cpu, T>>,
+    ) -> Result<Tensor<(usize, usize), f32, Cpu, T>, TrainError>
+    where
+        T: Tape<f32, Cpu> + Merge<T> + Merge<NoneTape>,
+    {
+        let n = x.shape().0;
+        let spec = norm_spec(&self.cfg);
+        let mut p: Vec<Option<Tensor<Shape1, f32, Cpu, T>>> = p.into_iter().map(Some).collect();
+        let mut take = |i: usize| p[i].take().expect("each parameter is used once");
+        let blocks = self.blocks;
+        let mut h = conv::conv3x3(
+            x,
+            take(blocks[0].conv_w),
+            take(blocks[0].conv_b),
+            &self.pool,
+        )?;
+        for (b, idx) in blocks.iter().enumerate() {
+            if b > 0 {
+                h = conv::conv3x3(h, take(idx.conv_w), take(idx.conv_b), &self.pool)?;
+            }
+            let affine = idx.norm.map(|(g, be)| (take(g), take(be)));
+            h = norm::norm(
+                h,
+                affine,
+                spec,
+                self.training,
+                self.running.get_mut(b),
+                &self.pool,
+            )?;
+            h = h.try_relu()?;
+            if b < 2 {
+                h = pool::max_pool2(h, &self.pool, &self.index_pool)?;
+            }
+        }
+        let c = h.shape().1;
+        let g: Tensor<(usize, usize), f32, Cpu, T> = h.try_mean::<_, Axes2<2, 3>>()?;
+        let fc_w = take(self.fc.0).try_reshape_like(&(data::NUM_CLASSES, c))?;
+        let fc_w = fc_w.try_permute::<(usize, usize), Axes2<1, 0>>()?;
+        let fc_b = take(self.fc.1).try_broadcast_like::<_, Axis<0>>(&(n, data::NUM_CLASSES))?;
+        Ok(g.try_matmul(fc_w)? + fc_b)
+    }
+
+    fn input(&self, x: &[f32], n: usize) -> Result<Tensor<Shape4, f32, Cpu>, TrainError> {
+        let (c, h, w) = INPUT;
+        assert_eq!(
+            x.len(),
+            n * c * h * w,
+            "input has {} values, expected {n}×{c}×{h}×{w}",
+            x.len()
+        );
+        Ok(crate::ops::write(&self.dev, (n, c, h, w), x)?)
+    }
+
+    fn param_tensors(&self) -> Result<Vec<Tensor<Shape1, f32, Cpu>>, TrainError> {
+        self.params
+            .iter()
+            .map(|p| Ok(crate::ops::write(&self.dev, (p.data.len(),), &p.data)?))
+            .collect()
+    }
+
+    /// Logits `[n, 10]` (row-major) for `n` normalised images `x` (`[n, 3, 32, 32]`), without a
+    /// tape, in the current mode. Train mode updates BatchNorm's running statistics, as PyTorch.
+    pub fn logits(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>, TrainError> {
+        let x = self.input(x, n)?;
+        let p = self.param_tensors()?;
+        Ok(self.forward_t::<NoneTape>(x, p)?.as_vec())
+    }
+
+    /// One forward and backward pass in the current mode: the mean cross-entropy of `n` images
+    /// against `labels`, the logits `[n, 10]`, and the gradient of every parameter (same order
+    /// and layout as [`Model::params`]).
+    pub fn loss_and_grads(
+        &mut self,
+        x: &[f32],
+        labels: &[usize],
+    ) -> Result<(f32, Vec<f32>, Vec<Vec<f32>>), TrainError> {
+        let n = labels.len();
+        let x = self.input(x, n)?;
+        let p = self.param_tensors()?;
+        let traced: Vec<Tensor<Shape1, f32, Cpu, OwnedTape<f32, Cpu>>> =
+            p.iter().map(|t| t.leaky_trace()).collect();
+        let logits = self.forward_t(x, traced)?;
+        let logits_v = logits.as_vec();
+        let mut onehot = vec![0.0f32; n * data::NUM_CLASSES];
+        for (i, &l) in labels.iter().enumerate() {
+            assert!(l < data::NUM_CLASSES, "label {l} out of range");
+            onehot[i * data::NUM_CLASSES + l] = 1.0;
+        }
+        let targets = crate::ops::from_vec(&self.dev, (n, data::NUM_CLASSES), onehot)?;
+        let loss = dfdx::losses::cross_entropy_with_logits_loss(logits, targets);
+        let loss_v = loss.as_vec()[0];
+        let grads = loss.try_backward()?;
+        let g = p.iter().map(|t| grads.get(t).as_vec()).collect();
+        Ok((loss_v, logits_v, g))
+    }
+
+    /// Top-1 accuracy (fraction) on `data` in eval mode, in batches of [`EVAL_BATCH`]; restores the
+    /// previous mode. An empty set gives `NaN`.
+    pub fn evaluate(&mut self, data: &data::Dataset, norm: &data::Normalizer) -> f32 {
+        self.try_evaluate(data, norm)
+            .expect("evaluation of a validated model cannot fail")
+    }
+
+    /// [`Model::evaluate`] returning errors instead of panicking.
+    pub fn try_evaluate(
+        &mut self,
+        data: &data::Dataset,
+        norm: &data::Normalizer,
+    ) -> Result<f32, TrainError> {
+        let len = data.len();
+        if len == 0 {
+            return Ok(f32::NAN);
+        }
+        let was_training = self.training;
+        self.eval_mode();
+        let (c, h, w) = INPUT;
+        let mut buf = vec![0.0f32; EVAL_BATCH.min(len) * c * h * w];
+        let mut labels = vec![0usize; EVAL_BATCH.min(len)];
+        let mut rng = ChaCha8Rng::seed_from_u64(0); // unused without augmentation
+        let indices: Vec<usize> = (0..len).collect();
+        let mut correct = 0usize;
+        let result = (|| {
+            for idx in indices.chunks(EVAL_BATCH) {
+                let n = idx.len();
+                let (xb, lb) = (&mut buf[..n * c * h * w], &mut labels[..n]);
+                data::fill_batch(data, idx, norm, &data::Augment::NONE, &mut rng, xb, lb);
+                let logits = self.logits(xb, n)?;
+                correct += count_correct(&logits, lb);
+            }
+            Ok(correct as f32 / len as f32)
+        })();
+        self.training = was_training;
+        result
+    }
+}
+
+/// Number of rows of `logits` (`[n, 10]`) whose arg-max (first on ties) equals the label.
+pub fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
+    logits
+        .chunks(data::NUM_CLASSES)
+        .zip(labels)
+        .filter(|(row, l)| {
+            let mut best = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = j;
+                }
+            }
+            best == **l
+        })
+        .count()
+}
+
+fn norm_spec(cfg: &ModelConfig) -> NormSpec {
+    NormSpec {
+        kind: cfg.norm,
+        groups: cfg.groups,
+        eps: cfg.eps,
+    }
+}

@@ -1,0 +1,188 @@
+//! Custom dfdx tape ops: each computes its forward on raw `f32` slices and registers its own
+//! backward closure on the tape.
+//!
+//! dfdx 0.13 on stable has no convolution or pooling, and its public API gives no borrowed view of
+//! a tensor's storage, so every op copies its input once into a reused buffer ([`BufferPool`]),
+//! computes into a pooled buffer and hands dfdx the result. In backward the output gradient is
+//! moved out of dfdx's [`Gradients`](dfdx::tensor::Gradients) (no copy), used, and put back; the
+//! input and parameter gradients are accumulated into dfdx's buffers, so an op composes with any
+//! other op on the tape.
+//!
+//! Every op is generic over the tape: with [`NoneTape`](dfdx::tensor::NoneTape) (evaluation) it
+//! records nothing and saves nothing.
+
+pub mod conv;
+pub mod norm;
+pub mod pool;
+
+use std::sync::{Arc, Mutex};
+
+use dfdx::{
+    shapes::{HasShape, Shape},
+    tensor::{Cpu, CpuError, Tensor, TensorFromVec, ZerosTensor},
+};
+
+/// A 4-d NCHW tensor shape with runtime dimensions.
+pub type Shape4 = (usize, usize, usize, usize);
+/// A flat parameter vector.
+pub type Shape1 = (usize,);
+
+/// Reusable `Vec` buffers shared by the ops of a model and their backward closures.
+///
+/// [`BufferPool::take`] returns a [`Pooled`] buffer of the requested length (contents
+/// unspecified: callers overwrite it); dropping a [`Pooled`] returns its allocation to the pool,
+/// so after the first training step no large buffer is allocated again. The pool is behind a
+/// mutex so backward closures (`'static`) can own buffers.
+#[derive(Clone, Debug)]
+pub struct BufferPool<T> {
+    free: Arc<Mutex<Vec<Vec<T>>>>,
+}
+
+impl<T> Default for BufferPool<T> {
+    fn default() -> Self {
+        Self {
+            free: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+impl<T: Copy + Default> BufferPool<T> {
+    /// A buffer of `len` elements: the smallest free allocation that fits, else a new one.
+    pub fn take(&self, len: usize) -> Pooled<T> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        let mut buf = match best {
+            Some(i) => free.swap_remove(i),
+            // Take the largest free allocation and grow it rather than keep an ever larger set.
+            None => free
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i)
+                .map(|i| free.swap_remove(i))
+                .unwrap_or_default(),
+        };
+        drop(free);
+        buf.resize(len, T::default());
+        buf.truncate(len);
+        Pooled {
+            buf,
+            pool: self.clone(),
+        }
+    }
+
+    /// A buffer of `len` zeros.
+    pub fn take_zeroed(&self, len: usize) -> Pooled<T> {
+        let mut b = self.take(len);
+        b.fill(T::default());
+        b
+    }
+
+    /// Number of free allocations held (for tests).
+    pub fn free_len(&self) -> usize {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// A buffer on loan from a [`BufferPool`]; derefs to `[T]` and returns itself on drop.
+#[derive(Debug)]
+pub struct Pooled<T> {
+    buf: Vec<T>,
+    pool: BufferPool<T>,
+}
+
+impl<T> std::ops::Deref for Pooled<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf
+    }
+}
+
+impl<T> std::ops::DerefMut for Pooled<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf
+    }
+}
+
+impl<T> Drop for Pooled<T> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() > 0 {
+            self.pool
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(buf);
+        }
+    }
+}
+
+/// Copies a contiguous tensor's data into a pooled buffer.
+pub(crate) fn read<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>, pool: &BufferPool<f32>) -> Pooled<f32> {
+    let mut buf = pool.take(t.shape().num_elements());
+    t.copy_into(&mut buf);
+    buf
+}
+
+/// A new tensor of `shape` holding `data`. The storage comes from dfdx's allocation cache (see
+/// [`crate::Model`]), so in steady state this is a fill and a copy, not an allocation.
+pub(crate) fn write<S: Shape>(
+    dev: &Cpu,
+    shape: S,
+    data: &[f32],
+) -> Result<Tensor<S, f32, Cpu>, CpuError> {
+    debug_assert_eq!(shape.num_elements(), data.len());
+    let mut t = dev.try_zeros_like(&shape)?;
+    t.copy_from(data);
+    Ok(t)
+}
+
+/// A new tensor from an owned vector (no copy).
+pub(crate) fn from_vec<S: Shape>(
+    dev: &Cpu,
+    shape: S,
+    data: Vec<f32>,
+) -> Result<Tensor<S, f32, Cpu>, CpuError> {
+    dev.try_tensor_from_vec(data, shape)
+}
+
+/// `dst += src` elementwise.
+#[inline]
+pub(crate) fn add_assign(dst: &mut [f32], src: &[f32]) {
+    debug_assert_eq!(dst.len(), src.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += *s;
+    }
+}
+
+/// Moves the gradient of `$ghost` out of `$grads` (allocating zeros if absent) as a `Vec<f32>`.
+/// Put it back with [`put_grad!`] once used.
+macro_rules! take_grad {
+    ($grads:expr, $ghost:expr) => {{
+        let g: &mut Vec<f32> = &mut *$grads.get_or_alloc_mut(&$ghost)?;
+        std::mem::take(g)
+    }};
+}
+
+/// Returns a gradient taken with [`take_grad!`].
+macro_rules! put_grad {
+    ($grads:expr, $ghost:expr, $v:expr) => {{
+        let g: &mut Vec<f32> = &mut *$grads.get_or_alloc_mut(&$ghost)?;
+        *g = $v;
+    }};
+}
+
+/// Accumulates `$src` into the gradient of `$ghost`.
+macro_rules! acc_grad {
+    ($grads:expr, $ghost:expr, $src:expr) => {{
+        let g: &mut Vec<f32> = &mut *$grads.get_or_alloc_mut(&$ghost)?;
+        $crate::ops::add_assign(g, $src);
+    }};
+}
+
+pub(crate) use {acc_grad, put_grad, take_grad};
