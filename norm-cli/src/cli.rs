@@ -1,0 +1,353 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use norm_train::{NormKind, Schedule, TrainConfig};
+
+use crate::sweep::{Seeds, Share};
+
+/// Normalisation layers for CNNs: train, run the batch-size study of the Group Normalization
+/// paper, export its data, and apply a layer to NumPy arrays.
+#[derive(Debug, Parser)]
+#[command(name = "norm-cli", version, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the CNN once and report test accuracy.
+    Train(TrainArgs),
+    /// Train every norm × batch × seed cell and tabulate accuracy against batch size.
+    Sweep(SweepArgs),
+    /// Rebuild summary and plot from one or more sweep folders (merging them).
+    Report(ReportArgs),
+    /// Work with the data sets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Apply one normalisation layer (forward, optionally backward) to .npy arrays.
+    Apply(ApplyArgs),
+}
+
+/// A normalisation layer of the CNN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum NormArg {
+    /// BatchNorm2d.
+    Batch,
+    /// LayerNorm over [C, H, W].
+    Layer,
+    /// InstanceNorm2d (affine).
+    Instance,
+    /// GroupNorm.
+    Group,
+    /// No normalisation.
+    None,
+}
+
+impl NormArg {
+    /// The lowercase name (`group`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Batch => "batch",
+            Self::Layer => "layer",
+            Self::Instance => "instance",
+            Self::Group => "group",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Where the images come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DataSource {
+    /// The built-in synthetic CIFAR-like set (generated from --data-seed).
+    Synthetic,
+    /// CIFAR-10 binary files in --data-dir.
+    Cifar10,
+}
+
+/// Learning-rate schedule after warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// Half a cosine from the peak rate to 0.
+    Cosine,
+    /// ×0.1 at 50 % and again at 75 % of the steps.
+    Step,
+}
+
+/// norm-train's defaults, shown in `--help` and used for every unset option.
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
+/// Everything a sweep keeps fixed across cells (the "recipe"), shared by `train` and `sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct RecipeArgs {
+    /// Epochs to train.
+    #[arg(long, default_value_t = defaults().epochs)]
+    pub epochs: usize,
+    /// Base learning rate, before scaling by batch / lr-ref-batch (linear scaling rule).
+    #[arg(long, default_value_t = defaults().base_lr)]
+    pub lr: f32,
+    /// Batch size at which the learning rate equals --lr.
+    #[arg(long, value_name = "B", default_value_t = defaults().lr_ref_batch)]
+    pub lr_ref_batch: usize,
+    /// Learning-rate schedule after warmup.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::from(defaults().schedule))]
+    pub schedule: ScheduleArg,
+    /// Epochs of linear learning-rate warmup (fractions allowed).
+    #[arg(long, value_name = "EPOCHS", default_value_t = defaults().warmup_epochs)]
+    pub warmup: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = defaults().momentum)]
+    pub momentum: f32,
+    /// Weight decay.
+    #[arg(long, value_name = "WD", default_value_t = defaults().weight_decay)]
+    pub weight_decay: f32,
+    /// Train without augmentation (random crop and flip).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Channel widths of the three conv stages.
+    #[arg(long, value_name = "W1,W2,W3", default_value_t = Widths(defaults().model.widths))]
+    pub widths: Widths,
+    /// Groups of GroupNorm (must divide every width).
+    #[arg(long, value_name = "G", default_value_t = defaults().model.groups)]
+    pub groups: usize,
+    /// Epsilon of the normalisation layers.
+    #[arg(long, default_value_t = defaults().model.eps)]
+    pub eps: f32,
+    /// Data set.
+    #[arg(long, value_enum, default_value_t = DataSource::Synthetic)]
+    pub data: DataSource,
+    /// Folder of the CIFAR-10 binary files (with --data cifar10).
+    #[arg(long, value_name = "DIR", required_if_eq("data", "cifar10"))]
+    pub data_dir: Option<PathBuf>,
+    /// Train images: synthetic, how many to generate [default: 10000]; cifar10, use the first
+    /// N [default: all].
+    #[arg(long, value_name = "N")]
+    pub train_size: Option<usize>,
+    /// Test images: synthetic, how many to generate [default: 2000]; cifar10, use the first M
+    /// [default: all].
+    #[arg(long, value_name = "M")]
+    pub test_size: Option<usize>,
+    /// Seed of the synthetic data set.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub data_seed: u64,
+}
+
+/// `--widths 16,32,64`: the three conv widths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Widths(pub [usize; 3]);
+
+impl std::fmt::Display for Widths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{}", self.0[0], self.0[1], self.0[2])
+    }
+}
+
+impl std::str::FromStr for Widths {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("`{t}` is not a width"))
+            })
+            .collect::<Result<_, _>>()?;
+        let arr: [usize; 3] = v
+            .try_into()
+            .map_err(|_| format!("`{s}` is not three widths W1,W2,W3"))?;
+        Ok(Self(arr))
+    }
+}
+
+impl From<Schedule> for ScheduleArg {
+    fn from(s: Schedule) -> Self {
+        match s {
+            Schedule::Cosine => Self::Cosine,
+            Schedule::Step => Self::Step,
+        }
+    }
+}
+
+impl From<ScheduleArg> for Schedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Cosine => Self::Cosine,
+            ScheduleArg::Step => Self::Step,
+        }
+    }
+}
+
+impl From<NormArg> for NormKind {
+    fn from(n: NormArg) -> Self {
+        match n {
+            NormArg::Batch => Self::Batch,
+            NormArg::Layer => Self::Layer,
+            NormArg::Instance => Self::Instance,
+            NormArg::Group => Self::Group,
+            NormArg::None => Self::None,
+        }
+    }
+}
+
+/// Options that do not change results.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Run everything inside a rayon pool of N threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// `norm-cli train`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Normalisation layer.
+    #[arg(long, value_enum, default_value_t = NormArg::Group)]
+    pub norm: NormArg,
+    /// Images per step.
+    #[arg(long, default_value_t = defaults().batch)]
+    pub batch: usize,
+    /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Save the trained model to this file.
+    #[arg(long, value_name = "PATH")]
+    pub save: Option<PathBuf>,
+    /// Print the report as one JSON object (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+    /// The recipe.
+    #[command(flatten, next_help_heading = "Recipe")]
+    pub recipe: RecipeArgs,
+    /// Execution.
+    #[command(flatten, next_help_heading = "Execution")]
+    pub run: RunArgs,
+}
+
+/// `norm-cli sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// Norms to compare, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "batch,layer,instance,group"
+    )]
+    pub norms: Vec<NormArg>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
+    pub batches: Vec<usize>,
+    /// Seeds: N for 0..N, A..B for a range (B excluded), or a list a,b,c.
+    #[arg(long, default_value = "3")]
+    pub seeds: Seeds,
+    /// Sweep folder (created; reused to resume).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Run only the I-th of K shares of the cells (1-based), e.g. 2/4.
+    #[arg(long, value_name = "I/K")]
+    pub cells: Option<Share>,
+    /// The recipe.
+    #[command(flatten, next_help_heading = "Recipe")]
+    pub recipe: RecipeArgs,
+    /// Execution.
+    #[command(flatten, next_help_heading = "Execution")]
+    pub run: RunArgs,
+}
+
+/// `norm-cli report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Sweep folders (or results.jsonl files) to merge.
+    #[arg(required = true, value_name = "DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Where to write results.jsonl, recipe.json, summary and plot (default: the only input).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `norm-cli data ...`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write the synthetic data set as CIFAR-10 binary files plus a sample grid (samples.png).
+    Export(ExportArgs),
+}
+
+/// `norm-cli data export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Seed of the synthetic data set.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Train images (default: norm-train's DEFAULT_TRAIN).
+    #[arg(long, value_name = "N")]
+    pub train_size: Option<usize>,
+    /// Test images (default: norm-train's DEFAULT_TEST).
+    #[arg(long, value_name = "M")]
+    pub test_size: Option<usize>,
+}
+
+/// The layers `apply` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ApplyNorm {
+    /// BatchNorm2d (train mode, or --eval).
+    Batch,
+    /// LayerNorm over [C, H, W].
+    Layer,
+    /// InstanceNorm2d without running statistics.
+    Instance,
+    /// GroupNorm.
+    Group,
+}
+
+/// `norm-cli apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Layer to apply.
+    #[arg(long, value_enum)]
+    pub norm: ApplyNorm,
+    /// Groups of GroupNorm (must divide C).
+    #[arg(long, value_name = "G", default_value_t = 32)]
+    pub groups: usize,
+    /// Added to the variance.
+    #[arg(long, default_value_t = 1e-5)]
+    pub eps: f32,
+    /// BatchNorm running-statistics momentum.
+    #[arg(long, default_value_t = 0.1)]
+    pub momentum: f32,
+    /// Input x: float32 NCHW .npy.
+    #[arg(long, value_name = "X.npy")]
+    pub input: PathBuf,
+    /// Scale gamma ([C]; LayerNorm [C, H, W]); needs --bias.
+    #[arg(long, value_name = "W.npy", requires = "bias")]
+    pub weight: Option<PathBuf>,
+    /// Shift beta, same shape as the weight; needs --weight.
+    #[arg(long, value_name = "B.npy", requires = "weight")]
+    pub bias: Option<PathBuf>,
+    /// Upstream gradient dy (shape of x): also write dx (and dweight, dbias).
+    #[arg(long, value_name = "DY.npy")]
+    pub grad_output: Option<PathBuf>,
+    /// BatchNorm: normalise with --running-mean/--running-var instead of batch statistics.
+    #[arg(long, requires_all = ["running_mean", "running_var"])]
+    pub eval: bool,
+    /// BatchNorm running mean [C] (train mode: the start of the update; default 0).
+    #[arg(long, value_name = "RM.npy", requires = "running_var")]
+    pub running_mean: Option<PathBuf>,
+    /// BatchNorm running variance [C] (train mode: the start of the update; default 1).
+    #[arg(long, value_name = "RV.npy", requires = "running_mean")]
+    pub running_var: Option<PathBuf>,
+    /// Output folder (created).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+}

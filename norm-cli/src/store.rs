@@ -1,0 +1,311 @@
+//! The sweep's on-disk state: `results.jsonl` (one finished cell per line, appended atomically)
+//! and `recipe.json` (what every cell of the folder shares).
+//!
+//! Crash safety rests on two rules. A line is written with one `write` of the complete line
+//! (newline included) on a file opened in append mode, then `fsync`ed before the cell counts as
+//! done; and on open, bytes after the last newline — the tail of a line a killed run was
+//! writing — are cut off before anything is appended. So a finished cell is never lost and a
+//! half-written one is never read.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// File name of the results inside a sweep folder.
+pub const RESULTS_FILE: &str = "results.jsonl";
+/// File name of the recipe inside a sweep folder.
+pub const RECIPE_FILE: &str = "recipe.json";
+
+/// One finished cell: one line of `results.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    /// Normalisation layer (`batch`, `layer`, `instance`, `group`, `none`).
+    pub norm: String,
+    /// Batch size per step.
+    pub batch: usize,
+    /// Seed of initialisation and shuffling.
+    pub seed: u64,
+    /// Everything else that defines the run (see [`crate::sweep::recipe`]).
+    pub recipe: Value,
+    /// Test accuracy (0..1) after each epoch.
+    pub test_acc_per_epoch: Vec<f64>,
+    /// Mean training loss of each epoch.
+    pub train_loss_per_epoch: Vec<f64>,
+    /// Test accuracy (0..1) after the last epoch.
+    pub final_test_acc: f64,
+    /// Training throughput over the whole run, images per second.
+    pub images_per_sec: f64,
+    /// Wall time of the cell, seconds.
+    pub seconds: f64,
+    /// SIMD level of the kernels that ran it.
+    #[serde(default)]
+    pub simd: String,
+    /// Rayon threads it ran on.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+impl CellResult {
+    /// The cell's identity: norm, batch, seed.
+    pub fn key(&self) -> (&str, usize, u64) {
+        (&self.norm, self.batch, self.seed)
+    }
+}
+
+/// What [`read_results`] found besides the results.
+#[derive(Debug, Default)]
+pub struct ReadReport {
+    /// Bytes after the last newline: a partial line left by an interrupted run.
+    pub partial_tail: usize,
+}
+
+/// Parses `results.jsonl`, ignoring a partial last line (reported in [`ReadReport`]).
+/// A missing file reads as empty. A complete line that does not parse is an error: such a
+/// file was not written by this tool and is not mixed in.
+pub fn read_results(path: &Path) -> Result<(Vec<CellResult>, ReadReport)> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => f
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), ReadReport::default()));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let report = ReadReport {
+        partial_tail: bytes.len() - complete,
+    };
+    let text = std::str::from_utf8(&bytes[..complete])
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    let mut results = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: CellResult = serde_json::from_str(line)
+            .with_context(|| format!("{} line {} is not a cell result", path.display(), i + 1))?;
+        results.push(r);
+    }
+    Ok((results, report))
+}
+
+/// `results.jsonl` opened for appending, its partial tail (if any) already cut off.
+#[derive(Debug)]
+pub struct ResultsFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl ResultsFile {
+    /// Opens (creating) `path`, truncates a partial last line, returns the finished cells.
+    pub fn open(path: &Path) -> Result<(Self, Vec<CellResult>, ReadReport)> {
+        let (results, report) = read_results(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for writing", path.display()))?;
+        if report.partial_tail > 0 {
+            let len = file
+                .metadata()
+                .with_context(|| format!("cannot stat {}", path.display()))?
+                .len();
+            file.set_len(len - report.partial_tail as u64)
+                .and_then(|()| file.sync_all())
+                .with_context(|| {
+                    format!("cannot cut the partial last line of {}", path.display())
+                })?;
+        }
+        Ok((
+            Self {
+                path: path.to_owned(),
+                file,
+            },
+            results,
+            report,
+        ))
+    }
+
+    /// Appends one complete line with a single write and flushes it to disk.
+    pub fn append(&mut self, r: &CellResult) -> Result<()> {
+        let mut line = serde_json::to_string(r).context("cannot serialise a cell result")?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .with_context(|| format!("cannot append to {}", self.path.display()))
+    }
+}
+
+/// Reads `recipe.json`; `None` when the file does not exist.
+pub fn read_recipe(path: &Path) -> Result<Option<Value>> {
+    match fs::read_to_string(path) {
+        Ok(s) => serde_json::from_str(&s)
+            .map(Some)
+            .with_context(|| format!("{} is not valid JSON", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers and a kill in the
+/// middle never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        let mut f = File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        Ok(())
+    })
+}
+
+/// Lets `write` create a temporary file beside `path` (same extension), then renames it over
+/// `path`. The temporary file is removed if anything fails.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".tmp{}.{name}", std::process::id()));
+    let res = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(Into::into));
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Lists the keys (dotted paths) where two recipes differ, as `key: a vs b`.
+pub fn recipe_diff(a: &Value, b: &Value) -> Vec<String> {
+    fn walk(prefix: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, x.get(k), y.get(k), out);
+                }
+            }
+            (x, y) if x == y => {}
+            (x, y) => {
+                let show = |v: Option<&Value>| v.map_or("(absent)".to_owned(), Value::to_string);
+                out.push(format!("{prefix}: {} vs {}", show(x), show(y)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(a), Some(b), &mut out);
+    out
+}
+
+/// Fails unless `found` (from `where_`) equals `expected`, listing what differs.
+pub fn check_same_recipe(expected: &Value, found: &Value, what: &str) -> Result<()> {
+    let diff = recipe_diff(found, expected);
+    if diff.is_empty() {
+        return Ok(());
+    }
+    bail!("{what}: {}", diff.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn cell(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
+        CellResult {
+            norm: norm.into(),
+            batch,
+            seed,
+            recipe: json!({"epochs": 1}),
+            test_acc_per_epoch: vec![acc],
+            train_loss_per_epoch: vec![1.0],
+            final_test_acc: acc,
+            images_per_sec: 100.0,
+            seconds: 1.0,
+            simd: "scalar".into(),
+            threads: 1,
+        }
+    }
+
+    #[test]
+    fn append_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESULTS_FILE);
+        let (mut f, got, rep) = ResultsFile::open(&path).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(rep.partial_tail, 0);
+        f.append(&cell("group", 2, 0, 0.5)).unwrap();
+        f.append(&cell("batch", 4, 1, 0.25)).unwrap();
+        drop(f);
+        let (got, rep) = read_results(&path).unwrap();
+        assert_eq!(
+            got,
+            vec![cell("group", 2, 0, 0.5), cell("batch", 4, 1, 0.25)]
+        );
+        assert_eq!(rep.partial_tail, 0);
+    }
+
+    #[test]
+    fn partial_tail_is_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESULTS_FILE);
+        let mut text = serde_json::to_string(&cell("group", 2, 0, 0.5)).unwrap();
+        text.push('\n');
+        let full = text.len();
+        text.push_str(r#"{"norm":"batch","batch":4,"se"#);
+        fs::write(&path, &text).unwrap();
+        let (mut f, got, rep) = ResultsFile::open(&path).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(rep.partial_tail, text.len() - full);
+        assert_eq!(fs::metadata(&path).unwrap().len() as usize, full);
+        f.append(&cell("batch", 4, 0, 0.3)).unwrap();
+        let (got, rep) = read_results(&path).unwrap();
+        assert_eq!(
+            got,
+            vec![cell("group", 2, 0, 0.5), cell("batch", 4, 0, 0.3)]
+        );
+        assert_eq!(rep.partial_tail, 0);
+    }
+
+    #[test]
+    fn corrupt_complete_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESULTS_FILE);
+        fs::write(&path, "{\"norm\": 3}\n").unwrap();
+        let err = format!("{:#}", read_results(&path).unwrap_err());
+        assert!(err.contains("line 1 is not a cell result"), "{err}");
+    }
+
+    #[test]
+    fn diff_names_changed_keys() {
+        let a = json!({"epochs": 1, "data": {"source": "synthetic", "train_size": 64}});
+        let b = json!({"epochs": 2, "data": {"source": "synthetic", "train_size": 64, "x": 1}});
+        assert_eq!(
+            recipe_diff(&a, &b),
+            vec!["data.x: (absent) vs 1", "epochs: 1 vs 2"]
+        );
+        assert!(recipe_diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.txt");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,328 @@
+//! Aggregation of finished cells into a norm × batch table (mean ± std over seeds) and its
+//! rendering as Markdown and CSV — pure functions of the results, so they are snapshot-tested.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::store::CellResult;
+
+/// Order in which norms appear in tables and legends (the paper's order first).
+const NORM_ORDER: [&str; 5] = ["batch", "layer", "instance", "group", "none"];
+
+/// Display name of a norm (`group` → `GroupNorm`).
+pub fn norm_label(norm: &str) -> String {
+    match norm {
+        "batch" => "BatchNorm".into(),
+        "layer" => "LayerNorm".into(),
+        "instance" => "InstanceNorm".into(),
+        "group" => "GroupNorm".into(),
+        "none" => "no norm".into(),
+        other => other.into(),
+    }
+}
+
+fn norm_rank(norm: &str) -> (usize, String) {
+    (
+        NORM_ORDER
+            .iter()
+            .position(|n| *n == norm)
+            .unwrap_or(NORM_ORDER.len()),
+        norm.to_owned(),
+    )
+}
+
+/// Mean and spread of one cell's final test accuracy over its seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellStat {
+    /// Seeds that finished, ascending.
+    pub seeds: Vec<u64>,
+    /// Mean final test accuracy, 0..1.
+    pub mean: f64,
+    /// Sample standard deviation (n − 1); `None` for a single seed.
+    pub std: Option<f64>,
+}
+
+/// The norm × batch table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// Rows, in paper order.
+    pub norms: Vec<String>,
+    /// Columns, ascending.
+    pub batches: Vec<usize>,
+    /// `(norm, batch)` → statistics; absent when no seed of the cell finished.
+    pub cells: BTreeMap<(String, usize), CellStat>,
+    /// Number of results aggregated.
+    pub results: usize,
+}
+
+impl Summary {
+    /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first).
+    pub fn from_results(results: &[CellResult]) -> Self {
+        let mut accs: BTreeMap<(String, usize), BTreeMap<u64, f64>> = BTreeMap::new();
+        for r in results {
+            accs.entry((r.norm.clone(), r.batch))
+                .or_default()
+                .entry(r.seed)
+                .or_insert(r.final_test_acc);
+        }
+        let mut norms: Vec<String> = accs.keys().map(|(n, _)| n.clone()).collect();
+        norms.sort_by_key(|n| norm_rank(n));
+        norms.dedup();
+        let mut batches: Vec<usize> = accs.keys().map(|(_, b)| *b).collect();
+        batches.sort_unstable();
+        batches.dedup();
+        let n_results = accs.values().map(BTreeMap::len).sum();
+        let cells = accs
+            .into_iter()
+            .map(|(k, by_seed)| {
+                let v: Vec<f64> = by_seed.values().copied().collect();
+                let n = v.len() as f64;
+                let mean = v.iter().sum::<f64>() / n;
+                let std = (v.len() > 1).then(|| {
+                    (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+                });
+                (
+                    k,
+                    CellStat {
+                        seeds: by_seed.keys().copied().collect(),
+                        mean,
+                        std,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            norms,
+            batches,
+            cells,
+            results: n_results,
+        }
+    }
+
+    /// The statistics of one cell.
+    pub fn get(&self, norm: &str, batch: usize) -> Option<&CellStat> {
+        self.cells.get(&(norm.to_owned(), batch))
+    }
+
+    /// `Some(seeds)` when every present cell has the same seeds.
+    fn common_seeds(&self) -> Option<&[u64]> {
+        let mut it = self.cells.values().map(|c| c.seeds.as_slice());
+        let first = it.next()?;
+        it.all(|s| s == first).then_some(first)
+    }
+}
+
+fn pct(x: f64, decimals: usize) -> String {
+    format!("{:.*}", decimals, 100.0 * x)
+}
+
+fn list<T: std::fmt::Display>(v: &[T]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Flattens a recipe into `key=value` pairs with dotted keys, sorted.
+pub fn recipe_line(recipe: &Value) -> String {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, v, out);
+                }
+            }
+            Value::String(s) => out.push(format!("{prefix}={s}")),
+            other => out.push(format!("{prefix}={other}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", recipe, &mut out);
+    out.sort();
+    out.join(", ")
+}
+
+/// `summary.md`: accuracy mean ± std per norm × batch (the Group Normalization paper's Table 2
+/// layout), then test error with the difference of every norm to BatchNorm.
+pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
+    let mut out = String::new();
+    let epochs = recipe
+        .get("epochs")
+        .map(|e| format!(" after {e} epoch(s)"))
+        .unwrap_or_default();
+    let common = s.common_seeds();
+    out.push_str("# Test accuracy by normalisation and batch size\n\n");
+    if s.cells.is_empty() {
+        out.push_str("No finished cells yet.\n");
+        return out;
+    }
+    match common {
+        Some(seeds) => {
+            let _ = writeln!(
+                out,
+                "Final test accuracy (%){epochs}: mean ± sample std over {} seed(s) per cell \
+                 (seeds {}).\n",
+                seeds.len(),
+                list(seeds)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "Final test accuracy (%){epochs}: mean ± sample std over the seeds of each cell; \
+                 cells have different numbers of finished seeds, given as (n = …).\n"
+            );
+        }
+    }
+    let header = |out: &mut String, first: &str| {
+        let _ = write!(out, "| {first} |");
+        for b in &s.batches {
+            let _ = write!(out, " batch {b} |");
+        }
+        out.push_str("\n| --- |");
+        for _ in &s.batches {
+            out.push_str(" ---: |");
+        }
+        out.push('\n');
+    };
+    header(&mut out, "norm");
+    for norm in &s.norms {
+        let _ = write!(out, "| {} |", norm_label(norm));
+        for &b in &s.batches {
+            match s.get(norm, b) {
+                None => out.push_str(" — |"),
+                Some(c) => {
+                    let _ = write!(out, " {}", pct(c.mean, 1));
+                    if let Some(sd) = c.std {
+                        let _ = write!(out, " ± {}", pct(sd, 1));
+                    }
+                    if common.is_none() {
+                        let _ = write!(out, " (n = {})", c.seeds.len());
+                    }
+                    out.push_str(" |");
+                }
+            }
+        }
+        out.push('\n');
+    }
+
+    out.push_str("\n## Test error (%)\n\n");
+    out.push_str("Mean test error; Δ rows are the difference to BatchNorm at the same batch size");
+    out.push_str(" (negative: lower error than BatchNorm).\n\n");
+    header(&mut out, "norm");
+    let err = |norm: &str, b: usize| s.get(norm, b).map(|c| 1.0 - c.mean);
+    for norm in &s.norms {
+        let _ = write!(out, "| {} |", norm_label(norm));
+        for &b in &s.batches {
+            match err(norm, b) {
+                Some(e) => {
+                    let _ = write!(out, " {} |", pct(e, 1));
+                }
+                None => out.push_str(" — |"),
+            }
+        }
+        out.push('\n');
+    }
+    if s.norms.iter().any(|n| n == "batch") {
+        for norm in s.norms.iter().filter(|n| *n != "batch") {
+            let _ = write!(out, "| Δ {} − BatchNorm |", norm_label(norm));
+            for &b in &s.batches {
+                match (err(norm, b), err("batch", b)) {
+                    (Some(e), Some(bn)) => {
+                        let _ = write!(out, " {:+.1} |", 100.0 * (e - bn));
+                    }
+                    _ => out.push_str(" — |"),
+                }
+            }
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{} finished cell(s). Recipe: {}.",
+        s.results,
+        recipe_line(recipe)
+    );
+    out
+}
+
+/// `summary.csv`: one row per norm, and per batch size the columns `batch{B}_mean`,
+/// `batch{B}_std` (test accuracy in %, two decimals; empty when undefined) and `batch{B}_seeds`.
+pub fn render_csv(s: &Summary) -> String {
+    let mut out = String::from("norm");
+    for b in &s.batches {
+        let _ = write!(out, ",batch{b}_mean,batch{b}_std,batch{b}_seeds");
+    }
+    out.push('\n');
+    for norm in &s.norms {
+        out.push_str(norm);
+        for &b in &s.batches {
+            match s.get(norm, b) {
+                Some(c) => {
+                    let sd = c.std.map(|v| pct(v, 2)).unwrap_or_default();
+                    let _ = write!(out, ",{},{sd},{}", pct(c.mean, 2), c.seeds.len());
+                }
+                None => out.push_str(",,,0"),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn r(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
+        CellResult {
+            norm: norm.into(),
+            batch,
+            seed,
+            recipe: json!({}),
+            test_acc_per_epoch: vec![acc],
+            train_loss_per_epoch: vec![1.0],
+            final_test_acc: acc,
+            images_per_sec: 1.0,
+            seconds: 1.0,
+            simd: String::new(),
+            threads: 1,
+        }
+    }
+
+    #[test]
+    fn mean_and_sample_std() {
+        let s = Summary::from_results(&[
+            r("group", 2, 0, 0.5),
+            r("group", 2, 1, 0.7),
+            r("group", 2, 1, 0.9), // duplicate seed: first wins
+            r("batch", 2, 0, 0.4),
+        ]);
+        let g = s.get("group", 2).unwrap();
+        assert!((g.mean - 0.6).abs() < 1e-12);
+        assert!((g.std.unwrap() - 0.02f64.sqrt()).abs() < 1e-12);
+        assert_eq!(g.seeds, vec![0, 1]);
+        assert_eq!(s.get("batch", 2).unwrap().std, None);
+        assert_eq!(s.norms, vec!["batch", "group"]);
+        assert_eq!(s.results, 3);
+    }
+
+    #[test]
+    fn csv_has_a_column_triple_per_batch() {
+        let s = Summary::from_results(&[r("group", 2, 0, 0.5), r("batch", 4, 0, 0.25)]);
+        assert_eq!(
+            render_csv(&s),
+            "norm,batch2_mean,batch2_std,batch2_seeds,batch4_mean,batch4_std,batch4_seeds\n\
+             batch,,,0,25.00,,1\n\
+             group,50.00,,1,,,0\n"
+        );
+    }
+}

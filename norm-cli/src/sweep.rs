@@ -1,0 +1,341 @@
+//! Sweep bookkeeping: the cell list (norm × batch × seed), its deterministic sharding for
+//! `--cells I/K`, and a sweep folder (`recipe.json` check, `results.jsonl` resume, outputs
+//! rewritten after every cell). Running a cell is a closure, so all of this is tested with fake
+//! results.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::outputs;
+use crate::store::{self, CellResult, RECIPE_FILE, RESULTS_FILE, ResultsFile};
+
+/// One cell of the sweep.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cell {
+    /// Norm name, lowercase.
+    pub norm: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} batch {} seed {}", self.norm, self.batch, self.seed)
+    }
+}
+
+/// Every cell, in the order norms × batches × seeds (seed fastest).
+pub fn all_cells(norms: &[String], batches: &[usize], seeds: &[u64]) -> Vec<Cell> {
+    let mut cells = Vec::with_capacity(norms.len() * batches.len() * seeds.len());
+    for norm in norms {
+        for &batch in batches {
+            for &seed in seeds {
+                cells.push(Cell {
+                    norm: norm.clone(),
+                    batch,
+                    seed,
+                });
+            }
+        }
+    }
+    cells
+}
+
+/// `--cells I/K`: the I-th (1-based) of K shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// Which share, 1..=k.
+    pub i: usize,
+    /// How many shares.
+    pub k: usize,
+}
+
+impl FromStr for Share {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not I/K with 1 <= I <= K (e.g. 2/4)");
+        let (i, k) = s.split_once('/').ok_or_else(bad)?;
+        let i: usize = i.trim().parse().map_err(|_| bad())?;
+        let k: usize = k.trim().parse().map_err(|_| bad())?;
+        if i == 0 || k == 0 || i > k {
+            return Err(bad());
+        }
+        Ok(Self { i, k })
+    }
+}
+
+impl Share {
+    /// The cells of this share: positions `j` of the full list with `j mod K = I − 1`.
+    /// Round-robin spreads every norm and batch size over all shares, so shares take about
+    /// the same time; the K shares partition the list.
+    pub fn select(&self, cells: &[Cell]) -> Vec<Cell> {
+        cells
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % self.k == self.i - 1)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+}
+
+/// `--seeds`: `N` means seeds `0..N`; `A..B` the range `A..B` (B excluded); `a,b,c` a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seeds(pub Vec<u64>);
+
+impl FromStr for Seeds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("`{t}` is not a seed"))
+        };
+        let seeds: Vec<u64> = if let Some((a, b)) = s.split_once("..") {
+            (num(a)?..num(b)?).collect()
+        } else if s.contains(',') {
+            s.split(',')
+                .filter(|t| !t.trim().is_empty())
+                .map(num)
+                .collect::<Result<_, _>>()?
+        } else {
+            (0..num(s)?).collect()
+        };
+        if seeds.is_empty() {
+            return Err(format!("`{s}` selects no seed"));
+        }
+        let mut sorted = seeds.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(format!("`{s}` repeats a seed"));
+        }
+        Ok(Self(seeds))
+    }
+}
+
+/// An open sweep folder: recipe checked, partial line dropped, finished cells known.
+#[derive(Debug)]
+pub struct SweepDir {
+    dir: PathBuf,
+    recipe: Value,
+    file: ResultsFile,
+    results: Vec<CellResult>,
+    done: HashSet<(String, usize, u64)>,
+    /// Bytes of a partial last line that were cut on open (0 if none).
+    pub dropped_partial: usize,
+}
+
+impl SweepDir {
+    /// Creates or reopens `dir` for `recipe`. Refuses a folder whose `recipe.json` or
+    /// results hold a different recipe.
+    pub fn open(dir: &Path, recipe: &Value) -> Result<Self> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        let recipe_path = dir.join(RECIPE_FILE);
+        let refuse = |found: &str| {
+            format!(
+                "{} holds a sweep with a different recipe ({found}); \
+                 use another --out or the same settings",
+                dir.display()
+            )
+        };
+        if let Some(old) = store::read_recipe(&recipe_path)? {
+            store::check_same_recipe(recipe, &old, &refuse("recipe.json vs now"))?;
+        }
+        let (file, results, report) = ResultsFile::open(&dir.join(RESULTS_FILE))?;
+        for r in &results {
+            store::check_same_recipe(recipe, &r.recipe, &refuse(&format!("{} vs now", r_key(r))))?;
+        }
+        if !recipe_path.exists() {
+            let text = serde_json::to_string_pretty(recipe)? + "\n";
+            store::write_atomic(&recipe_path, text.as_bytes())?;
+        }
+        let done = results
+            .iter()
+            .map(|r| (r.norm.clone(), r.batch, r.seed))
+            .collect();
+        Ok(Self {
+            dir: dir.to_owned(),
+            recipe: recipe.clone(),
+            file,
+            results,
+            done,
+            dropped_partial: report.partial_tail,
+        })
+    }
+
+    /// True when the cell is already in `results.jsonl`.
+    pub fn is_done(&self, c: &Cell) -> bool {
+        self.done.contains(&(c.norm.clone(), c.batch, c.seed))
+    }
+
+    /// All finished cells (from earlier runs too).
+    pub fn results(&self) -> &[CellResult] {
+        &self.results
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends a finished cell (durably) and rewrites summary and plots.
+    pub fn record(&mut self, r: CellResult) -> Result<()> {
+        if r.recipe != self.recipe {
+            bail!(
+                "internal error: cell {} was run with another recipe",
+                r_key(&r)
+            );
+        }
+        self.file.append(&r)?;
+        self.done.insert((r.norm.clone(), r.batch, r.seed));
+        self.results.push(r);
+        self.write_outputs()
+    }
+
+    /// Rewrites `summary.md`, `summary.csv` and the plots from all finished cells.
+    pub fn write_outputs(&self) -> Result<()> {
+        outputs::write_all(&self.dir, &self.results, &self.recipe)
+    }
+}
+
+fn r_key(r: &CellResult) -> String {
+    format!("cell {} batch {} seed {}", r.norm, r.batch, r.seed)
+}
+
+/// Runs every cell of `cells` not yet in `sd`, in order, recording each as it finishes.
+/// `run` is given the cell and its position among the cells to run. Returns how many ran.
+pub fn run_missing(
+    sd: &mut SweepDir,
+    cells: &[Cell],
+    mut run: impl FnMut(&Cell, usize, usize) -> Result<CellResult>,
+) -> Result<usize> {
+    let todo: Vec<&Cell> = cells.iter().filter(|c| !sd.is_done(c)).collect();
+    for (i, c) in todo.iter().enumerate() {
+        let r = run(c, i, todo.len()).with_context(|| format!("cell {c}"))?;
+        sd.record(r)?;
+    }
+    Ok(todo.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn fake(c: &Cell, recipe: &Value) -> CellResult {
+        let acc = 0.1 + 0.01 * c.batch as f64 + 0.001 * c.seed as f64;
+        CellResult {
+            norm: c.norm.clone(),
+            batch: c.batch,
+            seed: c.seed,
+            recipe: recipe.clone(),
+            test_acc_per_epoch: vec![acc],
+            train_loss_per_epoch: vec![2.0],
+            final_test_acc: acc,
+            images_per_sec: 10.0,
+            seconds: 0.1,
+            simd: "scalar".into(),
+            threads: 1,
+        }
+    }
+
+    #[test]
+    fn seeds_syntax() {
+        assert_eq!("3".parse::<Seeds>().unwrap().0, vec![0, 1, 2]);
+        assert_eq!("4..6".parse::<Seeds>().unwrap().0, vec![4, 5]);
+        assert_eq!("7,2".parse::<Seeds>().unwrap().0, vec![7, 2]);
+        assert!("0".parse::<Seeds>().is_err());
+        assert!("1,1".parse::<Seeds>().is_err());
+        assert!("x".parse::<Seeds>().is_err());
+    }
+
+    #[test]
+    fn shares_partition_the_cells() {
+        let cells = all_cells(&strs(&["batch", "group"]), &[2, 4, 8], &[0, 1, 2]);
+        assert_eq!(cells.len(), 18);
+        assert_eq!(
+            cells[1],
+            Cell {
+                norm: "batch".into(),
+                batch: 2,
+                seed: 1
+            }
+        );
+        for k in 1..=5 {
+            let mut union: Vec<Cell> = (1..=k)
+                .flat_map(|i| Share { i, k }.select(&cells))
+                .collect();
+            assert_eq!(union.len(), cells.len());
+            union.sort_by_key(|c| cells.iter().position(|d| d == c).unwrap());
+            assert_eq!(union, cells);
+        }
+        assert_eq!("2/3".parse::<Share>().unwrap(), Share { i: 2, k: 3 });
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0"] {
+            assert!(bad.parse::<Share>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resume_runs_only_missing_cells() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = json!({"epochs": 1});
+        let cells = all_cells(&strs(&["batch", "group"]), &[2, 4], &[0, 1]);
+        let mut sd = SweepDir::open(dir.path(), &recipe).unwrap();
+        // First run dies after 3 cells.
+        let mut n = 0;
+        let err = run_missing(&mut sd, &cells, |c, _, _| {
+            n += 1;
+            if n > 3 {
+                bail!("killed")
+            } else {
+                Ok(fake(c, &recipe))
+            }
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("killed"));
+        drop(sd);
+        let mut sd = SweepDir::open(dir.path(), &recipe).unwrap();
+        assert_eq!(sd.results().len(), 3);
+        let mut ran = Vec::new();
+        let k = run_missing(&mut sd, &cells, |c, _, _| {
+            ran.push(c.clone());
+            Ok(fake(c, &recipe))
+        })
+        .unwrap();
+        assert_eq!(k, 5);
+        assert_eq!(ran, cells[3..].to_vec());
+        let (all, _) = store::read_results(&dir.path().join(RESULTS_FILE)).unwrap();
+        assert_eq!(all.len(), 8);
+        for f in [
+            "summary.md",
+            "summary.csv",
+            "accuracy_vs_batch.svg",
+            "accuracy_vs_batch.png",
+        ] {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
+    }
+
+    #[test]
+    fn changed_recipe_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        SweepDir::open(dir.path(), &json!({"epochs": 1, "lr": 0.1})).unwrap();
+        let err = SweepDir::open(dir.path(), &json!({"epochs": 2, "lr": 0.1})).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("different recipe") && msg.contains("epochs: 1 vs 2"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! `norm-cli sweep`: train every norm × batch × seed cell with one recipe, resumably.
+//! The bookkeeping lives in [`crate::sweep`]; this module trains the cells and shows progress.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use norm_train::{NormKind, Progress};
+
+use crate::cli::SweepArgs;
+use crate::store::CellResult;
+use crate::summary::{Summary, render_markdown};
+use crate::sweep::{Cell, SweepDir, all_cells, run_missing};
+use crate::train_cmd::{self, clean, config, in_pool, load_data, overall_images_per_sec};
+
+/// Ticks of the overall bar per cell (progress inside a cell moves it too).
+const TICKS: u64 = 1000;
+
+fn check_lists(a: &SweepArgs) -> Result<()> {
+    if a.norms.is_empty() {
+        bail!("--norms is empty");
+    }
+    if a.batches.is_empty() {
+        bail!("--batches is empty");
+    }
+    let mut seen = HashSet::new();
+    if let Some(n) = a.norms.iter().find(|n| !seen.insert(**n)) {
+        bail!("--norms lists {} twice", n.name());
+    }
+    let mut seen = HashSet::new();
+    if let Some(b) = a.batches.iter().find(|b| !seen.insert(**b)) {
+        bail!("--batches lists {b} twice");
+    }
+    Ok(())
+}
+
+/// Runs `norm-cli sweep`.
+pub fn run(a: &SweepArgs) -> Result<()> {
+    check_lists(a)?;
+    let norms: Vec<NormKind> = a.norms.iter().map(|&n| n.into()).collect();
+    // Every cell's settings are checked before any data is made or any cell runs.
+    let validate_all = |train_len: usize| -> Result<()> {
+        for &n in &norms {
+            for &b in &a.batches {
+                config(&a.recipe, n, b, 0)
+                    .validate(train_len)
+                    .map_err(|e| anyhow::anyhow!("{n} norm, batch {b}: {e}"))?;
+            }
+        }
+        Ok(())
+    };
+    if let Some(n) = train_cmd::planned_train_len(&a.recipe) {
+        validate_all(n)?;
+    }
+    in_pool(a.run.threads, || -> Result<()> {
+        let (split, info) = load_data(&a.recipe)?;
+        validate_all(split.train.len())?;
+        let base = config(&a.recipe, norms[0], a.batches[0], 0);
+        let recipe = train_cmd::recipe(&base, &info)?;
+        let mut sd = SweepDir::open(&a.out, &recipe)?;
+        if sd.dropped_partial > 0 {
+            eprintln!(
+                "note: cut a partial last line ({} bytes) of {}/results.jsonl left by an interrupted run; that cell runs again",
+                sd.dropped_partial,
+                a.out.display()
+            );
+        }
+        let names: Vec<String> = norms.iter().map(|n| n.name().to_owned()).collect();
+        let all = all_cells(&names, &a.batches, &a.seeds.0);
+        let cells = match a.cells {
+            Some(share) => share.select(&all),
+            None => all.clone(),
+        };
+        let done = cells.iter().filter(|c| sd.is_done(c)).count();
+        let share = a
+            .cells
+            .map(|s| format!(" (share {}/{} of {})", s.i, s.k, all.len()))
+            .unwrap_or_default();
+        eprintln!(
+            "sweep: {} cell(s){share}, {done} already in {}, {} to run; {} threads, SIMD {}",
+            cells.len(),
+            a.out.display(),
+            cells.len() - done,
+            rayon::current_num_threads(),
+            norm_kernels::simd_level()
+        );
+        let todo = (cells.len() - done) as u64;
+        let bar = if todo == 0 {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::with_draw_target(Some(todo * TICKS), ProgressDrawTarget::stderr())
+        };
+        bar.set_style(
+            ProgressStyle::with_template("[{elapsed_precise}] [{bar:30}] {msg} · ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        let visible = !bar.is_hidden();
+        let epochs = a.recipe.epochs;
+        run_missing(&mut sd, &cells, |cell: &Cell, i, n| {
+            let cfg = config(&a.recipe, cell.norm.parse()?, cell.batch, cell.seed);
+            let label = format!("cell {}/{n} of this run: {cell}", i + 1);
+            bar.set_message(label.clone());
+            let t0 = Instant::now();
+            let outcome = norm_train::train(&cfg, &split, &mut |p| {
+                if let Progress::Step {
+                    epoch,
+                    step,
+                    steps,
+                    loss,
+                } = p
+                {
+                    let frac = (*epoch as f64 + (*step + 1) as f64 / *steps as f64) / epochs as f64;
+                    bar.set_position(i as u64 * TICKS + (frac * TICKS as f64) as u64);
+                    bar.set_message(format!(
+                        "{label}, epoch {}/{epochs}, loss {loss:.3}",
+                        epoch + 1
+                    ));
+                }
+            })?;
+            let seconds = t0.elapsed().as_secs_f64();
+            let r = CellResult {
+                norm: cell.norm.clone(),
+                batch: cell.batch,
+                seed: cell.seed,
+                recipe: recipe.clone(),
+                test_acc_per_epoch: outcome.epochs.iter().map(|e| clean(e.test_acc)).collect(),
+                train_loss_per_epoch: outcome.epochs.iter().map(|e| clean(e.train_loss)).collect(),
+                final_test_acc: clean(outcome.final_test_acc()),
+                images_per_sec: overall_images_per_sec(&outcome.epochs).round(),
+                seconds: (seconds * 1000.0).round() / 1000.0,
+                simd: norm_kernels::simd_level().to_owned(),
+                threads: rayon::current_num_threads(),
+            };
+            let line = format!(
+                "done {}/{n}: {cell}: test acc {:.1} % ({:.1} s)",
+                i + 1,
+                100.0 * r.final_test_acc,
+                seconds
+            );
+            if visible {
+                bar.println(line)
+            } else {
+                eprintln!("{line}")
+            }
+            bar.set_position((i as u64 + 1) * TICKS);
+            Ok(r)
+        })?;
+        bar.finish_and_clear();
+        sd.write_outputs()?;
+        let s = Summary::from_results(sd.results());
+        print!("{}", render_markdown(&s, &recipe));
+        eprintln!(
+            "wrote {0}/results.jsonl, {0}/summary.md, {0}/summary.csv, {0}/accuracy_vs_batch.svg, {0}/accuracy_vs_batch.png",
+            sd.dir().display()
+        );
+        Ok(())
+    })?
+}

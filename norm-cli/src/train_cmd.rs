@@ -1,0 +1,466 @@
+//! `norm-cli train`, and what `sweep` shares with it: building a [`TrainConfig`] from the
+//! arguments, loading the data, the recipe, the rayon pool, the per-epoch progress bar and the
+//! end-of-run report (rendered by a pure function, snapshot-tested).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use norm_train::data::{self, Dataset, Split};
+use norm_train::{EpochStats, NormKind, Progress, TrainConfig, TrainOutcome};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::{DataSource, RecipeArgs, TrainArgs};
+use crate::summary::norm_label;
+
+/// Where the images came from, as stored in the recipe.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DataInfo {
+    /// `synthetic` or `cifar10`.
+    pub source: &'static str,
+    /// Seed of the synthetic set (absent for CIFAR-10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Train images.
+    pub train_size: usize,
+    /// Test images.
+    pub test_size: usize,
+    /// FNV-1a 64 of all labels and pixels (train then test), in hex: two runs with the same
+    /// fingerprint saw the same images.
+    pub fingerprint: String,
+}
+
+/// 64-bit FNV-1a over the labels and images of both splits.
+pub fn fingerprint(split: &Split) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for d in [&split.train, &split.test] {
+        for b in d.labels.iter().chain(&d.images) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn first(d: &Dataset, n: usize) -> Dataset {
+    Dataset {
+        images: d.images[..n * data::IMAGE_BYTES].to_vec(),
+        labels: d.labels[..n].to_vec(),
+    }
+}
+
+/// Number of train images the arguments ask for, when it is known before loading (synthetic).
+pub fn planned_train_len(r: &RecipeArgs) -> Option<usize> {
+    match r.data {
+        DataSource::Synthetic => Some(r.train_size.unwrap_or(data::DEFAULT_TRAIN)),
+        DataSource::Cifar10 => None,
+    }
+}
+
+/// Generates or reads the data set the arguments describe.
+pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
+    let (split, source, seed) = match r.data {
+        DataSource::Synthetic => {
+            let train = r.train_size.unwrap_or(data::DEFAULT_TRAIN);
+            let test = r.test_size.unwrap_or(data::DEFAULT_TEST);
+            (
+                data::synthetic(r.data_seed, train, test),
+                "synthetic",
+                Some(r.data_seed),
+            )
+        }
+        DataSource::Cifar10 => {
+            let dir = r
+                .data_dir
+                .as_ref()
+                .context("--data cifar10 needs --data-dir DIR")?;
+            let full = data::load_cifar10(dir)
+                .with_context(|| format!("cannot load CIFAR-10 from {}", dir.display()))?;
+            let take = |d: &Dataset, n: Option<usize>, what: &str| -> Result<Dataset> {
+                match n {
+                    None => Ok(d.clone()),
+                    Some(n) if n <= d.len() => Ok(first(d, n)),
+                    Some(n) => bail!(
+                        "--{what}-size {n} is more than the {} {what} images in {}",
+                        d.len(),
+                        dir.display()
+                    ),
+                }
+            };
+            let split = Split {
+                train: take(&full.train, r.train_size, "train")?,
+                test: take(&full.test, r.test_size, "test")?,
+            };
+            (split, "cifar10", None)
+        }
+    };
+    if split.test.is_empty() {
+        bail!("the test set is empty (--test-size 0): there would be no accuracy to report");
+    }
+    let info = DataInfo {
+        source,
+        seed,
+        train_size: split.train.len(),
+        test_size: split.test.len(),
+        fingerprint: fingerprint(&split),
+    };
+    Ok((split, info))
+}
+
+/// The training configuration for one run.
+pub fn config(r: &RecipeArgs, norm: NormKind, batch: usize, seed: u64) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.model.widths = r.widths.0;
+    c.model.norm = norm;
+    c.model.groups = r.groups;
+    c.model.eps = r.eps;
+    c.epochs = r.epochs;
+    c.batch = batch;
+    c.base_lr = r.lr;
+    c.lr_ref_batch = r.lr_ref_batch;
+    c.momentum = r.momentum;
+    c.weight_decay = r.weight_decay;
+    c.warmup_epochs = r.warmup;
+    c.schedule = r.schedule.into();
+    if r.no_augment {
+        c.augment = data::Augment::NONE;
+    }
+    c.seed = seed;
+    c
+}
+
+/// The recipe: the configuration without norm, batch and seed, plus the data description.
+/// Built through JSON text so it compares equal to a recipe read back from disk.
+pub fn recipe(cfg: &TrainConfig, data: &DataInfo) -> Result<Value> {
+    let text = serde_json::to_string(cfg).context("cannot serialise the configuration")?;
+    let mut v: Value = serde_json::from_str(&text)?;
+    let obj = v
+        .as_object_mut()
+        .context("the configuration is not a JSON object")?;
+    obj.remove("batch");
+    obj.remove("seed");
+    if let Some(Value::Object(m)) = obj.get_mut("model") {
+        m.remove("norm");
+    }
+    let data = serde_json::to_string(data)?;
+    obj.insert("data".into(), serde_json::from_str(&data)?);
+    Ok(v)
+}
+
+/// Runs `f` inside a rayon pool of `threads` threads (the global pool when `None`).
+pub fn in_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    match threads {
+        None => Ok(f()),
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .with_context(|| format!("cannot start a pool of {n} threads"))?;
+            Ok(pool.install(f))
+        }
+    }
+}
+
+/// Training throughput over the whole run: every epoch trains the same number of images, so
+/// it is the harmonic mean of the per-epoch rates.
+pub fn overall_images_per_sec(epochs: &[EpochStats]) -> f64 {
+    let inv: f64 = epochs.iter().map(|e| 1.0 / e.images_per_sec).sum();
+    if epochs.is_empty() || !inv.is_finite() || inv <= 0.0 {
+        0.0
+    } else {
+        epochs.len() as f64 / inv
+    }
+}
+
+/// An `f32` as the `f64` of its shortest decimal form (0.3f32 → 0.3, not 0.30000001192…).
+pub fn clean(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+/// Everything `train` reports; printed as text by [`render_report`] or as JSON with `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The norm.
+    pub norm: NormKind,
+    /// The full configuration.
+    pub config: TrainConfig,
+    /// The data.
+    pub data: DataInfo,
+    /// Peak learning rate after batch scaling.
+    pub peak_lr: f32,
+    /// Per-epoch statistics (`epoch` from 0).
+    pub per_epoch: Vec<EpochStats>,
+    /// Test accuracy after the last epoch, 0..1.
+    pub final_test_acc: f32,
+    /// Best test accuracy over the epochs, 0..1.
+    pub best_test_acc: f32,
+    /// Epoch (from 1) of the best test accuracy.
+    pub best_epoch: usize,
+    /// Mean train loss of the last epoch.
+    pub final_train_loss: f32,
+    /// Wall time of training, seconds.
+    pub wall_seconds: f64,
+    /// Training images per second over the run.
+    pub images_per_sec: f64,
+    /// SIMD level of the kernels (`norm_kernels::simd_level()`).
+    pub simd: String,
+    /// Rayon threads.
+    pub threads: usize,
+    /// Where the model was saved.
+    pub saved: Option<PathBuf>,
+}
+
+impl Report {
+    /// Assembles the report of a finished run.
+    pub fn new(cfg: &TrainConfig, data: DataInfo, epochs: Vec<EpochStats>, wall: f64) -> Self {
+        let best = epochs
+            .iter()
+            .filter(|e| !e.test_acc.is_nan())
+            .max_by(|a, b| {
+                a.test_acc
+                    .total_cmp(&b.test_acc)
+                    .then(b.epoch.cmp(&a.epoch))
+            });
+        let last = epochs.last();
+        Self {
+            norm: cfg.model.norm,
+            config: cfg.clone(),
+            data,
+            peak_lr: cfg.lr(),
+            final_test_acc: last.map_or(f32::NAN, |e| e.test_acc),
+            best_test_acc: best.map_or(f32::NAN, |e| e.test_acc),
+            best_epoch: best.map_or(0, |e| e.epoch + 1),
+            final_train_loss: last.map_or(f32::NAN, |e| e.train_loss),
+            wall_seconds: wall,
+            images_per_sec: overall_images_per_sec(&epochs),
+            per_epoch: epochs,
+            simd: norm_kernels::simd_level().to_owned(),
+            threads: rayon::current_num_threads(),
+            saved: None,
+        }
+    }
+}
+
+fn pct(x: f32) -> String {
+    format!("{:.1} %", 100.0 * x)
+}
+
+/// One line per epoch, as printed during training and in the report.
+pub fn epoch_line(e: &EpochStats, epochs: usize) -> String {
+    format!(
+        "epoch {}/{epochs}: loss {:.4}, train acc {}, test acc {}, {:.0} images/s, {:.1} s",
+        e.epoch + 1,
+        e.train_loss,
+        pct(e.train_acc),
+        pct(e.test_acc),
+        e.images_per_sec,
+        e.seconds
+    )
+}
+
+/// The text report: header, table of epochs, summary block.
+pub fn render_report(r: &Report) -> String {
+    let c = &r.config;
+    let mut out = String::new();
+    let groups = if c.model.norm == NormKind::Group {
+        format!(" (G = {})", c.model.groups)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{}{groups}, batch {}, seed {}, {} epoch(s), peak lr {} (base {} × {}/{}), {} schedule",
+        norm_label(c.model.norm.name()),
+        c.batch,
+        c.seed,
+        c.epochs,
+        r.peak_lr,
+        c.base_lr,
+        c.batch,
+        c.lr_ref_batch,
+        match c.schedule {
+            norm_train::Schedule::Cosine => "cosine",
+            norm_train::Schedule::Step => "step",
+        }
+    );
+    let seed = r
+        .data
+        .seed
+        .map(|s| format!(" (seed {s})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "data: {}{seed}, {} train / {} test images; widths {:?}\n",
+        r.data.source, r.data.train_size, r.data.test_size, c.model.widths
+    );
+    let _ = writeln!(
+        out,
+        "epoch        lr  train loss  train acc  test acc  images/s  seconds"
+    );
+    for e in &r.per_epoch {
+        let _ = writeln!(
+            out,
+            "{:>5}  {:>8.5}  {:>10.4}  {:>9}  {:>8}  {:>8.0}  {:>7.1}",
+            e.epoch + 1,
+            e.lr,
+            e.train_loss,
+            pct(e.train_acc),
+            pct(e.test_acc),
+            e.images_per_sec,
+            e.seconds
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "final test accuracy  {}  (chance 10.0 %)",
+        pct(r.final_test_acc)
+    );
+    let _ = writeln!(
+        out,
+        "best test accuracy   {}  (epoch {})",
+        pct(r.best_test_acc),
+        r.best_epoch
+    );
+    let _ = writeln!(out, "final train loss     {:.4}", r.final_train_loss);
+    let _ = writeln!(out, "wall time            {:.1} s", r.wall_seconds);
+    let _ = writeln!(
+        out,
+        "throughput           {:.0} images/s (training steps)",
+        r.images_per_sec
+    );
+    let _ = writeln!(
+        out,
+        "SIMD                 {}, {} thread(s)",
+        r.simd, r.threads
+    );
+    if let Some(p) = &r.saved {
+        let _ = writeln!(out, "model saved to       {}", p.display());
+    }
+    out
+}
+
+/// The per-epoch progress bar of `train`: hidden with `--json` or when stderr is not a
+/// terminal; then each finished epoch is still logged as one line on stderr unless `--json`.
+pub struct EpochProgress {
+    bar: Option<ProgressBar>,
+    epochs: usize,
+    batch: usize,
+    quiet: bool,
+    visible: bool,
+}
+
+impl EpochProgress {
+    /// `quiet`: no bar and no epoch lines (`--json`).
+    pub fn new(epochs: usize, batch: usize, quiet: bool) -> Self {
+        let visible = !quiet && !ProgressDrawTarget::stderr().is_hidden();
+        Self {
+            bar: None,
+            epochs,
+            batch,
+            quiet,
+            visible,
+        }
+    }
+
+    /// Handles one report from the trainer.
+    pub fn update(&mut self, p: &Progress) {
+        match p {
+            Progress::Step {
+                epoch,
+                step,
+                steps,
+                loss,
+            } => {
+                if !self.visible {
+                    return;
+                }
+                let bar = self.bar.get_or_insert_with(|| {
+                    let b = ProgressBar::new(*steps as u64);
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "epoch {prefix} [{bar:30}] {pos}/{len} steps · {msg} · ETA {eta}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                    b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+                    b
+                });
+                bar.set_position(*step as u64 + 1);
+                let ips = bar.per_sec() * self.batch as f64;
+                bar.set_message(format!("loss {loss:.3} · {ips:.0} img/s"));
+            }
+            Progress::Epoch(e) => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                if !self.quiet {
+                    eprintln!("{}", epoch_line(e, self.epochs));
+                }
+            }
+        }
+    }
+}
+
+/// Trains once with progress; returns the outcome and the wall time.
+pub fn train_with_progress(
+    cfg: &TrainConfig,
+    split: &Split,
+    quiet: bool,
+) -> Result<(TrainOutcome, f64)> {
+    let mut prog = EpochProgress::new(cfg.epochs, cfg.batch, quiet);
+    let t0 = Instant::now();
+    let outcome = norm_train::train(cfg, split, &mut |p| prog.update(p))?;
+    Ok((outcome, t0.elapsed().as_secs_f64()))
+}
+
+/// Runs `norm-cli train`.
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let cfg = config(&a.recipe, a.norm.into(), a.batch, a.seed);
+    // Fail on bad settings before generating or reading any data.
+    if let Some(n) = planned_train_len(&a.recipe) {
+        cfg.validate(n)?;
+    }
+    if let Some(p) = &a.save {
+        check_writable_parent(p)?;
+    }
+    let report = in_pool(a.run.threads, || -> Result<Report> {
+        let (split, info) = load_data(&a.recipe)?;
+        cfg.validate(split.train.len())?;
+        let (outcome, wall) = train_with_progress(&cfg, &split, a.json)?;
+        let mut report = Report::new(&cfg, info, outcome.epochs.clone(), wall);
+        if let Some(p) = &a.save {
+            // TEMP-SAVE outcome.model.save(p).with_context(|| format!("cannot save the model to {}", p.display()))?;
+            report.saved = Some(p.clone());
+        }
+        Ok(report)
+    })??;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", render_report(&report));
+    }
+    Ok(())
+}
+
+/// Fails early when `path`'s folder does not exist or is not a folder, so a long run does not
+/// end in an unsaveable model.
+pub fn check_writable_parent(path: &std::path::Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => return Ok(()),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "cannot save the model to {}: folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
