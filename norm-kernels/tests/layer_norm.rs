@@ -190,12 +190,13 @@ proptest! {
 }
 
 /// Samples longer than a 16 Ki-element tile and a 2 Ki-element backward strip, and batches of
-/// samples in the backward (several samples per batch, a partial last batch).
+/// samples in the backward: 40 small samples in one batch; 3 samples of 700 K elements in
+/// batches of 2 and 1.
 #[test]
 fn matches_reference_on_long_samples_and_batches() {
     let shapes = [
         Nchw::new(2, 3, 97, 61),
-        Nchw::new(5, 2, 100, 250),
+        Nchw::new(3, 7, 100, 1000),
         Nchw::new(40, 3, 17, 9),
     ];
     for shape in shapes {
@@ -331,7 +332,7 @@ fn bit_identical_for_any_thread_count() {
     // small samples, several per backward batch.
     for shape in [
         Nchw::new(2, 16, 64, 64),
-        Nchw::new(5, 2, 100, 250),
+        Nchw::new(3, 7, 100, 1000),
         Nchw::new(64, 8, 16, 16),
     ] {
         let inp = inputs(shape, true, 3.0, 21);
