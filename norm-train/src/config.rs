@@ -164,7 +164,7 @@ impl Default for TrainConfig {
             model: ModelConfig::default(),
             epochs: 10,
             batch: 32,
-            base_lr: 0.1,
+            base_lr: 0.05,
             lr_ref_batch: 32,
             momentum: 0.9,
             weight_decay: 5e-4,

@@ -19,7 +19,7 @@
 
 #![warn(missing_docs)]
 
-mod checkpoint;
+pub mod checkpoint;
 mod config;
 pub mod data;
 mod error;

@@ -191,6 +191,10 @@ impl Model {
         &self.running
     }
 
+    pub(crate) fn running_mut(&mut self) -> &mut [Running] {
+        &mut self.running
+    }
+
     /// Train mode (PyTorch's `model.train()`): BatchNorm uses and updates batch statistics.
     pub fn train_mode(&mut self) {
         self.training = true;

@@ -1,0 +1,354 @@
+//! Each custom tape op against an independent computation: the convolution against direct f64
+//! loops, pooling and every norm against the same computation composed from dfdx's own ops
+//! (`normalize`, `max`, `broadcast_like`, ...), forward values and the gradients dfdx's tape
+//! delivers for every input.
+
+use dfdx::prelude::*;
+use norm_train::{
+    NormKind,
+    ops::{
+        BufferPool, conv,
+        norm::{self, NormSpec, Running},
+        pool,
+    },
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type S4 = (usize, usize, usize, usize);
+
+fn random(rng: &mut ChaCha8Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1.0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&a| a as f64).collect()
+}
+
+/// `y[n, co, oy, ox] = b[co] + Σ w[co, ci, ky, kx] · x[n, ci, oy+ky-1, ox+kx-1]` in f64, plus the
+/// adjoints for a given `dy`.
+#[allow(clippy::type_complexity)]
+fn conv_direct(
+    (n, ci, co, h, w): (usize, usize, usize, usize, usize),
+    x: &[f32],
+    wt: &[f32],
+    b: &[f32],
+    dy: &[f32],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut y = vec![0.0; n * co * h * w];
+    let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
+    for i in 0..n {
+        for o in 0..co {
+            for oy in 0..h {
+                for ox in 0..w {
+                    let yi = ((i * co + o) * h + oy) * w + ox;
+                    let mut acc = b[o] as f64;
+                    db[o] += dy[yi] as f64;
+                    for c in 0..ci {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) =
+                                    (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xi = ((i * ci + c) * h + iy as usize) * w + ix as usize;
+                                let wi = ((o * ci + c) * 3 + ky) * 3 + kx;
+                                acc += wt[wi] as f64 * x[xi] as f64;
+                                dx[xi] += wt[wi] as f64 * dy[yi] as f64;
+                                dw[wi] += x[xi] as f64 * dy[yi] as f64;
+                            }
+                        }
+                    }
+                    y[yi] = acc;
+                }
+            }
+        }
+    }
+    (y, dx, dw, db)
+}
+
+#[test]
+fn conv3x3_matches_direct_loops() {
+    let dev = Cpu::default();
+    let pool = BufferPool::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    // Odd and tiny shapes, including 1×1 and 1×N images and a batch not a multiple of the chunk.
+    for &(n, ci, co, h, w) in &[
+        (2, 3, 5, 5, 7),
+        (1, 1, 1, 1, 1),
+        (11, 2, 3, 1, 4),
+        (3, 4, 2, 6, 2),
+        (9, 3, 16, 8, 8),
+    ] {
+        let x = random(&mut rng, n * ci * h * w, -1.0, 1.0);
+        let wt = random(&mut rng, co * ci * 9, -1.0, 1.0);
+        let b = random(&mut rng, co, -1.0, 1.0);
+        let r = random(&mut rng, n * co * h * w, -1.0, 1.0);
+        let (y_ref, dx_ref, dw_ref, db_ref) = conv_direct((n, ci, co, h, w), &x, &wt, &b, &r);
+
+        let xt = dev.tensor_from_vec(x.clone(), (n, ci, h, w));
+        let wt_t = dev.tensor_from_vec(wt.clone(), (wt.len(),));
+        let bt = dev.tensor_from_vec(b.clone(), (co,));
+        let rt = dev.tensor_from_vec(r.clone(), (n, co, h, w));
+        let y = conv::conv3x3(
+            xt.leaky_trace(),
+            wt_t.leaky_trace(),
+            bt.leaky_trace(),
+            &pool,
+        )
+        .unwrap();
+        assert_close("conv y", &y.as_vec(), &y_ref, 1e-5);
+        let loss = (y * rt).sum::<Rank0, _>();
+        let g = loss.backward();
+        let tag = format!("{n}x{ci}->{co} {h}x{w}");
+        assert_close(&format!("{tag} dx"), &g.get(&xt).as_vec(), &dx_ref, 1e-5);
+        assert_close(&format!("{tag} dw"), &g.get(&wt_t).as_vec(), &dw_ref, 1e-5);
+        assert_close(&format!("{tag} db"), &g.get(&bt).as_vec(), &db_ref, 1e-5);
+
+        // Without a tape on x (the model's first layer) the parameter gradients are the same.
+        let y = conv::conv3x3(xt.clone(), wt_t.leaky_trace(), bt.leaky_trace(), &pool).unwrap();
+        let g = (y * dev.tensor_from_vec(r.clone(), (n, co, h, w)))
+            .sum::<Rank0, _>()
+            .backward();
+        assert_close(
+            &format!("{tag} dw (no dx)"),
+            &g.get(&wt_t).as_vec(),
+            &dw_ref,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn im2col_and_col2im_are_adjoint() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (c, h, w) = (3, 5, 4);
+    let x = random(&mut rng, c * h * w, -1.0, 1.0);
+    let r = random(&mut rng, c * 9 * h * w, -1.0, 1.0);
+    let mut col = vec![0.0; c * 9 * h * w];
+    conv::im2col(c, h, w, &x, &mut col);
+    let mut back = vec![0.0; c * h * w];
+    conv::col2im_add(c, h, w, &r, &mut back);
+    // <im2col(x), r> == <x, col2im(r)>
+    let lhs: f64 = col.iter().zip(&r).map(|(a, b)| (a * b) as f64).sum();
+    let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
+    assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+}
+
+#[test]
+fn max_pool_matches_dfdx_max_over_a_reshaped_view() {
+    let dev = Cpu::default();
+    let (pool_f, pool_u) = (BufferPool::default(), BufferPool::default());
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for &(n, c, h, w) in &[(2, 3, 4, 6), (1, 1, 2, 2), (3, 2, 8, 8)] {
+        let x = random(&mut rng, n * c * h * w, -3.0, 3.0);
+        let r = random(&mut rng, n * c * h * w / 4, -1.0, 1.0);
+        let xt = dev.tensor_from_vec(x.clone(), (n, c, h, w));
+        let rt = dev.tensor_from_vec(r.clone(), (n, c, h / 2, w / 2));
+
+        let y = pool::max_pool2(xt.leaky_trace(), &pool_f, &pool_u).unwrap();
+        let y_v = y.as_vec();
+        let g = (y * rt.clone()).sum::<Rank0, _>().backward();
+        let dx = g.get(&xt).as_vec();
+
+        let view = xt
+            .leaky_trace()
+            .reshape_like(&(n, c, h / 2, 2usize, w / 2, 2usize));
+        let y2: Tensor<S4, f32, Cpu, _> = view.max::<S4, Axes2<3, 5>>();
+        let y2_v = y2.as_vec();
+        let g2 = (y2 * rt).sum::<Rank0, _>().backward();
+        assert_close("pool y", &y_v, &to64(&y2_v), 0.0);
+        assert_close("pool dx", &dx, &to64(&g2.get(&xt).as_vec()), 0.0);
+    }
+}
+
+/// The norm composed from dfdx's ops: `normalize` over the kind's axes, then the affine.
+fn composed(
+    kind: NormKind,
+    groups: usize,
+    eps: f32,
+    x: Tensor<S4, f32, Cpu, OwnedTape<f32, Cpu>>,
+    gamma: Tensor<(usize,), f32, Cpu, OwnedTape<f32, Cpu>>,
+    beta: Tensor<(usize,), f32, Cpu, OwnedTape<f32, Cpu>>,
+) -> Tensor<S4, f32, Cpu, OwnedTape<f32, Cpu>> {
+    let s = *x.shape();
+    let (n, c, h, w) = s;
+    match kind {
+        NormKind::Batch => {
+            let y = x.normalize::<Axes3<0, 2, 3>>(eps);
+            y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
+                + beta.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
+        }
+        NormKind::Instance => {
+            let y = x.normalize::<Axes2<2, 3>>(eps);
+            y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
+                + beta.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
+        }
+        NormKind::Group => {
+            let y = x
+                .reshape_like(&(n, groups, c / groups * h * w))
+                .normalize::<Axis<2>>(eps)
+                .reshape_like(&s);
+            y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
+                + beta.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
+        }
+        NormKind::Layer => {
+            let y = x.normalize::<Axes3<1, 2, 3>>(eps);
+            let chw = (c, h, w);
+            y * gamma.reshape_like(&chw).broadcast_like::<_, Axis<0>>(&s)
+                + beta.reshape_like(&chw).broadcast_like::<_, Axis<0>>(&s)
+        }
+        NormKind::None => x,
+    }
+}
+
+#[test]
+fn every_norm_matches_its_dfdx_composition() {
+    let dev = Cpu::default();
+    let pool = BufferPool::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let eps = 1e-5;
+    for kind in NormKind::ALL {
+        for &(n, c, h, w, groups) in &[(3, 4, 5, 3, 2), (2, 6, 4, 4, 3), (4, 8, 2, 2, 8)] {
+            let spec = NormSpec { kind, groups, eps };
+            let al = spec.affine_len(c, h, w).max(1);
+            // A large offset checks the statistics are computed stably.
+            let x = random(&mut rng, n * c * h * w, 9.0, 13.0);
+            let gamma = random(&mut rng, al, 0.5, 1.5);
+            let beta = random(&mut rng, al, -0.5, 0.5);
+            let r = random(&mut rng, n * c * h * w, -1.0, 1.0);
+            let xt = dev.tensor_from_vec(x.clone(), (n, c, h, w));
+            let gt = dev.tensor_from_vec(gamma.clone(), (al,));
+            let bt = dev.tensor_from_vec(beta.clone(), (al,));
+            let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
+            let mut running = Running::new(c);
+            let affine = (kind != NormKind::None).then(|| (gt.leaky_trace(), bt.leaky_trace()));
+            let y = norm::norm(
+                xt.leaky_trace(),
+                affine,
+                spec,
+                true,
+                Some(&mut running),
+                &pool,
+            )
+            .unwrap();
+            let y_v = y.as_vec();
+            let g = (y * rt.clone()).sum::<Rank0, _>().backward();
+
+            let y2 = composed(
+                kind,
+                groups,
+                eps,
+                xt.leaky_trace(),
+                gt.leaky_trace(),
+                bt.leaky_trace(),
+            );
+            let y2_v = y2.as_vec();
+            let g2 = (y2 * rt).sum::<Rank0, _>().backward();
+            let tag = format!("{kind} {n}x{c}x{h}x{w}");
+            assert_close(&format!("{tag} y"), &y_v, &to64(&y2_v), 2e-4);
+            assert_close(
+                &format!("{tag} dx"),
+                &g.get(&xt).as_vec(),
+                &to64(&g2.get(&xt).as_vec()),
+                2e-3,
+            );
+            if kind != NormKind::None {
+                assert_close(
+                    &format!("{tag} dgamma"),
+                    &g.get(&gt).as_vec(),
+                    &to64(&g2.get(&gt).as_vec()),
+                    2e-4,
+                );
+                assert_close(
+                    &format!("{tag} dbeta"),
+                    &g.get(&bt).as_vec(),
+                    &to64(&g2.get(&bt).as_vec()),
+                    2e-4,
+                );
+            }
+            if kind == NormKind::Batch {
+                // PyTorch's update: running = 0.9·running + 0.1·batch, unbiased variance.
+                let m = (n * h * w) as f64;
+                for ch in 0..c {
+                    let vals: Vec<f64> = (0..n)
+                        .flat_map(|i| x[(i * c + ch) * h * w..][..h * w].iter().map(|&v| v as f64))
+                        .collect();
+                    let mean = vals.iter().sum::<f64>() / m;
+                    let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (m - 1.0);
+                    assert!(
+                        (running.mean[ch] as f64 - 0.1 * mean).abs() < 1e-4,
+                        "running mean"
+                    );
+                    assert!(
+                        (running.var[ch] as f64 - (0.9 + 0.1 * var)).abs() < 1e-4,
+                        "running var"
+                    );
+                }
+                assert_eq!(running.num_batches_tracked, 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_norm_eval_mode_uses_running_statistics() {
+    let dev = Cpu::default();
+    let pool = BufferPool::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (n, c, h, w) = (2, 3, 4, 4);
+    let spec = NormSpec {
+        kind: NormKind::Batch,
+        groups: 1,
+        eps: 1e-5,
+    };
+    let x = random(&mut rng, n * c * h * w, -2.0, 2.0);
+    let gamma = random(&mut rng, c, 0.5, 1.5);
+    let beta = random(&mut rng, c, -0.5, 0.5);
+    let mut running = Running {
+        mean: random(&mut rng, c, -1.0, 1.0),
+        var: random(&mut rng, c, 0.5, 2.0),
+        num_batches_tracked: 3,
+    };
+    let before = running.clone();
+    let xt = dev.tensor_from_vec(x.clone(), (n, c, h, w));
+    let gt = dev.tensor_from_vec(gamma.clone(), (c,));
+    let bt = dev.tensor_from_vec(beta.clone(), (c,));
+    let y = norm::norm(
+        xt.leaky_trace(),
+        Some((gt.leaky_trace(), bt.leaky_trace())),
+        spec,
+        false,
+        Some(&mut running),
+        &pool,
+    )
+    .unwrap();
+    assert_eq!(
+        running, before,
+        "eval mode must not touch the running statistics"
+    );
+    let y_v = y.as_vec();
+    let g = y.sum::<Rank0, _>().backward();
+    let mut want_y = vec![0.0; x.len()];
+    let mut want_dx = vec![0.0; x.len()];
+    for (i, (wy, wdx)) in want_y.iter_mut().zip(&mut want_dx).enumerate() {
+        let ch = (i / (h * w)) % c;
+        let rstd = 1.0 / (before.var[ch] as f64 + 1e-5).sqrt();
+        *wy = (x[i] as f64 - before.mean[ch] as f64) * rstd * gamma[ch] as f64 + beta[ch] as f64;
+        *wdx = gamma[ch] as f64 * rstd;
+    }
+    assert_close("bn eval y", &y_v, &want_y, 1e-5);
+    assert_close("bn eval dx", &g.get(&xt).as_vec(), &want_dx, 1e-5);
+}
