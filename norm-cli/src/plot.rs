@@ -57,8 +57,9 @@ where
         .map(|p| p.1 + p.2)
         .fold(f64::NEG_INFINITY, f64::max);
     let (y0, y1) = if lo.is_finite() && hi.is_finite() {
+        // Extra room on top for the legend.
         let pad = ((hi - lo) * 0.1).max(1.0);
-        ((lo - pad).max(0.0), (hi + pad).min(100.0))
+        ((lo - pad).max(0.0), (hi + 3.0 * pad).min(100.0))
     } else {
         (0.0, 100.0)
     };
@@ -90,12 +91,16 @@ where
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(err)?;
+    let k = s.norms.len() as f64;
     for (i, norm) in s.norms.iter().enumerate() {
         let c = colour(norm, i);
         let pts = series(s, norm);
+        // Dodge the lines a little sideways so that equal points and their error bars stay
+        // visible.
+        let dodge = 0.03 * (i as f64 - (k - 1.0) / 2.0);
         let xy: Vec<(f64, f64)> = pts
             .iter()
-            .map(|&(b, e, _)| ((b as f64).log2(), e))
+            .map(|&(b, e, _)| ((b as f64).log2() + dodge, e))
             .collect();
         chart
             .draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))
@@ -107,7 +112,14 @@ where
             .map_err(err)?;
         chart
             .draw_series(pts.iter().filter(|p| p.2 > 0.0).map(|&(b, e, sd)| {
-                ErrorBar::new_vertical((b as f64).log2(), e - sd, e, e + sd, c.stroke_width(1), 10)
+                ErrorBar::new_vertical(
+                    (b as f64).log2() + dodge,
+                    e - sd,
+                    e,
+                    e + sd,
+                    c.stroke_width(1),
+                    10,
+                )
             }))
             .map_err(err)?;
     }

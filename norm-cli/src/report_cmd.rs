@@ -64,11 +64,9 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
     let mut check = |r: &Value, from: String| -> Result<()> {
         match &recipe {
             None => recipe = Some((r.clone(), from)),
-            Some((first, first_from)) => store::check_same_recipe(
-                first,
-                r,
-                &format!("refusing to mix recipes: {from} differs from {first_from}"),
-            )?,
+            Some((first, first_from)) => store::check_same_recipe(first, r, |diff| {
+                format!("refusing to mix recipes: {from} differs from {first_from} ({diff})")
+            })?,
         }
         Ok(())
     };

@@ -209,13 +209,18 @@ pub fn recipe_diff(a: &Value, b: &Value) -> Vec<String> {
     out
 }
 
-/// Fails unless `found` (from `where_`) equals `expected`, listing what differs.
-pub fn check_same_recipe(expected: &Value, found: &Value, what: &str) -> Result<()> {
+/// Fails unless `found` equals `expected`; the message is `what(differences)`, the
+/// differences listed as `key: found vs expected`.
+pub fn check_same_recipe(
+    expected: &Value,
+    found: &Value,
+    what: impl FnOnce(&str) -> String,
+) -> Result<()> {
     let diff = recipe_diff(found, expected);
     if diff.is_empty() {
         return Ok(());
     }
-    bail!("{what}: {}", diff.join(", "))
+    bail!("{}", what(&diff.join(", ")))
 }
 
 #[cfg(test)]

@@ -27,7 +27,11 @@ pub struct Cell {
 
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} batch {} seed {}", self.norm, self.batch, self.seed)
+        write!(
+            f,
+            "{} norm, batch {}, seed {}",
+            self.norm, self.batch, self.seed
+        )
     }
 }
 
@@ -138,19 +142,21 @@ impl SweepDir {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output folder {}", dir.display()))?;
         let recipe_path = dir.join(RECIPE_FILE);
-        let refuse = |found: &str| {
-            format!(
-                "{} holds a sweep with a different recipe ({found}); \
-                 use another --out or the same settings",
-                dir.display()
-            )
+        let refuse = |source: String| {
+            move |diff: &str| {
+                format!(
+                    "{} holds a sweep with a different recipe ({source}: {diff}); \
+                     use another --out or the same settings",
+                    dir.display()
+                )
+            }
         };
         if let Some(old) = store::read_recipe(&recipe_path)? {
-            store::check_same_recipe(recipe, &old, &refuse("recipe.json vs now"))?;
+            store::check_same_recipe(recipe, &old, refuse("recipe.json vs now".into()))?;
         }
         let (file, results, report) = ResultsFile::open(&dir.join(RESULTS_FILE))?;
         for r in &results {
-            store::check_same_recipe(recipe, &r.recipe, &refuse(&format!("{} vs now", r_key(r))))?;
+            store::check_same_recipe(recipe, &r.recipe, refuse(format!("{} vs now", r_key(r))))?;
         }
         if !recipe_path.exists() {
             let text = serde_json::to_string_pretty(recipe)? + "\n";
@@ -210,16 +216,19 @@ fn r_key(r: &CellResult) -> String {
 }
 
 /// Runs every cell of `cells` not yet in `sd`, in order, recording each as it finishes.
-/// `run` is given the cell and its position among the cells to run. Returns how many ran.
+/// `run` is given the cell and its position among the cells to run; `recorded` is called once
+/// the result is safely on disk. Returns how many ran.
 pub fn run_missing(
     sd: &mut SweepDir,
     cells: &[Cell],
     mut run: impl FnMut(&Cell, usize, usize) -> Result<CellResult>,
+    mut recorded: impl FnMut(&CellResult, usize, usize),
 ) -> Result<usize> {
     let todo: Vec<&Cell> = cells.iter().filter(|c| !sd.is_done(c)).collect();
     for (i, c) in todo.iter().enumerate() {
         let r = run(c, i, todo.len()).with_context(|| format!("cell {c}"))?;
         sd.record(r)?;
+        recorded(sd.results().last().expect("just recorded"), i, todo.len());
     }
     Ok(todo.len())
 }
@@ -294,24 +303,36 @@ mod tests {
         let mut sd = SweepDir::open(dir.path(), &recipe).unwrap();
         // First run dies after 3 cells.
         let mut n = 0;
-        let err = run_missing(&mut sd, &cells, |c, _, _| {
-            n += 1;
-            if n > 3 {
-                bail!("killed")
-            } else {
-                Ok(fake(c, &recipe))
-            }
-        })
+        let mut recorded = 0;
+        let err = run_missing(
+            &mut sd,
+            &cells,
+            |c, _, _| {
+                n += 1;
+                if n > 3 {
+                    bail!("killed")
+                } else {
+                    Ok(fake(c, &recipe))
+                }
+            },
+            |_, _, _| recorded += 1,
+        )
         .unwrap_err();
+        assert_eq!(recorded, 3);
         assert!(format!("{err:#}").contains("killed"));
         drop(sd);
         let mut sd = SweepDir::open(dir.path(), &recipe).unwrap();
         assert_eq!(sd.results().len(), 3);
         let mut ran = Vec::new();
-        let k = run_missing(&mut sd, &cells, |c, _, _| {
-            ran.push(c.clone());
-            Ok(fake(c, &recipe))
-        })
+        let k = run_missing(
+            &mut sd,
+            &cells,
+            |c, _, _| {
+                ran.push(c.clone());
+                Ok(fake(c, &recipe))
+            },
+            |_, _, _| {},
+        )
         .unwrap();
         assert_eq!(k, 5);
         assert_eq!(ran, cells[3..].to_vec());

@@ -98,7 +98,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         );
         let visible = !bar.is_hidden();
         let epochs = a.recipe.epochs;
-        run_missing(&mut sd, &cells, |cell: &Cell, i, n| {
+        let run_cell = |cell: &Cell, i: usize, n: usize| -> Result<CellResult> {
             let cfg = config(&a.recipe, cell.norm.parse()?, cell.batch, cell.seed);
             let label = format!("cell {}/{n} of this run: {cell}", i + 1);
             bar.set_message(label.clone());
@@ -133,20 +133,27 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 simd: norm_kernels::simd_level().to_owned(),
                 threads: rayon::current_num_threads(),
             };
+            bar.set_position((i as u64 + 1) * TICKS);
+            Ok(r)
+        };
+        // Reported only once the line is on disk, so "done" means it survives a kill.
+        let recorded = |r: &CellResult, i: usize, n: usize| {
             let line = format!(
-                "done {}/{n}: {cell}: test acc {:.1} % ({:.1} s)",
+                "done {}/{n}: {} norm, batch {}, seed {}: test acc {:.1} % ({:.1} s)",
                 i + 1,
+                r.norm,
+                r.batch,
+                r.seed,
                 100.0 * r.final_test_acc,
-                seconds
+                r.seconds
             );
             if visible {
                 bar.println(line)
             } else {
                 eprintln!("{line}")
             }
-            bar.set_position((i as u64 + 1) * TICKS);
-            Ok(r)
-        })?;
+        };
+        run_missing(&mut sd, &cells, run_cell, recorded)?;
         bar.finish_and_clear();
         sd.write_outputs()?;
         let s = Summary::from_results(sd.results());
