@@ -53,12 +53,32 @@ fn tensors(model: &Model) -> Vec<(TensorEntry, &[f32])> {
     let mut out: Vec<(TensorEntry, &[f32])> = model
         .params()
         .iter()
-        .map(|p| (TensorEntry { name: p.name.clone(), shape: p.shape.clone() }, &p.data[..]))
+        .map(|p| {
+            (
+                TensorEntry {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                },
+                &p.data[..],
+            )
+        })
         .collect();
     for (b, r) in model.running().iter().enumerate() {
         let shape = vec![r.mean.len()];
-        out.push((TensorEntry { name: format!("norm{}.running_mean", b + 1), shape: shape.clone() }, &r.mean));
-        out.push((TensorEntry { name: format!("norm{}.running_var", b + 1), shape }, &r.var));
+        out.push((
+            TensorEntry {
+                name: format!("norm{}.running_mean", b + 1),
+                shape: shape.clone(),
+            },
+            &r.mean,
+        ));
+        out.push((
+            TensorEntry {
+                name: format!("norm{}.running_var", b + 1),
+                shape,
+            },
+            &r.var,
+        ));
     }
     out
 }
@@ -66,16 +86,25 @@ fn tensors(model: &Model) -> Vec<(TensorEntry, &[f32])> {
 impl Model {
     /// Writes the checkpoint (see `docs/training.md` for the format).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        let io = |source| TrainError::Io { path: path.to_owned(), source };
+        let io = |source| TrainError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let ts = tensors(self);
         let header = Header {
             format: 1,
             model: self.config().clone(),
             tensors: ts.iter().map(|(e, _)| e.clone()).collect(),
-            num_batches_tracked: self.running().iter().map(|r| r.num_batches_tracked).collect(),
+            num_batches_tracked: self
+                .running()
+                .iter()
+                .map(|r| r.num_batches_tracked)
+                .collect(),
         };
         let json = serde_json::to_vec(&header).expect("the header always serialises");
-        let mut bytes = Vec::with_capacity(16 + json.len() + 4 * ts.iter().map(|(_, d)| d.len()).sum::<usize>());
+        let mut bytes = Vec::with_capacity(
+            16 + json.len() + 4 * ts.iter().map(|(_, d)| d.len()).sum::<usize>(),
+        );
         bytes.extend_from_slice(&MAGIC);
         bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&json);
@@ -91,11 +120,17 @@ impl Model {
 
     /// Reads a checkpoint written by [`Model::save`]. The model comes back in eval mode.
     pub fn load(path: &Path) -> Result<Self, TrainError> {
-        let corrupt = |reason: String| TrainError::Corrupt { path: path.to_owned(), reason };
+        let corrupt = |reason: String| TrainError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
+            .map_err(|source| TrainError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         if bytes.len() < 16 || bytes[..6] != MAGIC[..6] {
             return Err(corrupt("not a normlab checkpoint (bad magic)".into()));
         }
@@ -107,23 +142,41 @@ impl Model {
             .ok()
             .and_then(|h| h.checked_add(16))
             .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| corrupt(format!("header length {hlen} exceeds the file ({} bytes)", bytes.len())))?;
-        let header: Header =
-            serde_json::from_slice(&bytes[16..hend]).map_err(|e| corrupt(format!("bad header: {e}")))?;
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "header length {hlen} exceeds the file ({} bytes)",
+                    bytes.len()
+                ))
+            })?;
+        let header: Header = serde_json::from_slice(&bytes[16..hend])
+            .map_err(|e| corrupt(format!("bad header: {e}")))?;
         if header.format != 1 {
             return Err(corrupt(format!("header format {} is not 1", header.format)));
         }
-        let mut model =
-            Model::new(&header.model, 0).map_err(|e| corrupt(format!("invalid model configuration: {e}")))?;
+        let mut model = Model::new(&header.model, 0)
+            .map_err(|e| corrupt(format!("invalid model configuration: {e}")))?;
         let expected: Vec<TensorEntry> = tensors(&model).into_iter().map(|(e, _)| e).collect();
         if header.tensors != expected {
             let first = expected
                 .iter()
                 .zip(&header.tensors)
                 .find(|(a, b)| a != b)
-                .map(|(a, b)| format!("found {} {:?}, expected {} {:?}", b.name, b.shape, a.name, a.shape))
-                .unwrap_or_else(|| format!("{} tensors, expected {}", header.tensors.len(), expected.len()));
-            return Err(corrupt(format!("tensor list does not match the configuration: {first}")));
+                .map(|(a, b)| {
+                    format!(
+                        "found {} {:?}, expected {} {:?}",
+                        b.name, b.shape, a.name, a.shape
+                    )
+                })
+                .unwrap_or_else(|| {
+                    format!(
+                        "{} tensors, expected {}",
+                        header.tensors.len(),
+                        expected.len()
+                    )
+                });
+            return Err(corrupt(format!(
+                "tensor list does not match the configuration: {first}"
+            )));
         }
         if header.num_batches_tracked.len() != model.running().len() {
             return Err(corrupt(format!(
@@ -132,17 +185,33 @@ impl Model {
                 model.running().len()
             )));
         }
-        let total: usize = expected.iter().map(|e| e.shape.iter().product::<usize>()).sum();
+        let total: usize = expected
+            .iter()
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum();
         let blob = &bytes[hend..];
         if blob.len() != 4 * total {
-            return Err(corrupt(format!("{} bytes of tensor data, expected {}", blob.len(), 4 * total)));
+            return Err(corrupt(format!(
+                "{} bytes of tensor data, expected {}",
+                blob.len(),
+                4 * total
+            )));
         }
-        let mut values = blob.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")));
-        let mut fill = |dst: &mut [f32]| dst.iter_mut().for_each(|d| *d = values.next().expect("length checked"));
+        let mut values = blob
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")));
+        let mut fill = |dst: &mut [f32]| {
+            dst.iter_mut()
+                .for_each(|d| *d = values.next().expect("length checked"))
+        };
         for p in model.params_mut() {
             fill(&mut p.data);
         }
-        for (r, &nbt) in model.running_mut().iter_mut().zip(&header.num_batches_tracked) {
+        for (r, &nbt) in model
+            .running_mut()
+            .iter_mut()
+            .zip(&header.num_batches_tracked)
+        {
             fill(&mut r.mean);
             fill(&mut r.var);
             r.num_batches_tracked = nbt;

@@ -240,9 +240,9 @@ impl Model {
                 spec,
                 self.training,
                 self.running.get_mut(b),
+                true, // norm → ReLU, fused into one op
                 &self.pool,
             )?;
-            h = h.try_relu()?;
             if b < 2 {
                 h = pool::max_pool2(h, &self.pool, &self.index_pool)?;
             }

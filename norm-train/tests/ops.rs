@@ -215,13 +215,19 @@ fn composed(
 }
 
 #[test]
-fn every_norm_matches_its_dfdx_composition() {
+fn every_norm_with_and_without_relu_matches_its_dfdx_composition() {
     let dev = Cpu::default();
     let pool = BufferPool::default();
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let eps = 1e-5;
     for kind in NormKind::ALL {
-        for &(n, c, h, w, groups) in &[(3, 4, 5, 3, 2), (2, 6, 4, 4, 3), (4, 8, 2, 2, 8)] {
+        let shapes = [
+            (3, 4, 5, 3, 2, false),
+            (2, 6, 4, 4, 3, true),
+            (4, 8, 2, 2, 8, false),
+            (3, 4, 5, 3, 4, true),
+        ];
+        for &(n, c, h, w, groups, relu) in &shapes {
             let spec = NormSpec { kind, groups, eps };
             let al = spec.affine_len(c, h, w).max(1);
             // A large offset checks the statistics are computed stably.
@@ -241,6 +247,7 @@ fn every_norm_matches_its_dfdx_composition() {
                 spec,
                 true,
                 Some(&mut running),
+                relu,
                 &pool,
             )
             .unwrap();
@@ -255,9 +262,10 @@ fn every_norm_matches_its_dfdx_composition() {
                 gt.leaky_trace(),
                 bt.leaky_trace(),
             );
+            let y2 = if relu { y2.relu() } else { y2 };
             let y2_v = y2.as_vec();
             let g2 = (y2 * rt).sum::<Rank0, _>().backward();
-            let tag = format!("{kind} {n}x{c}x{h}x{w}");
+            let tag = format!("{kind} {n}x{c}x{h}x{w} relu {relu}");
             assert_close(&format!("{tag} y"), &y_v, &to64(&y2_v), 2e-4);
             assert_close(
                 &format!("{tag} dx"),
@@ -332,6 +340,7 @@ fn batch_norm_eval_mode_uses_running_statistics() {
         spec,
         false,
         Some(&mut running),
+        false,
         &pool,
     )
     .unwrap();

@@ -8,6 +8,10 @@
 //! | group    | `(C/G, H, W)` per (n, g)| `[C]`           | same as train          |
 //! | none     | —                      | —               | identity               |
 //!
+//! With `relu = true` the op also applies ReLU to its output (the model's norm → ReLU, fused to
+//! save a tensor, its gradient and two passes over memory per block); with `none` it is then a
+//! plain ReLU.
+//!
 //! Train-mode BatchNorm updates the running statistics in place with PyTorch's momentum 0.1 and
 //! unbiased variance. The kernels' backward overwrites; this op accumulates into dfdx's gradients.
 
@@ -86,16 +90,17 @@ enum Saved {
 
 /// The tape op. `affine` is `(gamma, beta)` of length [`NormSpec::affine_len`]; `training`
 /// selects BatchNorm's mode (the other norms behave the same in both); `running` is BatchNorm's
-/// statistics (required for `batch`, ignored otherwise).
+/// statistics (required for `batch`, ignored otherwise); `relu` appends a ReLU.
 pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
     x: Tensor<Shape4, f32, Cpu, T>,
     affine: Option<(Tensor<Shape1, f32, Cpu, T>, Tensor<Shape1, f32, Cpu, T>)>,
     spec: NormSpec,
     training: bool,
     running: Option<&mut Running>,
+    relu: bool,
     pool: &BufferPool<f32>,
 ) -> Result<Tensor<Shape4, f32, Cpu, T>, TrainError> {
-    if spec.kind == NormKind::None {
+    if spec.kind == NormKind::None && !relu {
         return Ok(x);
     }
     let (n, c, h, w) = *x.shape();
@@ -179,16 +184,36 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
             )?;
             Saved::Stats(mean, rstd)
         }
-        NormKind::None => unreachable!("handled above"),
+        NormKind::None => {
+            ys.copy_from_slice(&xs);
+            Saved::Stats(mean, rstd)
+        }
     };
+    if relu {
+        ys.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
     let out = write(&dev, *x.shape(), &ys)?;
-    drop(ys);
+    let ys = relu.then_some(ys);
     if T::OWNS_TAPE {
         let (x_g, out_g) = (x.ghost(), out.ghost());
         let ab_g = affine_t.as_ref().map(|(g, b)| (g.ghost(), b.ghost()));
         let pool = pool.clone();
         tape.add_backward_op(move |grads| {
-            let dy = take_grad!(grads, out_g);
+            let dy_out = take_grad!(grads, out_g);
+            // Through the ReLU first: dy · [y > 0].
+            let masked = ys.as_ref().map(|y| {
+                let mut d = pool.take(dy_out.len());
+                for ((d, &g), &y) in d.iter_mut().zip(&dy_out).zip(y.iter()) {
+                    *d = if y > 0.0 { g } else { 0.0 };
+                }
+                d
+            });
+            let dy: &[f32] = masked.as_deref().unwrap_or(&dy_out);
+            if spec.kind == NormKind::None {
+                acc_grad!(grads, x_g, dy);
+                put_grad!(grads, out_g, dy_out);
+                return Ok(());
+            }
             let mut dx = pool.take(shape.len());
             let al = gs.as_ref().map_or(0, |g| g.len());
             let (mut dg, mut db) = (pool.take(al), pool.take(al));
@@ -199,24 +224,24 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
             let gamma = gs.as_deref();
             let res = match (&saved, spec.kind) {
                 (Saved::Stats(m, r), NormKind::Batch) => norm_kernels::batch_norm_backward_train(
-                    shape, &xs, &dy, m, r, gamma, &mut dx, ag, par,
+                    shape, &xs, dy, m, r, gamma, &mut dx, ag, par,
                 ),
                 (Saved::Running(m, v), NormKind::Batch) => norm_kernels::batch_norm_backward_eval(
-                    shape, &xs, &dy, m, v, gamma, spec.eps, &mut dx, ag, par,
+                    shape, &xs, dy, m, v, gamma, spec.eps, &mut dx, ag, par,
                 ),
                 (Saved::Stats(m, r), NormKind::Instance) => {
                     norm_kernels::instance_norm_backward_train(
-                        shape, &xs, &dy, m, r, gamma, &mut dx, ag, par,
+                        shape, &xs, dy, m, r, gamma, &mut dx, ag, par,
                     )
                 }
-                (Saved::Stats(m, r), NormKind::Layer) => norm_kernels::layer_norm_backward(
-                    shape, &xs, &dy, m, r, gamma, &mut dx, ag, par,
-                ),
+                (Saved::Stats(m, r), NormKind::Layer) => {
+                    norm_kernels::layer_norm_backward(shape, &xs, dy, m, r, gamma, &mut dx, ag, par)
+                }
                 (Saved::Stats(m, r), NormKind::Group) => norm_kernels::group_norm_backward(
                     shape,
                     spec.groups,
                     &xs,
-                    &dy,
+                    dy,
                     m,
                     r,
                     gamma,
@@ -233,7 +258,7 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
                 acc_grad!(grads, *g_g, &dg);
                 acc_grad!(grads, *b_g, &db);
             }
-            put_grad!(grads, out_g, dy);
+            put_grad!(grads, out_g, dy_out);
             Ok(())
         });
     }

@@ -1,0 +1,126 @@
+//! Same seed → same result, bit for bit, for any number of rayon threads.
+
+use dfdx::prelude::*;
+use norm_train::{NormKind, TrainConfig, TrainOutcome, data, ops::conv, train};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn run(norm: NormKind, threads: usize, split: &data::Split) -> TrainOutcome {
+    let mut cfg = TrainConfig {
+        epochs: 2,
+        batch: 24,
+        ..TrainConfig::default()
+    };
+    cfg.model.norm = norm;
+    cfg.seed = 3;
+    in_pool(threads, || train(&cfg, split, &mut |_| {}).unwrap())
+}
+
+#[test]
+fn training_is_bit_identical_for_1_and_2_threads() {
+    let split = data::synthetic(1, 240, 100);
+    for norm in NormKind::ALL {
+        let (a, b) = (run(norm, 1, &split), run(norm, 2, &split));
+        for (ea, eb) in a.epochs.iter().zip(&b.epochs) {
+            assert_eq!(
+                ea.train_loss.to_bits(),
+                eb.train_loss.to_bits(),
+                "{norm}: train loss"
+            );
+            assert_eq!(ea.train_acc, eb.train_acc, "{norm}: train accuracy");
+            assert_eq!(ea.test_acc, eb.test_acc, "{norm}: test accuracy");
+            assert_eq!(ea.lr.to_bits(), eb.lr.to_bits(), "{norm}: lr");
+        }
+        for (pa, pb) in a.model.params().iter().zip(b.model.params()) {
+            assert_eq!(bits(&pa.data), bits(&pb.data), "{norm}: {}", pa.name);
+        }
+        for (ra, rb) in a.model.running().iter().zip(b.model.running()) {
+            assert_eq!(bits(&ra.mean), bits(&rb.mean), "{norm}: running mean");
+            assert_eq!(bits(&ra.var), bits(&rb.var), "{norm}: running var");
+        }
+        // A different seed gives a different model (the comparison above is not vacuous).
+        let mut cfg = TrainConfig {
+            epochs: 1,
+            batch: 24,
+            ..TrainConfig::default()
+        };
+        cfg.model.norm = norm;
+        cfg.seed = 4;
+        let c = train(&cfg, &split, &mut |_| {}).unwrap();
+        assert_ne!(
+            bits(&a.model.params()[0].data),
+            bits(&c.model.params()[0].data)
+        );
+    }
+}
+
+/// dfdx's matmul (the linear layer) calls gemm with `Parallelism::Rayon(current_num_threads())`;
+/// gemm splits the output, never the inner dimension, so the result must not depend on the pool.
+#[test]
+fn dfdx_matmul_and_conv_gemm_do_not_depend_on_the_thread_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for &(m, k, n) in &[
+        (32, 64, 10),
+        (256, 64, 10),
+        (300, 500, 200),
+        (1000, 1000, 100),
+    ] {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mm = |threads| {
+            in_pool(threads, || {
+                let dev = Cpu::default();
+                let at = dev.tensor_from_vec(a.clone(), (m, k));
+                let bt = dev.tensor_from_vec(b.clone(), (k, n));
+                bits(&at.matmul(bt).as_vec())
+            })
+        };
+        assert_eq!(mm(1), mm(2), "dfdx matmul {m}x{k}x{n}");
+    }
+    let s = conv::ConvShape {
+        n: 32,
+        c_in: 16,
+        c_out: 32,
+        h: 16,
+        w: 16,
+    };
+    let x: Vec<f32> = (0..s.x_len())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let w: Vec<f32> = (0..s.weight_len())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let bias: Vec<f32> = (0..s.c_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let dy: Vec<f32> = (0..s.y_len())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let conv = |threads| {
+        in_pool(threads, || {
+            let mut y = vec![0.0; s.y_len()];
+            conv::conv3x3_forward(s, &x, &w, &bias, &mut y);
+            let (mut dx, mut dw, mut db) = (
+                vec![0.0; s.x_len()],
+                vec![0.0; s.weight_len()],
+                vec![0.0; s.c_out],
+            );
+            conv::conv3x3_backward(s, &x, &w, &dy, Some(&mut dx), &mut dw, &mut db);
+            (bits(&y), bits(&dx), bits(&dw), bits(&db))
+        })
+    };
+    assert!(
+        conv(1) == conv(2),
+        "conv results differ between 1 and 2 threads"
+    );
+}
