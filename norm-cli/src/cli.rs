@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use norm_train::{NormKind, Schedule, TrainConfig};
+use norm_train::{NormKind, Schedule, TrainConfig, data};
 
 use crate::sweep::{Seeds, Share};
 
@@ -127,17 +127,22 @@ pub struct RecipeArgs {
     /// Folder of the CIFAR-10 binary files (with --data cifar10).
     #[arg(long, value_name = "DIR", required_if_eq("data", "cifar10"))]
     pub data_dir: Option<PathBuf>,
-    /// Train images: synthetic, how many to generate [default: 10000]; cifar10, use the first
-    /// N [default: all].
-    #[arg(long, value_name = "N")]
+    /// Train images: synthetic, how many to generate; cifar10, use the first N [default: all].
+    #[arg(long, value_name = "N", help = size_help("Train", "N", data::DEFAULT_TRAIN))]
     pub train_size: Option<usize>,
-    /// Test images: synthetic, how many to generate [default: 2000]; cifar10, use the first M
-    /// [default: all].
-    #[arg(long, value_name = "M")]
+    /// Test images: synthetic, how many to generate; cifar10, use the first M [default: all].
+    #[arg(long, value_name = "M", help = size_help("Test", "M", data::DEFAULT_TEST))]
     pub test_size: Option<usize>,
     /// Seed of the synthetic data set.
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub data_seed: u64,
+}
+
+fn size_help(what: &str, n: &str, synthetic: usize) -> String {
+    format!(
+        "{what} images: synthetic, how many to generate [default: {synthetic}]; cifar10, use the \
+         first {n} [default: all]"
+    )
 }
 
 /// `--widths 16,32,64`: the three conv widths.
@@ -290,12 +295,12 @@ pub struct ExportArgs {
     /// Seed of the synthetic data set.
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
-    /// Train images (default: norm-train's DEFAULT_TRAIN).
-    #[arg(long, value_name = "N")]
-    pub train_size: Option<usize>,
-    /// Test images (default: norm-train's DEFAULT_TEST).
-    #[arg(long, value_name = "M")]
-    pub test_size: Option<usize>,
+    /// Train images.
+    #[arg(long, value_name = "N", default_value_t = data::DEFAULT_TRAIN)]
+    pub train_size: usize,
+    /// Test images.
+    #[arg(long, value_name = "M", default_value_t = data::DEFAULT_TEST)]
+    pub test_size: usize,
 }
 
 /// The layers `apply` runs.

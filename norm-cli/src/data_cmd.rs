@@ -19,8 +19,7 @@ const LABEL_W: u32 = 110;
 
 /// Runs the command and returns a one-line description of what was written.
 pub fn run(a: &ExportArgs) -> Result<String> {
-    let train_size = a.train_size.unwrap_or(data::DEFAULT_TRAIN);
-    let test_size = a.test_size.unwrap_or(data::DEFAULT_TEST);
+    let (train_size, test_size) = (a.train_size, a.test_size);
     if train_size == 0 {
         bail!("--train-size must be at least 1");
     }

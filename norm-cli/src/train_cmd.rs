@@ -435,7 +435,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         let (outcome, wall) = train_with_progress(&cfg, &split, a.json)?;
         let mut report = Report::new(&cfg, info, outcome.epochs.clone(), wall);
         if let Some(p) = &a.save {
-            // TEMP-SAVE outcome.model.save(p).with_context(|| format!("cannot save the model to {}", p.display()))?;
+            outcome
+                .model
+                .save(p)
+                .with_context(|| format!("cannot save the model to {}", p.display()))?;
             report.saved = Some(p.clone());
         }
         Ok(report)
