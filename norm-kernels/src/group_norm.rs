@@ -98,7 +98,8 @@ pub(crate) fn forward_groups(
 ) {
     debug_assert!(x.len() == y.len() && x.len() == mean.len() * len && mean.len() == rstd.len());
     let rayon = par == Parallelism::Rayon;
-    let group = |gi: usize, ((yg, xg), (m, r)): ((&mut [f32], &[f32]), (&mut f32, &mut f32))| {
+    type Group<'a> = ((&'a mut [f32], &'a [f32]), (&'a mut f32, &'a mut f32));
+    let group = |gi: usize, ((yg, xg), (m, r)): Group<'_>| {
         let inner = rayon && len > TILE;
         let mom = group_moments(xg, inner);
         let (mu, rs) = (mom.mean as f32, mom.rstd(eps));
@@ -169,7 +170,7 @@ pub(crate) fn dx_coefficients(r: f32, s1: f64, s2: f64, count: usize) -> (f32, f
 /// Validates the arguments shared by both GroupNorm entry points; returns `cpg = C / G`.
 fn check_groups(op: &'static str, shape: Nchw, groups: usize) -> Result<usize, NormError> {
     shape.check_nonzero(op)?;
-    if groups == 0 || shape.c % groups != 0 {
+    if groups == 0 || !shape.c.is_multiple_of(groups) {
         return Err(NormError::Groups {
             op,
             groups,

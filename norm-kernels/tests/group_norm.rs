@@ -180,7 +180,7 @@ const DIMS: [usize; 6] = [1, 2, 3, 7, 9, 17];
 const CHANNELS: [usize; 8] = [1, 2, 3, 6, 7, 9, 12, 17];
 
 fn divisors(c: usize) -> Vec<usize> {
-    (1..=c).filter(|g| c % g == 0).collect()
+    (1..=c).filter(|&g| c.is_multiple_of(g)).collect()
 }
 
 proptest! {
