@@ -22,7 +22,7 @@
 //! group per sample and a per-element affine:
 //!
 //! * **Forward** (two reads of the slab, the second from cache): per group, statistics in one
-//!   read ([`Moments`] per [`TILE`] of the slab, merged in tile order), then one pass
+//!   read ([`Moments`] per tile of 16 Ki elements, merged in tile order), then one pass
 //!   `y = (x - μ)·(γ·r) + β`. Groups run in parallel; a group longer than a tile also spreads
 //!   its tiles over the pool (nested rayon). A tile is 64 KiB, so the second read of a group
 //!   that fits in L2 comes from L2, and a larger one (LayerNorm's 3.6 MB sample) from L3.
@@ -30,7 +30,7 @@
 //!   read of `x` and `dy`, then one pass writing `dx`; `dγ`, `dβ` are folded from the per-(n, c)
 //!   reductions afterwards in sample order.
 //!
-//! All arithmetic is fixed by the data (tiles of [`TILE`] elements, blocks of
+//! All arithmetic is fixed by the data (tiles of 16 Ki elements, blocks of
 //! [`crate::simd::BLOCK`], merges in index order), never by the pool, so the output is
 //! bit-identical for any number of threads.
 
