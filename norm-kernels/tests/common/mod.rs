@@ -33,9 +33,12 @@ impl Case {
             return None;
         }
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let npy = npyz::NpyFile::new(&bytes[..]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let npy =
+            npyz::NpyFile::new(&bytes[..]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let shape = npy.shape().iter().map(|&d| d as usize).collect();
-        let data = npy.into_vec::<f32>().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let data = npy
+            .into_vec::<f32>()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Some((shape, data))
     }
 
@@ -58,8 +61,12 @@ pub fn cases(norm: Option<&str>) -> Vec<Case> {
     for c in v["cases"].as_array().expect("manifest has no cases") {
         let name = c["name"].as_str().unwrap().to_string();
         let case_dir = dir.join(&name);
-        let shape: Vec<usize> =
-            c["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = c["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         let case = Case {
             norm: c["norm"].as_str().unwrap().to_string(),
             shape: shape.try_into().expect("shape is not 4-D"),
@@ -77,7 +84,11 @@ pub fn cases(norm: Option<&str>) -> Vec<Case> {
             out.push(case);
         }
     }
-    assert!(!out.is_empty(), "no fixture cases for {norm:?} in {}", path.display());
+    assert!(
+        !out.is_empty(),
+        "no fixture cases for {norm:?} in {}",
+        path.display()
+    );
     out
 }
 
