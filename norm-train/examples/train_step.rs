@@ -2,7 +2,8 @@
 //! backward + SGD update) for each norm at the given batch sizes.
 //!
 //! `cargo run --release -p norm-train --example train_step -- [batch ...]` (default: 2 32).
-//! Threads: `RAYON_NUM_THREADS` (default: all cores).
+//! Threads: `RAYON_NUM_THREADS` (default: all cores). By default each case runs at least 1.5 s;
+//! `TRAIN_STEP_STEPS=n` runs exactly `n` timed steps instead (for `perf stat` comparisons).
 
 use std::time::Instant;
 
@@ -66,7 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 step(&mut model, &mut rng)?;
             }
             let (mut secs, mut steps) = (0.0, 0usize);
-            while secs < 1.5 || steps < 20 {
+            let fixed: Option<usize> = std::env::var("TRAIN_STEP_STEPS")
+                .ok()
+                .and_then(|v| v.parse().ok());
+            while fixed.map_or(secs < 1.5 || steps < 20, |f| steps < f) {
                 secs += step(&mut model, &mut rng)?;
                 steps += 1;
             }

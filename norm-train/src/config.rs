@@ -162,7 +162,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: ModelConfig::default(),
-            epochs: 10,
+            epochs: 15,
             batch: 32,
             base_lr: 0.05,
             lr_ref_batch: 32,
