@@ -100,7 +100,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         let epochs = a.recipe.epochs;
         let run_cell = |cell: &Cell, i: usize, n: usize| -> Result<CellResult> {
             let cfg = config(&a.recipe, cell.norm.parse()?, cell.batch, cell.seed);
-            let label = format!("cell {}/{n} of this run: {cell}", i + 1);
+            let label = format!("{i}/{n} cells done · running {cell}");
             bar.set_message(label.clone());
             let t0 = Instant::now();
             let outcome = norm_train::train(&cfg, &split, &mut |p| {

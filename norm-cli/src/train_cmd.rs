@@ -352,6 +352,7 @@ pub struct EpochProgress {
     batch: usize,
     quiet: bool,
     visible: bool,
+    epoch_start: Instant,
 }
 
 impl EpochProgress {
@@ -364,6 +365,7 @@ impl EpochProgress {
             batch,
             quiet,
             visible,
+            epoch_start: Instant::now(),
         }
     }
 
@@ -379,6 +381,9 @@ impl EpochProgress {
                 if !self.visible {
                     return;
                 }
+                if self.bar.is_none() {
+                    self.epoch_start = Instant::now();
+                }
                 let bar = self.bar.get_or_insert_with(|| {
                     let b = ProgressBar::new(*steps as u64);
                     b.set_style(
@@ -389,11 +394,20 @@ impl EpochProgress {
                         .progress_chars("=> "),
                     );
                     b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+                    b.set_message("starting");
+
                     b
                 });
                 bar.set_position(*step as u64 + 1);
-                let ips = bar.per_sec() * self.batch as f64;
-                bar.set_message(format!("loss {loss:.3} · {ips:.0} img/s"));
+                // The clock starts at the first report (after step 0), so it has timed
+                // `step` steps.
+                let secs = self.epoch_start.elapsed().as_secs_f64();
+                if *step > 0 && secs > 0.0 {
+                    let ips = (step * self.batch) as f64 / secs;
+                    bar.set_message(format!("loss {loss:.3} · {ips:.0} img/s"));
+                } else {
+                    bar.set_message(format!("loss {loss:.3}"));
+                }
             }
             Progress::Epoch(e) => {
                 if let Some(b) = self.bar.take() {
