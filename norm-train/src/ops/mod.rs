@@ -17,6 +17,8 @@ pub mod pool;
 
 use std::sync::{Arc, Mutex};
 
+use rayon::prelude::*;
+
 use dfdx::{
     shapes::{HasShape, Shape},
     tensor::{Cpu, CpuError, Tensor, TensorFromVec, ZerosTensor},
@@ -151,12 +153,20 @@ pub(crate) fn from_vec<S: Shape>(
     dev.try_tensor_from_vec(data, shape)
 }
 
-/// `dst += src` elementwise.
-#[inline]
+/// Elements per rayon task of the elementwise passes (fixed, so the split never depends on the
+/// thread count; elementwise results would not anyway).
+pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// `dst += src` elementwise, over rayon for large buffers.
 pub(crate) fn add_assign(dst: &mut [f32], src: &[f32]) {
-    debug_assert_eq!(dst.len(), src.len());
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += *s;
+    assert_eq!(dst.len(), src.len());
+    let add = |(d, s): (&mut [f32], &[f32])| d.iter_mut().zip(s).for_each(|(d, s)| *d += *s);
+    if dst.len() <= ELEMENTWISE_CHUNK {
+        add((dst, src));
+    } else {
+        dst.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(src.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(add);
     }
 }
 

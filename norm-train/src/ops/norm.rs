@@ -19,7 +19,12 @@ use dfdx::shapes::HasShape;
 use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
 use norm_kernels::{Affine, AffineGrads, Momentum, Nchw, Parallelism, RunningStats};
 
-use super::{BufferPool, Pooled, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
+use rayon::prelude::*;
+
+use super::{
+    BufferPool, ELEMENTWISE_CHUNK, Pooled, Shape1, Shape4, acc_grad, put_grad, read, take_grad,
+    write,
+};
 use crate::{NormKind, TrainError};
 
 /// PyTorch's BatchNorm2d default momentum.
@@ -190,7 +195,8 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
         }
     };
     if relu {
-        ys.iter_mut().for_each(|v| *v = v.max(0.0));
+        ys.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
     }
     let out = write(&dev, *x.shape(), &ys)?;
     let ys = relu.then_some(ys);
@@ -203,9 +209,14 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
             // Through the ReLU first: dy · [y > 0].
             let masked = ys.as_ref().map(|y| {
                 let mut d = pool.take(dy_out.len());
-                for ((d, &g), &y) in d.iter_mut().zip(&dy_out).zip(y.iter()) {
-                    *d = if y > 0.0 { g } else { 0.0 };
-                }
+                d.par_chunks_mut(ELEMENTWISE_CHUNK)
+                    .zip(dy_out.par_chunks(ELEMENTWISE_CHUNK))
+                    .zip(y.par_chunks(ELEMENTWISE_CHUNK))
+                    .for_each(|((d, g), y)| {
+                        for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
+                            *d = if y > 0.0 { g } else { 0.0 };
+                        }
+                    });
                 d
             });
             let dy: &[f32] = masked.as_deref().unwrap_or(&dy_out);
