@@ -146,6 +146,23 @@ mod tests {
     }
 
     #[test]
+    fn reads_big_endian_float32() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("be.npy");
+        let mut w = std::io::BufWriter::new(File::create(&p).unwrap());
+        let mut npy = npyz::WriteOptions::<f32>::new()
+            .dtype(DType::Plain(">f4".parse().unwrap()))
+            .shape(&[1, 1, 1, 2])
+            .writer(&mut w)
+            .begin_nd()
+            .unwrap();
+        npy.extend([1.5f32, -2.0]).unwrap();
+        npy.finish().unwrap();
+        drop(w);
+        assert_eq!(read_f32(&p).unwrap().data, vec![1.5, -2.0]);
+    }
+
+    #[test]
     fn names_the_first_nan() {
         let a = Array {
             shape: vec![1, 2, 2, 2],

@@ -137,8 +137,19 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
             file.append(&r)?;
             appended += 1;
             merged.push(r);
-        } else if !existing_keys.contains(&key) {
-            duplicates += 1;
+        } else {
+            if let Some(kept) = merged.iter().find(|m| m.key() == r.key()) {
+                if kept.final_test_acc != r.final_test_acc {
+                    eprintln!(
+                        "warning: {} norm, batch {}, seed {} has different accuracies in the \
+                         inputs ({} vs {}); kept the first",
+                        r.norm, r.batch, r.seed, kept.final_test_acc, r.final_test_acc
+                    );
+                }
+            }
+            if !existing_keys.contains(&key) {
+                duplicates += 1;
+            }
         }
     }
     if !out_recipe.exists() {
