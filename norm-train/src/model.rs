@@ -14,8 +14,7 @@ use crate::{
     ModelConfig, NormKind, TrainError, data,
     ops::{
         BufferPool, Shape1, Shape4, conv,
-        norm::{self, NormSpec, Running},
-        pool,
+        norm::{self, NormSpec, Post, Running},
     },
 };
 
@@ -234,18 +233,22 @@ impl Model {
                 h = conv::conv3x3(h, take(idx.conv_w), take(idx.conv_b), &self.pool)?;
             }
             let affine = idx.norm.map(|(g, be)| (take(g), take(be)));
+            // norm → ReLU (→ 2×2 max pool), fused into one op.
+            let post = if b < 2 {
+                Post::ReluMaxPool2
+            } else {
+                Post::Relu
+            };
             h = norm::norm(
                 h,
                 affine,
                 spec,
                 self.training,
                 self.running.get_mut(b),
-                true, // norm → ReLU, fused into one op
+                post,
                 &self.pool,
+                &self.index_pool,
             )?;
-            if b < 2 {
-                h = pool::max_pool2(h, &self.pool, &self.index_pool)?;
-            }
         }
         let c = h.shape().1;
         let g: Tensor<(usize, usize), f32, Cpu, T> = h.try_mean::<_, Axes2<2, 3>>()?;

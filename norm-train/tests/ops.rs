@@ -8,7 +8,7 @@ use norm_train::{
     NormKind,
     ops::{
         BufferPool, conv,
-        norm::{self, NormSpec, Running},
+        norm::{self, NormSpec, Post, Running},
         pool,
     },
 };
@@ -215,19 +215,21 @@ fn composed(
 }
 
 #[test]
-fn every_norm_with_and_without_relu_matches_its_dfdx_composition() {
+fn every_norm_with_relu_and_pool_matches_its_dfdx_composition() {
     let dev = Cpu::default();
-    let pool = BufferPool::default();
+    let (pool, pool_u) = (BufferPool::default(), BufferPool::default());
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let eps = 1e-5;
     for kind in NormKind::ALL {
         let shapes = [
-            (3, 4, 5, 3, 2, false),
-            (2, 6, 4, 4, 3, true),
-            (4, 8, 2, 2, 8, false),
-            (3, 4, 5, 3, 4, true),
+            (3, 4, 5, 3, 2, Post::Identity),
+            (2, 6, 4, 4, 3, Post::Relu),
+            (4, 8, 2, 2, 8, Post::Identity),
+            (3, 4, 5, 3, 4, Post::Relu),
+            (2, 4, 6, 4, 2, Post::ReluMaxPool2),
+            (3, 2, 5, 7, 1, Post::ReluMaxPool2),
         ];
-        for &(n, c, h, w, groups, relu) in &shapes {
+        for &(n, c, h, w, groups, post) in &shapes {
             let spec = NormSpec { kind, groups, eps };
             let al = spec.affine_len(c, h, w).max(1);
             // A large offset checks the statistics are computed stably.
@@ -238,7 +240,13 @@ fn every_norm_with_and_without_relu_matches_its_dfdx_composition() {
             let xt = dev.tensor_from_vec(x.clone(), (n, c, h, w));
             let gt = dev.tensor_from_vec(gamma.clone(), (al,));
             let bt = dev.tensor_from_vec(beta.clone(), (al,));
-            let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
+            let r_shape = if post == Post::ReluMaxPool2 {
+                (n, c, h / 2, w / 2)
+            } else {
+                (n, c, h, w)
+            };
+            let r = r[..r_shape.0 * r_shape.1 * r_shape.2 * r_shape.3].to_vec();
+            let rt = dev.tensor_from_vec(r.clone(), r_shape);
             let mut running = Running::new(c);
             let affine = (kind != NormKind::None).then(|| (gt.leaky_trace(), bt.leaky_trace()));
             let y = norm::norm(
@@ -247,8 +255,9 @@ fn every_norm_with_and_without_relu_matches_its_dfdx_composition() {
                 spec,
                 true,
                 Some(&mut running),
-                relu,
+                post,
                 &pool,
+                &pool_u,
             )
             .unwrap();
             let y_v = y.as_vec();
@@ -262,10 +271,25 @@ fn every_norm_with_and_without_relu_matches_its_dfdx_composition() {
                 gt.leaky_trace(),
                 bt.leaky_trace(),
             );
-            let y2 = if relu { y2.relu() } else { y2 };
+            let y2 = match post {
+                Post::Identity => y2,
+                Post::Relu => y2.relu(),
+                // Floor mode: crop to even sizes, then max over 2×2 windows of a 6-d view.
+                Post::ReluMaxPool2 => {
+                    let (h2, w2) = (h / 2, w / 2);
+                    let y2 = y2.relu();
+                    let y2 = if (h % 2, w % 2) == (0, 0) {
+                        y2
+                    } else {
+                        y2.slice((.., .., ..2 * h2, ..2 * w2)).realize::<S4>()
+                    };
+                    y2.reshape_like(&(n, c, h2, 2usize, w2, 2usize))
+                        .max::<S4, Axes2<3, 5>>()
+                }
+            };
             let y2_v = y2.as_vec();
             let g2 = (y2 * rt).sum::<Rank0, _>().backward();
-            let tag = format!("{kind} {n}x{c}x{h}x{w} relu {relu}");
+            let tag = format!("{kind} {n}x{c}x{h}x{w} {post:?}");
             assert_close(&format!("{tag} y"), &y_v, &to64(&y2_v), 2e-4);
             assert_close(
                 &format!("{tag} dx"),
@@ -340,8 +364,9 @@ fn batch_norm_eval_mode_uses_running_statistics() {
         spec,
         false,
         Some(&mut running),
-        false,
+        Post::Identity,
         &pool,
+        &BufferPool::default(),
     )
     .unwrap();
     assert_eq!(

@@ -8,9 +8,9 @@
 //! | group    | `(C/G, H, W)` per (n, g)| `[C]`           | same as train          |
 //! | none     | —                      | —               | identity               |
 //!
-//! With `relu = true` the op also applies ReLU to its output (the model's norm → ReLU, fused to
-//! save a tensor, its gradient and two passes over memory per block); with `none` it is then a
-//! plain ReLU.
+//! [`Post`] fuses what follows the norm in the model — a ReLU, or a ReLU and a 2×2 max pool —
+//! into the same op: that saves one or two tensors per block (each an output, a gradient and a
+//! copy in and out of dfdx). With `none` the op is then a plain ReLU (+ pool).
 //!
 //! Train-mode BatchNorm updates the running statistics in place with PyTorch's momentum 0.1 and
 //! unbiased variance. The kernels' backward overwrites; this op accumulates into dfdx's gradients.
@@ -22,8 +22,9 @@ use norm_kernels::{Affine, AffineGrads, Momentum, Nchw, Parallelism, RunningStat
 use rayon::prelude::*;
 
 use super::{
-    BufferPool, ELEMENTWISE_CHUNK, Pooled, Shape1, Shape4, acc_grad, put_grad, read, take_grad,
-    write,
+    BufferPool, ELEMENTWISE_CHUNK, Pooled, Shape1, Shape4, acc_grad,
+    pool::{max_pool2_backward, max_pool2_forward},
+    put_grad, read, take_grad, write,
 };
 use crate::{NormKind, TrainError};
 
@@ -50,6 +51,17 @@ impl Running {
             num_batches_tracked: 0,
         }
     }
+}
+
+/// What the op applies after the norm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Post {
+    /// Nothing: the norm alone.
+    Identity,
+    /// A ReLU.
+    Relu,
+    /// A ReLU, then a 2×2 max pool with stride 2 (as [`super::pool::max_pool2`]).
+    ReluMaxPool2,
 }
 
 /// Which norm and its settings.
@@ -95,16 +107,20 @@ enum Saved {
 
 /// The tape op. `affine` is `(gamma, beta)` of length [`NormSpec::affine_len`]; `training`
 /// selects BatchNorm's mode (the other norms behave the same in both); `running` is BatchNorm's
-/// statistics (required for `batch`, ignored otherwise); `relu` appends a ReLU.
+/// statistics (required for `batch`, ignored otherwise); `post` appends a ReLU, or a ReLU and a
+/// 2×2 max pool.
+#[allow(clippy::too_many_arguments)]
 pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
     x: Tensor<Shape4, f32, Cpu, T>,
     affine: Option<(Tensor<Shape1, f32, Cpu, T>, Tensor<Shape1, f32, Cpu, T>)>,
     spec: NormSpec,
     training: bool,
     running: Option<&mut Running>,
-    relu: bool,
+    post: Post,
     pool: &BufferPool<f32>,
+    index_pool: &BufferPool<u8>,
 ) -> Result<Tensor<Shape4, f32, Cpu, T>, TrainError> {
+    let relu = post != Post::Identity;
     if spec.kind == NormKind::None && !relu {
         return Ok(x);
     }
@@ -198,7 +214,14 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
         ys.par_chunks_mut(ELEMENTWISE_CHUNK)
             .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
     }
-    let out = write(&dev, *x.shape(), &ys)?;
+    let (out, arg) = if post == Post::ReluMaxPool2 {
+        let out_len = n * c * (h / 2) * (w / 2);
+        let (mut ps, mut arg) = (pool.take(out_len), index_pool.take(out_len));
+        max_pool2_forward(n * c, h, w, &ys, &mut ps, &mut arg);
+        (write(&dev, (n, c, h / 2, w / 2), &ps)?, Some(arg))
+    } else {
+        (write(&dev, *x.shape(), &ys)?, None)
+    };
     let ys = relu.then_some(ys);
     if T::OWNS_TAPE {
         let (x_g, out_g) = (x.ghost(), out.ghost());
@@ -206,11 +229,19 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
         let pool = pool.clone();
         tape.add_backward_op(move |grads| {
             let dy_out = take_grad!(grads, out_g);
-            // Through the ReLU first: dy · [y > 0].
-            let masked = ys.as_ref().map(|y| {
-                let mut d = pool.take(dy_out.len());
+            // Back through the pool (to a full-size gradient), then the ReLU: dy · [y > 0].
+            let unpooled = arg.as_ref().map(|arg| {
+                let mut d = pool.take(shape.len());
                 d.par_chunks_mut(ELEMENTWISE_CHUNK)
-                    .zip(dy_out.par_chunks(ELEMENTWISE_CHUNK))
+                    .for_each(|d| d.fill(0.0));
+                max_pool2_backward(n * c, h, w, arg, &dy_out, &mut d);
+                d
+            });
+            let dy_full: &[f32] = unpooled.as_deref().unwrap_or(&dy_out);
+            let masked = ys.as_ref().map(|y| {
+                let mut d = pool.take(dy_full.len());
+                d.par_chunks_mut(ELEMENTWISE_CHUNK)
+                    .zip(dy_full.par_chunks(ELEMENTWISE_CHUNK))
                     .zip(y.par_chunks(ELEMENTWISE_CHUNK))
                     .for_each(|((d, g), y)| {
                         for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
@@ -219,7 +250,7 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
                     });
                 d
             });
-            let dy: &[f32] = masked.as_deref().unwrap_or(&dy_out);
+            let dy: &[f32] = masked.as_deref().unwrap_or(dy_full);
             if spec.kind == NormKind::None {
                 acc_grad!(grads, x_g, dy);
                 put_grad!(grads, out_g, dy_out);
