@@ -88,10 +88,10 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
                 path.display()
             );
         }
-        if let Some(dir) = path.parent() {
-            if let Some(r) = store::read_recipe(&dir.join(RECIPE_FILE))? {
-                check(&r, dir.join(RECIPE_FILE).display().to_string())?;
-            }
+        if let Some(dir) = path.parent()
+            && let Some(r) = store::read_recipe(&dir.join(RECIPE_FILE))?
+        {
+            check(&r, dir.join(RECIPE_FILE).display().to_string())?;
         }
         for (i, r) in rs.into_iter().enumerate() {
             check(&r.recipe, format!("{} line {}", path.display(), i + 1))?;
@@ -138,14 +138,14 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
             appended += 1;
             merged.push(r);
         } else {
-            if let Some(kept) = merged.iter().find(|m| m.key() == r.key()) {
-                if kept.final_test_acc != r.final_test_acc {
-                    eprintln!(
-                        "warning: {} norm, batch {}, seed {} has different accuracies in the \
-                         inputs ({} vs {}); kept the first",
-                        r.norm, r.batch, r.seed, kept.final_test_acc, r.final_test_acc
-                    );
-                }
+            if let Some(kept) = merged.iter().find(|m| m.key() == r.key())
+                && kept.final_test_acc != r.final_test_acc
+            {
+                eprintln!(
+                    "warning: {} norm, batch {}, seed {} has different accuracies in the \
+                     inputs ({} vs {}); kept the first",
+                    r.norm, r.batch, r.seed, kept.final_test_acc, r.final_test_acc
+                );
             }
             if !existing_keys.contains(&key) {
                 duplicates += 1;
