@@ -98,17 +98,17 @@ impl ModelConfig {
                 widths: self.widths,
             });
         }
-        if self.norm == NormKind::Group {
-            if let Some(&width) = self
-                .widths
-                .iter()
-                .find(|&&w| self.groups == 0 || w % self.groups != 0)
-            {
-                return Err(TrainError::Groups {
-                    groups: self.groups,
-                    width,
-                });
-            }
+        let bad_width = self
+            .widths
+            .iter()
+            .find(|&&w| self.groups == 0 || w % self.groups != 0);
+        if self.norm == NormKind::Group
+            && let Some(&width) = bad_width
+        {
+            return Err(TrainError::Groups {
+                groups: self.groups,
+                width,
+            });
         }
         if !(self.eps.is_finite() && self.eps >= 0.0) {
             return Err(TrainError::Hyper {

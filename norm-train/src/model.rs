@@ -36,6 +36,10 @@ pub struct Param {
     pub decay: bool,
 }
 
+/// What [`Model::loss_and_grads`] returns: the mean loss, the logits `[n, 10]` and one gradient
+/// per parameter.
+pub type LossAndGrads = (f32, Vec<f32>, Vec<Vec<f32>>);
+
 /// Indices into the parameter list of one conv block.
 #[derive(Clone, Copy, Debug)]
 struct BlockIdx {
@@ -291,7 +295,7 @@ impl Model {
         &mut self,
         x: &[f32],
         labels: &[usize],
-    ) -> Result<(f32, Vec<f32>, Vec<Vec<f32>>), TrainError> {
+    ) -> Result<LossAndGrads, TrainError> {
         let n = labels.len();
         let x = self.input(x, n)?;
         let p = self.param_tensors()?;

@@ -208,6 +208,12 @@ pub fn conv3x3_forward(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y:
         });
 }
 
+/// One chunk of the backward pass: its `[dW | db]` partial, `x`, `dy` and (optionally) `dx`.
+type GradChunk<'a> = (
+    ((&'a mut [f32], &'a [f32]), &'a [f32]),
+    Option<&'a mut [f32]>,
+);
+
 /// Backward. Accumulates (`+=`) into `dweight` and `dbias`, and into `dx` when given.
 pub fn conv3x3_backward(
     s: ConvShape,
@@ -234,7 +240,7 @@ pub fn conv3x3_backward(
     let wl = s.weight_len();
     // One partial [dW | db] per chunk, summed afterwards in chunk order.
     let mut partial = vec![0.0f32; s.n.div_ceil(per) * (wl + s.c_out)];
-    let chunk = |(((part, x), dy), dx): (((&mut [f32], &[f32]), &[f32]), Option<&mut [f32]>)| {
+    let chunk = |(((part, x), dy), dx): GradChunk<'_>| {
         let (pw, pb) = part.split_at_mut(wl);
         with_scratch(k * hw, |col| {
             for i in 0..x.len() / chw_in {

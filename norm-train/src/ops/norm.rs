@@ -53,6 +53,9 @@ impl Running {
     }
 }
 
+/// `(gamma, beta)` as flat tensors on tape `T`.
+pub type AffineTensors<T> = (Tensor<Shape1, f32, Cpu, T>, Tensor<Shape1, f32, Cpu, T>);
+
 /// What the op applies after the norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Post {
@@ -112,7 +115,7 @@ enum Saved {
 #[allow(clippy::too_many_arguments)]
 pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
     x: Tensor<Shape4, f32, Cpu, T>,
-    affine: Option<(Tensor<Shape1, f32, Cpu, T>, Tensor<Shape1, f32, Cpu, T>)>,
+    affine: Option<AffineTensors<T>>,
     spec: NormSpec,
     training: bool,
     running: Option<&mut Running>,
