@@ -162,9 +162,9 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: ModelConfig::default(),
-            epochs: 15,
+            epochs: 20,
             batch: 32,
-            base_lr: 0.05,
+            base_lr: 0.1,
             lr_ref_batch: 32,
             momentum: 0.9,
             weight_decay: 5e-4,
