@@ -290,3 +290,8 @@ pub const fn simd_level() -> &'static str {
         "scalar"
     }
 }
+
+/// The workspace README's Rust example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
