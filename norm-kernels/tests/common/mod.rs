@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+pub mod check;
+pub mod running;
+
 /// The fixtures folder: `$NORMLAB_FIXTURES`, else `shared/fixtures/pytorch` beside the repository.
 pub fn fixtures_dir() -> PathBuf {
     if let Ok(p) = std::env::var("NORMLAB_FIXTURES") {
