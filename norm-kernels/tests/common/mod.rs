@@ -1,10 +1,12 @@
-//! Loading the PyTorch reference cases of `../shared/fixtures/pytorch` (see its README.md).
+//! Loading the PyTorch reference cases of `../shared/fixtures/pytorch` (see its README.md); the
+//! helpers the kernel tests share are in the submodules.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 pub mod check;
 pub mod running;
+pub mod sample;
 
 /// The fixtures folder: `$NORMLAB_FIXTURES`, else `shared/fixtures/pytorch` beside the repository.
 pub fn fixtures_dir() -> PathBuf {
