@@ -1,11 +1,20 @@
-//! Shared set-up for the criterion benches in `benches/`: the shapes of the kernels issue and
-//! deterministic inputs. Run with `cargo bench -p normlab-benches`.
+//! Shared set-up for the criterion benches in `benches/`: the shapes of the kernels issue,
+//! deterministic inputs, the buffers of one kernel call and the registration of its variants.
+//! Run with `cargo bench -p normlab-benches`.
 
-use norm_kernels::Nchw;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use norm_kernels::{Nchw, Parallelism};
+use std::hint::black_box;
 
 /// The shapes every kernel bench runs: the seed's tensor, a batch-2 and a batch-32 CIFAR block.
-pub const SHAPES: [Nchw; 3] =
-    [Nchw::new(8, 64, 120, 120), Nchw::new(2, 64, 32, 32), Nchw::new(32, 64, 32, 32)];
+pub const SHAPES: [Nchw; 3] = [
+    Nchw::new(8, 64, 120, 120),
+    Nchw::new(2, 64, 32, 32),
+    Nchw::new(32, 64, 32, 32),
+];
+
+/// The f64 reference is skipped above this many elements (one call takes most of a second).
+pub const REFERENCE_MAX: usize = 4 << 20;
 
 /// Deterministic pseudo-random data in roughly [-2, 2) (xorshift; no `rand` needed).
 pub fn data(len: usize, seed: u64) -> Vec<f32> {
@@ -20,6 +29,10 @@ pub fn data(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&a| a as f64).collect()
+}
+
 /// Prints the SIMD level and thread count once, so every bench log says what it measured.
 pub fn print_setup() {
     eprintln!(
@@ -30,5 +43,93 @@ pub fn print_setup() {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The buffers of one forward + backward call with affine parameters.
+pub struct Buffers {
+    pub shape: Nchw,
+    pub x: Vec<f32>,
+    pub dy: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub y: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub rstd: Vec<f32>,
+    pub dx: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
+impl Buffers {
+    /// x = `data(len, 1)`, dy = `data(len, 2)`, gamma = `data(params, 3)`, beta =
+    /// `data(params, 4)`; `stats` entries of mean and rstd; the outputs zero.
+    pub fn new(shape: Nchw, params: usize, stats: usize) -> Self {
+        let len = shape.len();
+        Self {
+            shape,
+            x: data(len, 1),
+            dy: data(len, 2),
+            gamma: data(params, 3),
+            beta: data(params, 4),
+            y: vec![0.0; len],
+            mean: vec![0.0; stats],
+            rstd: vec![0.0; stats],
+            dx: vec![0.0; len],
+            dgamma: vec![0.0; params],
+            dbeta: vec![0.0; params],
+        }
+    }
+
+    /// x, dy, gamma and beta in f64, for the reference twins.
+    pub fn inputs64(&self) -> [Vec<f64>; 4] {
+        [&self.x, &self.dy, &self.gamma, &self.beta].map(|v| f64s(v))
+    }
+}
+
+/// Registers one kernel's benches on `shape`: groups `{name}/forward/{shape}` and
+/// `{name}/forward_backward/{shape}`, with the minimum memory traffic as throughput (8
+/// bytes/element: read x, write y; 20 with the backward: + read x, dy, write dx), each with
+/// `reference_f64` (`reference(backward)`, the f64 twin on one thread; only up to
+/// [`REFERENCE_MAX`] elements), `simd_1t` and `simd_rayon` (`forward(bufs, par)`, then
+/// `backward(bufs, par)` in the second group).
+pub fn bench_shape<S>(
+    c: &mut Criterion,
+    name: &str,
+    shape: Nchw,
+    reference: impl Fn(bool),
+    bufs: &mut S,
+    forward: fn(&mut S, Parallelism),
+    backward: fn(&mut S, Parallelism),
+) {
+    for (mode, bytes_per_elem, with_backward) in
+        [("forward", 8u64, false), ("forward_backward", 20, true)]
+    {
+        let mut group = c.benchmark_group(format!("{name}/{mode}/{shape}"));
+        group
+            .sample_size(10)
+            .throughput(Throughput::Bytes(bytes_per_elem * shape.len() as u64));
+        if shape.len() <= REFERENCE_MAX {
+            group.bench_function(BenchmarkId::from_parameter("reference_f64"), |it| {
+                it.iter(|| reference(with_backward))
+            });
+        }
+        for (id, par) in [
+            ("simd_1t", Parallelism::None),
+            ("simd_rayon", Parallelism::Rayon),
+        ] {
+            group.bench_function(BenchmarkId::from_parameter(id), |it| {
+                it.iter(|| {
+                    forward(bufs, black_box(par));
+                    if with_backward {
+                        backward(bufs, black_box(par));
+                    }
+                    black_box(&*bufs);
+                })
+            });
+        }
+        group.finish();
+    }
 }
