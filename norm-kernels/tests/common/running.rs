@@ -91,6 +91,52 @@ pub struct Norm {
 }
 
 impl Norm {
+    /// The train forward into fresh buffers: `[y, mean, rstd]`.
+    #[allow(clippy::too_many_arguments)]
+    fn train_forward(
+        &self,
+        s: Nchw,
+        x: &[f32],
+        affine: Option<Affine<'_>>,
+        eps: f32,
+        running: Option<RunningStats<'_>>,
+        par: Parallelism,
+    ) -> [Vec<f32>; 3] {
+        let st = (self.stats_len)(s);
+        let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st], vec![0.0; st]);
+        (self.forward_train)(
+            s, x, affine, eps, running, &mut y, &mut mean, &mut rstd, par,
+        )
+        .unwrap();
+        [y, mean, rstd]
+    }
+
+    /// The train backward with grads into fresh NaN-filled buffers (so every output must be
+    /// written): `[dx, dgamma, dbeta]`.
+    #[allow(clippy::too_many_arguments)]
+    fn train_backward(
+        &self,
+        s: Nchw,
+        x: &[f32],
+        dy: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        gamma: Option<&[f32]>,
+        par: Parallelism,
+    ) -> [Vec<f32>; 3] {
+        let (mut dx, mut dg, mut db) = (
+            vec![f32::NAN; s.len()],
+            vec![f32::NAN; s.c],
+            vec![f32::NAN; s.c],
+        );
+        let grads = AffineGrads {
+            dgamma: &mut dg,
+            dbeta: &mut db,
+        };
+        (self.backward_train)(s, x, dy, mean, rstd, gamma, &mut dx, Some(grads), par).unwrap();
+        [dx, dg, db]
+    }
+
     /// The name errors give for entry point `name_suffix` (`batch_norm_forward_train`).
     fn op(&self, suffix: &str) -> &'static str {
         Box::leak(format!("{}_{suffix}", self.name).into_boxed_str())
@@ -158,8 +204,6 @@ pub fn check_train(
         gamma: &inp.gamma,
         beta: &inp.beta,
     });
-    let st_len = (k.stats_len)(s);
-    let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st_len], vec![0.0; st_len]);
     let (mut rm, mut rv, mut nbt) = (inp.rm.clone(), inp.rv.clone(), 4u64);
     let running = RunningStats {
         mean: &mut rm,
@@ -167,18 +211,7 @@ pub fn check_train(
         num_batches_tracked: &mut nbt,
         momentum,
     };
-    (k.forward_train)(
-        s,
-        &inp.x,
-        aff,
-        EPS,
-        Some(running),
-        &mut y,
-        &mut mean,
-        &mut rstd,
-        par,
-    )
-    .unwrap();
+    let [y, mean, rstd] = k.train_forward(s, &inp.x, aff, EPS, Some(running), par);
 
     let x64 = f64s(&inp.x);
     let (g64, b64) = (f64s(&inp.gamma), f64s(&inp.beta));
@@ -205,24 +238,8 @@ pub fn check_train(
         1e-5,
     );
 
-    let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
     let gamma = affine.then_some(&inp.gamma[..]);
-    (k.backward_train)(
-        s,
-        &inp.x,
-        &inp.dy,
-        &mean,
-        &rstd,
-        gamma,
-        &mut dx,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let [dx, dg, db] = k.train_backward(s, &inp.x, &inp.dy, &mean, &rstd, gamma, par);
     let want = (k.ref_backward_train)(s, &x64, &f64s(&inp.dy), g, EPS as f64);
     assert_close("dx", &dx, &want.dx, 1e-4);
     let count = s.n * s.hw();
@@ -325,41 +342,20 @@ pub fn check_train_fd(k: &Norm) {
     assert_close64("dx (no affine)", &plain.dx, &num, 1e-6);
 
     // The f32 kernel agrees with the analytic gradient.
-    let st_len = (k.stats_len)(s);
-    let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st_len], vec![0.0; st_len]);
     let aff = Some(Affine {
         gamma: &inp.gamma,
         beta: &inp.beta,
     });
-    (k.forward_train)(
-        s,
-        &inp.x,
-        aff,
-        1e-5,
-        None,
-        &mut y,
-        &mut mean,
-        &mut rstd,
-        Parallelism::None,
-    )
-    .unwrap();
-    let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
-    (k.backward_train)(
+    let [_, mean, rstd] = k.train_forward(s, &inp.x, aff, 1e-5, None, Parallelism::None);
+    let [dx, dg, db] = k.train_backward(
         s,
         &inp.x,
         &inp.dy,
         &mean,
         &rstd,
         Some(&inp.gamma),
-        &mut dx,
-        Some(grads),
         Parallelism::Rayon,
-    )
-    .unwrap();
+    );
     assert_kernel_grads(&dx, &dg, &db, &an);
 }
 
@@ -409,37 +405,8 @@ pub fn check_eval_fd(k: &Norm) {
 pub fn check_no_affine_still_writes_grads(k: &Norm) {
     let s = Nchw::new(3, 4, 5, 3);
     let inp = inputs(s, 13, 0.0);
-    let st_len = (k.stats_len)(s);
-    let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st_len], vec![0.0; st_len]);
-    (k.forward_train)(
-        s,
-        &inp.x,
-        None,
-        EPS,
-        None,
-        &mut y,
-        &mut mean,
-        &mut rstd,
-        Parallelism::None,
-    )
-    .unwrap();
-    let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![f32::NAN; s.c], vec![f32::NAN; s.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
-    (k.backward_train)(
-        s,
-        &inp.x,
-        &inp.dy,
-        &mean,
-        &rstd,
-        None,
-        &mut dx,
-        Some(grads),
-        Parallelism::None,
-    )
-    .unwrap();
+    let [_, mean, rstd] = k.train_forward(s, &inp.x, None, EPS, None, Parallelism::None);
+    let [dx, dg, db] = k.train_backward(s, &inp.x, &inp.dy, &mean, &rstd, None, Parallelism::None);
     let (x64, dy64) = (f64s(&inp.x), f64s(&inp.dy));
     let want = (k.ref_backward_train)(s, &x64, &dy64, None, EPS as f64);
     assert_close("dx", &dx, &want.dx, 1e-5);
@@ -475,21 +442,7 @@ pub fn check_fixtures(k: &Norm, norm: &str, track_running: bool) {
             num_batches_tracked: &mut nbt,
             momentum,
         });
-        let st_len = (k.stats_len)(s);
-        let (mut y, mut mean, mut rstd) =
-            (vec![0.0; s.len()], vec![0.0; st_len], vec![0.0; st_len]);
-        (k.forward_train)(
-            s,
-            &x,
-            aff,
-            case.eps,
-            running,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-            Parallelism::Rayon,
-        )
-        .unwrap();
+        let [y, mean, rstd] = k.train_forward(s, &x, aff, case.eps, running, Parallelism::Rayon);
         let name = &case.name;
         let check = |what: &str, got: &[f32]| {
             let e = super::max_err(got, &case.load(what));
@@ -501,24 +454,8 @@ pub fn check_fixtures(k: &Norm, norm: &str, track_running: bool) {
             check("running_var", &rv);
         }
 
-        let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; c], vec![0.0; c]);
-        let grads = AffineGrads {
-            dgamma: &mut dg,
-            dbeta: &mut db,
-        };
         let g = case.affine.then_some(&gamma[..]);
-        (k.backward_train)(
-            s,
-            &x,
-            &dy,
-            &mean,
-            &rstd,
-            g,
-            &mut dx,
-            Some(grads),
-            Parallelism::Rayon,
-        )
-        .unwrap();
+        let [dx, dg, db] = k.train_backward(s, &x, &dy, &mean, &rstd, g, Parallelism::Rayon);
         check("dx", &dx);
         if case.affine {
             check("dweight", &dg);
@@ -553,8 +490,6 @@ fn all_outputs(k: &Norm, s: Nchw, inp: &Inputs, par: Parallelism) -> [Vec<f32>; 
         gamma: &inp.gamma,
         beta: &inp.beta,
     });
-    let st_len = (k.stats_len)(s);
-    let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st_len], vec![0.0; st_len]);
     let (mut rm, mut rv, mut nbt) = (inp.rm.clone(), inp.rv.clone(), 0u64);
     let running = RunningStats {
         mean: &mut rm,
@@ -562,35 +497,8 @@ fn all_outputs(k: &Norm, s: Nchw, inp: &Inputs, par: Parallelism) -> [Vec<f32>; 
         num_batches_tracked: &mut nbt,
         momentum: Momentum::Exponential(0.1),
     };
-    (k.forward_train)(
-        s,
-        &inp.x,
-        aff,
-        EPS,
-        Some(running),
-        &mut y,
-        &mut mean,
-        &mut rstd,
-        par,
-    )
-    .unwrap();
-    let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
-    (k.backward_train)(
-        s,
-        &inp.x,
-        &inp.dy,
-        &mean,
-        &rstd,
-        Some(&inp.gamma),
-        &mut dx,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let [y, mean, rstd] = k.train_forward(s, &inp.x, aff, EPS, Some(running), par);
+    let [dx, dg, db] = k.train_backward(s, &inp.x, &inp.dy, &mean, &rstd, Some(&inp.gamma), par);
     let mut ye = vec![0.0; s.len()];
     (k.forward_eval)(s, &inp.x, &rm, &rv, aff, EPS, &mut ye, par).unwrap();
     let (mut dxe, mut dge, mut dbe) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
