@@ -227,12 +227,25 @@ pub(crate) fn check_len(
     expected: usize,
     actual: usize,
 ) -> Result<(), NormError> {
-    if expected == actual { Ok(()) } else { Err(NormError::BufferLen { op, buffer, expected, actual }) }
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(NormError::BufferLen {
+            op,
+            buffer,
+            expected,
+            actual,
+        })
+    }
 }
 
 /// `Err(Eps)` unless `eps` is finite and `>= 0`.
 pub(crate) fn check_eps(op: &'static str, eps: f32) -> Result<(), NormError> {
-    if eps.is_finite() && eps >= 0.0 { Ok(()) } else { Err(NormError::Eps { op, eps }) }
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(NormError::Eps { op, eps })
+    }
 }
 
 /// Checks the buffers of optional running statistics (`[c]` each) and the momentum.
@@ -244,10 +257,10 @@ pub(crate) fn check_running(
     if let Some(r) = running {
         check_len(op, "running_mean", c, r.mean.len())?;
         check_len(op, "running_var", c, r.var.len())?;
-        if let Momentum::Exponential(m) = r.momentum {
-            if !(0.0..=1.0).contains(&m) {
-                return Err(NormError::Momentum { op, momentum: m });
-            }
+        if let Momentum::Exponential(m) = r.momentum
+            && !(0.0..=1.0).contains(&m)
+        {
+            return Err(NormError::Momentum { op, momentum: m });
         }
     }
     Ok(())

@@ -373,7 +373,11 @@ pub fn sum_dy_dxm_dev(dy: &[f32], x: &[f32], m: f32) -> (f64, f64, f64) {
         t2 += d as f64 * e;
         t3 += e;
     }
-    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2, hsum(s3[0] + s3[1]) + t3)
+    (
+        hsum(s1[0] + s1[1]) + t1,
+        hsum(s2[0] + s2[1]) + t2,
+        hsum(s3[0] + s3[1]) + t3,
+    )
 }
 
 #[cfg(test)]
@@ -382,7 +386,9 @@ mod tests {
     use super::*;
 
     fn data(n: usize, off: f32) -> Vec<f32> {
-        (0..n).map(|i| off + ((i * 37 % 101) as f32 - 50.0) * 0.013).collect()
+        (0..n)
+            .map(|i| off + ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect()
     }
 
     const LENS: [usize; 10] = [0, 1, 3, 7, 8, 9, 17, 31, 33, 1000];
@@ -397,11 +403,17 @@ mod tests {
             let (s1, s2) = sum_dev(&x, 2.5);
             let w1: f64 = x.iter().map(|&a| (a - 2.5) as f64).sum();
             let w2: f64 = x.iter().map(|&a| ((a - 2.5) as f64).powi(2)).sum();
-            assert!((s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4, "sum_dev n={n}");
+            assert!(
+                (s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4,
+                "sum_dev n={n}"
+            );
             let (d1, d2) = sum_dy_dyx(&dy, &x);
             let v1: f64 = dy.iter().map(|&a| a as f64).sum();
             let v2: f64 = dy.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            assert!((d1 - v1).abs() < 1e-4 && (d2 - v2).abs() < 1e-3, "sum_dy_dyx n={n}");
+            assert!(
+                (d1 - v1).abs() < 1e-4 && (d2 - v2).abs() < 1e-3,
+                "sum_dy_dyx n={n}"
+            );
         }
     }
 
@@ -436,12 +448,22 @@ mod tests {
             let m = 1000.01f32;
             let (s1, s2) = sum_dy_dxm(&dy, &x, m);
             let w1: f64 = dy.iter().map(|&a| a as f64).sum();
-            let w2: f64 = dy.iter().zip(&x).map(|(&a, &b)| a as f64 * (b - m) as f64).sum();
-            assert!((s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4, "sum_dy_dxm n={n}");
+            let w2: f64 = dy
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| a as f64 * (b - m) as f64)
+                .sum();
+            assert!(
+                (s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4,
+                "sum_dy_dxm n={n}"
+            );
             let mut y = vec![0.0; n];
             center_scale_shift(&x, &mut y, m, 1.5, -0.25);
             for i in 0..n {
-                assert!((y[i] - ((x[i] - m) * 1.5 - 0.25)).abs() < 1e-5, "center_scale_shift n={n}");
+                assert!(
+                    (y[i] - ((x[i] - m) * 1.5 - 0.25)).abs() < 1e-5,
+                    "center_scale_shift n={n}"
+                );
             }
             dy_xm_affine(&dy, &x, &mut y, m, 0.7, -1.1, 0.3);
             for i in 0..n {
@@ -505,10 +527,17 @@ mod tests {
             let m = 1000.01f32;
             let (s1, s2, s3) = sum_dy_dxm_dev(&dy, &x, m);
             let w1: f64 = dy.iter().map(|&a| a as f64).sum();
-            let w2: f64 = dy.iter().zip(&x).map(|(&a, &b)| a as f64 * (b - m) as f64).sum();
+            let w2: f64 = dy
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| a as f64 * (b - m) as f64)
+                .sum();
             let w3: f64 = x.iter().map(|&b| (b - m) as f64).sum();
             assert!((s1 - w1).abs() < 1e-4, "sum_dy_dxm_dev n={n}");
-            assert!((s2 - w2).abs() < 1e-4 && (s3 - w3).abs() < 1e-4, "sum_dy_dxm_dev n={n}");
+            assert!(
+                (s2 - w2).abs() < 1e-4 && (s3 - w3).abs() < 1e-4,
+                "sum_dy_dxm_dev n={n}"
+            );
         }
     }
 }

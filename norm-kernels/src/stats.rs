@@ -29,13 +29,18 @@ impl Moments {
         let n = x.len() as f64;
         let m = (simd::sum(x) / n) as f32;
         let (s1, s2) = simd::sum_dev(x, m);
-        Self { count: n, mean: m as f64 + s1 / n, m2: (s2 - s1 * s1 / n).max(0.0) }
+        Self {
+            count: n,
+            mean: m as f64 + s1 / n,
+            m2: (s2 - s1 * s1 / n).max(0.0),
+        }
     }
 
     /// Moments of a slice of any length, block by block.
     #[inline]
     pub fn of_slice(x: &[f32]) -> Self {
-        x.chunks(BLOCK).fold(Self::default(), |acc, b| acc.merge(Self::of_block(b)))
+        x.chunks(BLOCK)
+            .fold(Self::default(), |acc, b| acc.merge(Self::of_block(b)))
     }
 
     /// Chan's parallel update: the moments of the union of two disjoint sets.
@@ -59,13 +64,21 @@ impl Moments {
     /// Biased (population) variance, the one every norm divides by.
     #[inline]
     pub fn var_biased(&self) -> f64 {
-        if self.count > 0.0 { self.m2 / self.count } else { 0.0 }
+        if self.count > 0.0 {
+            self.m2 / self.count
+        } else {
+            0.0
+        }
     }
 
     /// Unbiased variance (`m2 / (count - 1)`), what PyTorch's running statistics record.
     #[inline]
     pub fn var_unbiased(&self) -> f64 {
-        if self.count > 1.0 { self.m2 / (self.count - 1.0) } else { f64::NAN }
+        if self.count > 1.0 {
+            self.m2 / (self.count - 1.0)
+        } else {
+            f64::NAN
+        }
     }
 
     /// `1 / sqrt(var + eps)`, in scalar f64 (never `wide`'s approximate `recip_sqrt`).
@@ -88,11 +101,17 @@ mod tests {
     #[test]
     fn large_mean_keeps_variance() {
         for &n in &[1usize, 7, 17, 4095, 4096, 4097, 20_000] {
-            let x: Vec<f32> = (0..n).map(|i| 1000.0 + ((i * 7919 % 211) as f32 - 105.0) * 0.01).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| 1000.0 + ((i * 7919 % 211) as f32 - 105.0) * 0.01)
+                .collect();
             let got = Moments::of_slice(&x);
             let (m, m2) = exact(&x);
             assert!((got.mean - m).abs() < 1e-9 * m.abs().max(1.0), "n={n}");
-            assert!((got.m2 - m2).abs() <= 1e-5 * m2.max(1e-3), "n={n}: {} vs {m2}", got.m2);
+            assert!(
+                (got.m2 - m2).abs() <= 1e-5 * m2.max(1e-3),
+                "n={n}: {} vs {m2}",
+                got.m2
+            );
         }
     }
 
