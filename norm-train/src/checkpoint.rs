@@ -113,9 +113,21 @@ impl Model {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
         }
-        let mut f = std::fs::File::create(path).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)
+        // Through a temporary file and a rename: a kill mid-save never leaves half a checkpoint
+        // where a previous one (or nothing) was.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(
+            ".tmp{}.{}",
+            std::process::id(),
+            name.unwrap_or_default()
+        ));
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(io)
     }
 
     /// Reads a checkpoint written by [`Model::save`]. The model comes back in eval mode.
