@@ -4,8 +4,9 @@
 //!
 //! 1. eval mode with the running statistics gathered during training (what the study reports);
 //! 2. eval mode after re-estimating the running statistics from the training images in large
-//!    batches (one pass over the 10,000 images in 40 batches of 250, no augmentation; with
-//!    momentum 0.1 the first batches' weight has decayed to 0.9^40 ≈ 1.5 % — "precise BN");
+//!    batches (one pass over the 10,000 images in 40 batches of 250; with momentum 0.1 the first
+//!    batches' weight has decayed to 0.9^40 ≈ 1.5 % — "precise BN"), once from the plain images
+//!    and once with the training-time augmentation (random crop with zero padding, flip);
 //! 3. train mode, i.e. normalising with the statistics of each test batch, for test batches of
 //!    2, 8, 32 and 250 images.
 //!
@@ -23,22 +24,15 @@ fn accuracy_in_batches(
     set: &data::Dataset,
     norm: &data::Normalizer,
     batch: usize,
+    augment: &data::Augment,
 ) -> Result<f32, Box<dyn std::error::Error>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0); // unused: no augmentation
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
     let indices: Vec<usize> = (0..set.len()).collect();
     let (mut correct, mut seen) = (0, 0);
     let mut x = vec![0.0f32; batch * data::IMAGE_BYTES];
     let mut labels = vec![0usize; batch];
     for idx in indices.chunks_exact(batch) {
-        data::fill_batch(
-            set,
-            idx,
-            norm,
-            &data::Augment::NONE,
-            &mut rng,
-            &mut x,
-            &mut labels,
-        );
+        data::fill_batch(set, idx, norm, augment, &mut rng, &mut x, &mut labels);
         let logits = model.logits(&x, batch)?;
         correct += count_correct(&logits, &labels);
         seen += batch;
@@ -66,20 +60,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut batch_stats = Vec::new();
     for b in [2, 8, 32, 250] {
         model.train_mode();
-        let acc = accuracy_in_batches(&mut model, &split.test, &norm, b)?;
+        let acc = accuracy_in_batches(&mut model, &split.test, &norm, b, &data::Augment::NONE)?;
         batch_stats.push((b, acc));
     }
 
     // Re-estimate the running statistics: train-mode forwards over the training images in
-    // batches of 250 (each updates them with momentum 0.1), no weight update.
-    let mut reestimated = Model::load(std::path::Path::new(path))?;
-    reestimated.train_mode();
-    accuracy_in_batches(&mut reestimated, &split.train, &norm, 250)?;
-    let precise = reestimated.evaluate(&split.test, &norm);
-    println!(
-        "eval mode, running statistics re-estimated (250): {:5.1} %",
-        100.0 * precise
-    );
+    // batches of 250 (each updates them with momentum 0.1), no weight update; once on the plain
+    // images, once with the training-time augmentation (crop with zero padding + flip).
+    let mut precise = Vec::new();
+    for (what, augment) in [
+        ("plain", data::Augment::NONE),
+        ("augmented", data::Augment::CIFAR),
+    ] {
+        let mut m = Model::load(std::path::Path::new(path))?;
+        m.train_mode();
+        accuracy_in_batches(&mut m, &split.train, &norm, 250, &augment)?;
+        precise.push((what, m.evaluate(&split.test, &norm)));
+    }
+    for (what, acc) in precise {
+        println!(
+            "eval mode, statistics re-estimated ({what:>9}):  {:5.1} %",
+            100.0 * acc
+        );
+    }
     for (b, acc) in batch_stats {
         println!(
             "train mode, statistics of test batches of {b:>3}:   {:5.1} %",
