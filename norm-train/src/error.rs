@@ -51,7 +51,7 @@ pub enum TrainError {
     #[error("the training set is empty")]
     EmptyTrainSet,
     /// Reading or writing a checkpoint failed.
-    #[error("checkpoint {}: {source}", path.display())]
+    #[error("cannot read or write checkpoint {}", path.display())]
     Io {
         /// The checkpoint file.
         path: PathBuf,
