@@ -11,7 +11,15 @@ use norm_train::{Model, ModelConfig, NormKind, Sgd, data};
 use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    // Measure on a worker of the rayon pool, as `norm-cli` trains: rayon calls made from a thread
+    // outside the pool each pay a hand-off to the pool and back (docs/performance.md).
+    rayon::scope(|_| run())
+}
+
+fn run() -> Result<(), BoxError> {
     let batches: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse())
@@ -45,9 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut x = vec![0.0f32; batch * data::IMAGE_BYTES];
             let mut labels = vec![0usize; batch];
             // Warm up (buffers, caches), then time at least ~1.5 s of steps.
-            let mut step = |model: &mut Model,
-                            rng: &mut ChaCha8Rng|
-             -> Result<f64, Box<dyn std::error::Error>> {
+            let mut step = |model: &mut Model, rng: &mut ChaCha8Rng| -> Result<f64, BoxError> {
                 order.shuffle(rng);
                 data::fill_batch(
                     &split.train,
