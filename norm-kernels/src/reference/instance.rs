@@ -2,7 +2,7 @@
 //! `y = (x - mean_nc)/sqrt(var_nc + eps)·gamma_c + beta_c`. Running statistics per channel: the
 //! mean over `n` of the per-instance means and unbiased variances. Plain f64 loops.
 
-use super::batch::{ChannelGrads, ChannelStats};
+use super::batch::{ChannelGrads, ChannelStats, batch_norm_backward_eval, batch_norm_forward_eval};
 use crate::Nchw;
 
 fn idx(s: Nchw, n: usize, c: usize, i: usize) -> usize {
@@ -55,7 +55,8 @@ pub fn instance_norm_batch_running(s: Nchw, st: &ChannelStats) -> (Vec<f64>, Vec
     )
 }
 
-/// Eval-mode forward with tracked running statistics: the per-channel map.
+/// Eval-mode forward with tracked running statistics: the same per-channel map as BatchNorm's
+/// eval mode (as in the kernels, which share `channel_map_forward`).
 pub fn instance_norm_forward_eval(
     s: Nchw,
     x: &[f64],
@@ -65,18 +66,7 @@ pub fn instance_norm_forward_eval(
     beta: Option<&[f64]>,
     eps: f64,
 ) -> Vec<f64> {
-    let mut y = vec![0.0; s.len()];
-    for n in 0..s.n {
-        for c in 0..s.c {
-            let rstd = 1.0 / (running_var[c] + eps).sqrt();
-            for i in 0..s.hw() {
-                let k = idx(s, n, c, i);
-                let xh = (x[k] - running_mean[c]) * rstd;
-                y[k] = xh * gamma.map_or(1.0, |g| g[c]) + beta.map_or(0.0, |b| b[c]);
-            }
-        }
-    }
-    y
+    batch_norm_forward_eval(s, x, running_mean, running_var, gamma, beta, eps)
 }
 
 /// Train-mode backward of `Σ y·dy`, the statistics recomputed from `x` in f64.
@@ -116,7 +106,8 @@ pub fn instance_norm_backward_train(
     out
 }
 
-/// Eval-mode backward with tracked running statistics: the gradient of the per-channel map.
+/// Eval-mode backward with tracked running statistics: the gradient of the per-channel map,
+/// BatchNorm's eval-mode backward.
 pub fn instance_norm_backward_eval(
     s: Nchw,
     x: &[f64],
@@ -126,21 +117,5 @@ pub fn instance_norm_backward_eval(
     gamma: Option<&[f64]>,
     eps: f64,
 ) -> ChannelGrads {
-    let mut out = ChannelGrads {
-        dx: vec![0.0; s.len()],
-        dgamma: vec![0.0; s.c],
-        dbeta: vec![0.0; s.c],
-    };
-    for n in 0..s.n {
-        for c in 0..s.c {
-            let rstd = 1.0 / (running_var[c] + eps).sqrt();
-            for i in 0..s.hw() {
-                let k = idx(s, n, c, i);
-                out.dx[k] = dy[k] * gamma.map_or(1.0, |g| g[c]) * rstd;
-                out.dgamma[c] += dy[k] * (x[k] - running_mean[c]) * rstd;
-                out.dbeta[c] += dy[k];
-            }
-        }
-    }
-    out
+    batch_norm_backward_eval(s, x, dy, running_mean, running_var, gamma, eps)
 }
