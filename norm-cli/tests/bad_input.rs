@@ -8,6 +8,23 @@ use std::fs;
 use common::{TINY, cli, fixtures, one_line_error};
 use norm_cli::npy::write_f32;
 
+/// Writes a 20/10-image synthetic set in CIFAR-10 format to `dir`.
+fn export_small(dir: &std::path::Path) {
+    cli()
+        .args([
+            "data",
+            "export",
+            "--train-size",
+            "20",
+            "--test-size",
+            "10",
+            "--out",
+        ])
+        .arg(dir)
+        .assert()
+        .success();
+}
+
 fn contains(msg: &str, want: &str) {
     assert!(msg.contains(want), "expected {want:?} in {msg:?}");
 }
@@ -99,19 +116,7 @@ fn missing_or_truncated_cifar10() {
     contains(&msg, "--data-dir");
 
     let d = tmp.path().join("c");
-    cli()
-        .args([
-            "data",
-            "export",
-            "--train-size",
-            "20",
-            "--test-size",
-            "10",
-            "--out",
-        ])
-        .arg(&d)
-        .assert()
-        .success();
+    export_small(&d);
     let f = d.join("test_batch.bin");
     fs::remove_file(&f).unwrap();
     let msg = one_line_error(
@@ -121,19 +126,7 @@ fn missing_or_truncated_cifar10() {
     );
     contains(&msg, "missing CIFAR-10 file");
     contains(&msg, "test_batch.bin");
-    cli()
-        .args([
-            "data",
-            "export",
-            "--train-size",
-            "20",
-            "--test-size",
-            "10",
-            "--out",
-        ])
-        .arg(&d)
-        .assert()
-        .success();
+    export_small(&d);
     let f = d.join("data_batch_1.bin");
     let bytes = fs::read(&f).unwrap();
     fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
@@ -143,19 +136,7 @@ fn missing_or_truncated_cifar10() {
             .arg(&d),
     );
     contains(&msg, "is not a multiple of the 3073-byte CIFAR-10 record");
-    cli()
-        .args([
-            "data",
-            "export",
-            "--train-size",
-            "20",
-            "--test-size",
-            "10",
-            "--out",
-        ])
-        .arg(&d)
-        .assert()
-        .success();
+    export_small(&d);
     let msg = one_line_error(
         cli()
             .args([
