@@ -104,10 +104,20 @@ pub(crate) fn forward_groups(
         let mom = group_moments(xg, inner);
         let (mu, rs) = (mom.mean as f32, mom.rstd(eps));
         (*m, *r) = (mu, rs);
+        // A group that fits in a tile is read from L3 or memory by its statistics pass while
+        // the core waits; prefetching the next group during this group's writes overlaps the two.
+        let next = if len <= TILE {
+            x.get((gi + 1) * len..(gi + 2) * len).unwrap_or(&[])
+        } else {
+            &[]
+        };
         let tile = |t: usize, (yu, xu): (&mut [f32], &[f32])| {
             let s = t * TILE;
             match (affine, layout) {
-                (None, _) => simd::center_scale_shift(xu, yu, mu, rs, 0.0),
+                (None, _) => {
+                    let ahead = next.get(s..s + xu.len()).unwrap_or(&[]);
+                    simd::center_scale_shift_ahead(xu, yu, mu, rs, 0.0, ahead);
+                }
                 (Some(a), AffineLayout::PerElement) => {
                     let (g, b) = (&a.gamma[s..s + xu.len()], &a.beta[s..s + xu.len()]);
                     simd::center_scale_affine(xu, yu, mu, rs, g, b);
@@ -116,7 +126,9 @@ pub(crate) fn forward_groups(
                     let c0 = (gi % groups) * (len / hw);
                     for_each_plane(s, xu.len(), hw, |k, lo, hi| {
                         let (g, b) = (a.gamma[c0 + k], a.beta[c0 + k]);
-                        simd::center_scale_shift(&xu[lo..hi], &mut yu[lo..hi], mu, g * rs, b);
+                        let (xp, yp) = (&xu[lo..hi], &mut yu[lo..hi]);
+                        let ahead = next.get(s + lo..s + hi).unwrap_or(&[]);
+                        simd::center_scale_shift_ahead(xp, yp, mu, g * rs, b, ahead);
                     });
                 }
             }

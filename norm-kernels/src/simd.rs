@@ -54,17 +54,17 @@ pub fn sum(x: &[f32]) -> f64 {
 #[inline(always)]
 pub fn sum_dev(x: &[f32], m: f32) -> (f64, f64) {
     let mv = f32x8::splat(m);
-    let mut s1 = [f32x8::ZERO; 2];
-    let mut s2 = [f32x8::ZERO; 2];
-    let mut pairs = x.chunks_exact(2 * LANES);
-    for p in &mut pairs {
-        for k in 0..2 {
-            let d = load(&p[k * LANES..]) - mv;
+    let mut s1 = [f32x8::ZERO; 4];
+    let mut s2 = [f32x8::ZERO; 4];
+    let mut quads = x.chunks_exact(4 * LANES);
+    for q in &mut quads {
+        for k in 0..4 {
+            let d = load(&q[k * LANES..]) - mv;
             s1[k] += d;
             s2[k] = d.mul_add(d, s2[k]);
         }
     }
-    let mut octs = pairs.remainder().chunks_exact(LANES);
+    let mut octs = quads.remainder().chunks_exact(LANES);
     for o in &mut octs {
         let d = load(o) - mv;
         s1[0] += d;
@@ -76,7 +76,10 @@ pub fn sum_dev(x: &[f32], m: f32) -> (f64, f64) {
         t1 += d;
         t2 += d * d;
     }
-    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
+    (
+        hsum((s1[0] + s1[1]) + (s1[2] + s1[3])) + t1,
+        hsum((s2[0] + s2[1]) + (s2[2] + s2[3])) + t2,
+    )
 }
 
 /// `(Σ dy, Σ dy·x)`, the two reductions every backward needs.
@@ -169,6 +172,40 @@ pub fn center_scale_shift(x: &[f32], y: &mut [f32], m: f32, a: f32, b: f32) {
     }
     for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
         *yi = (xi - m).mul_add(a, b);
+    }
+}
+
+/// f32 values per 64-byte cache line.
+const LINE: usize = 16;
+
+/// [`center_scale_shift`] that also asks the CPU to load `ahead` (the next group's input, at
+/// most `x.len()` values) into L1, one cache line per line of `y` written, so the reads of the
+/// next group overlap the writes of this one. The hint changes no result.
+#[inline(always)]
+pub fn center_scale_shift_ahead(x: &[f32], y: &mut [f32], m: f32, a: f32, b: f32, ahead: &[f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    let (mv, av, bv) = (f32x8::splat(m), f32x8::splat(a), f32x8::splat(b));
+    let mut xs = x.chunks_exact(LINE);
+    let mut ys = y.chunks_exact_mut(LINE);
+    let mut next = ahead.chunks(LINE);
+    for (xi, yi) in (&mut xs).zip(&mut ys) {
+        if let Some(line) = next.next() {
+            prefetch(line);
+        }
+        store(yi, (load(xi) - mv).mul_add(av, bv));
+        store(&mut yi[LANES..], (load(&xi[LANES..]) - mv).mul_add(av, bv));
+    }
+    center_scale_shift(xs.remainder(), ys.into_remainder(), m, a, b);
+}
+
+/// Prefetch hint for the cache line holding `s[0]` (a no-op off x86-64 or for an empty slice).
+#[inline(always)]
+fn prefetch(s: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if !s.is_empty() {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch is only a hint: it never faults, and the address is inside `s`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().cast()) };
     }
 }
 
@@ -469,6 +506,13 @@ mod tests {
             for i in 0..n {
                 let want = dy[i] * 0.7 - 1.1 * (x[i] - m) + 0.3;
                 assert!((y[i] - want).abs() < 1e-5, "dy_xm_affine n={n}");
+            }
+            // The prefetching variant is bit-identical, whatever the length of its hint.
+            for ahead in [&dy[..0], &dy[..n / 2], &dy[..]] {
+                let mut z = vec![0.0; n];
+                center_scale_shift(&x, &mut y, m, 1.5, -0.25);
+                center_scale_shift_ahead(&x, &mut z, m, 1.5, -0.25, ahead);
+                assert_eq!(y, z, "center_scale_shift_ahead n={n}");
             }
         }
     }
