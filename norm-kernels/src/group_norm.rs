@@ -26,6 +26,9 @@
 //!   `y = (x - μ)·(γ·r) + β`. Groups run in parallel; a group longer than a tile also spreads
 //!   its tiles over the pool (nested rayon). A tile is 64 KiB, so the second read of a group
 //!   that fits in L2 comes from L2, and a larger one (LayerNorm's 3.6 MB sample) from L3.
+//!   While a group of at most a tile writes `y`, it prefetches the next group's `x`, so the
+//!   next statistics pass does not wait on memory with no writes in flight (GroupNorm's small
+//!   groups: 2 planes of 32×32 are 8 KiB, and the two phases would otherwise alternate).
 //! * **Backward** (GroupNorm): per group, the per-channel reductions `(Σdy, Σdy·(x-μ))` in one
 //!   read of `x` and `dy`, then one pass writing `dx`; `dγ`, `dβ` are folded from the per-(n, c)
 //!   reductions afterwards in sample order.
