@@ -1,5 +1,5 @@
 //! Every use of `wide` in the crate: f32x8 loads, stores, remainders and multi-accumulator
-//! reductions. The generic bodies are `#[inline(always)]`; the SIMD level is whatever the build's
+//! reductions; and the crate's only architecture-specific code, a prefetch hint on x86-64. The generic bodies are `#[inline(always)]`; the SIMD level is whatever the build's
 //! target features give `wide` (see `.cargo/config.toml` and [`crate::simd_level`]).
 //!
 //! Reductions accumulate in four independent f32x8 registers (32 lanes) over at most
