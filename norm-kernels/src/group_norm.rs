@@ -65,12 +65,15 @@ pub(crate) enum AffineLayout {
 
 /// Moments of one group: [`Moments::of_slice`] per [`TILE`], merged in tile order.
 fn group_moments(xg: &[f32], inner: bool) -> Moments {
-    let tiles: Vec<Moments> = if inner {
-        xg.par_chunks(TILE).map(Moments::of_slice).collect()
+    if inner {
+        let tiles: Vec<Moments> = xg.par_chunks(TILE).map(Moments::of_slice).collect();
+        tiles.into_iter().fold(Moments::default(), Moments::merge)
     } else {
-        xg.chunks(TILE).map(Moments::of_slice).collect()
-    };
-    tiles.into_iter().fold(Moments::default(), Moments::merge)
+        // The same merges in the same order, without a vector per group.
+        xg.chunks(TILE)
+            .map(Moments::of_slice)
+            .fold(Moments::default(), Moments::merge)
+    }
 }
 
 /// Calls `f(k, lo, hi)` for each channel plane `k` (relative to the group) that overlaps the
