@@ -64,7 +64,7 @@ pub(crate) enum AffineLayout {
 }
 
 /// Moments of one group: [`Moments::of_slice`] per [`TILE`], merged in tile order.
-fn group_moments(xg: &[f32], inner: bool) -> Moments {
+pub(crate) fn group_moments(xg: &[f32], inner: bool) -> Moments {
     if inner {
         let tiles: Vec<Moments> = xg.par_chunks(TILE).map(Moments::of_slice).collect();
         tiles.into_iter().fold(Moments::default(), Moments::merge)

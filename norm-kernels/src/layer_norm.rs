@@ -17,33 +17,69 @@
 //! dγ[i] = Σ_n dy[n, i]·x̂[n, i],   dβ[i] = Σ_n dy[n, i]
 //! ```
 //!
-//! LayerNorm is GroupNorm with one group per sample and a per-element affine, so the forward
-//! is the shared grouped kernel of [`crate::group_norm`]: statistics of a sample in one read
-//! (tiles of 16 Ki elements, spread over the pool even when there are only two samples), then
-//! `y = ((x - μ)·r)·γ + β` over the slab, still in cache.
+//! LayerNorm is GroupNorm with one group per sample and a per-element affine, so the statistics
+//! are those of the shared grouped kernel of [`crate::group_norm`]: each sample in one read
+//! (tiles of 16 Ki elements, spread over the pool even when there are only two samples).
 //!
-//! The backward differs because `dγ`, `dβ` are per element, summed over the batch: samples are
-//! processed in fixed batches of about 2 Mi elements (one sample when samples are larger).
-//! For each batch, pass 1 reduces `(Σ dy·γ, Σ dy·γ·(x-μ))` per sample (tiles in parallel, merged
-//! in tile order); pass 2 walks column strips of 2048 elements in parallel, and in each strip
-//! writes `dx` of every sample of the batch and accumulates `dγ`, `dβ` in sample order. The
-//! batch's slab is still in cache for pass 2, and the order of every sum is fixed by the shape
-//! alone, so results are bit-identical for any number of threads.
+//! The per-element `γ`, `β` (and in the backward `dγ`, `dβ`) are as large as a whole sample, so
+//! every pass that touches them walks **column strips** of [`STRIP`] elements across all samples:
+//! a strip of `γ`, `β`, `dγ` or `dβ` (8 KiB each) is read or written once per call and stays in L1
+//! while the strip of every sample goes by. Walking sample by sample instead would stream the
+//! parameters once per sample, doubling the traffic of the seed's shape (3.6 MB per sample).
+//!
+//! * **Forward**: without affine, or when `γ`, `β` fit in L2 together ([`PARAMS_IN_L2`]), the
+//!   grouped kernel itself, sample by sample (the second read of `x` comes from L1/L2). Else
+//!   the statistics of every sample, then `y = ((x - μ)·r)·γ + β` strip by strip.
+//! * **Backward**, two passes over strips. Pass 1 reads `x`, `dy`, `γ` and keeps, per strip and
+//!   sample, `(Σ dy·γ, Σ dy·γ·(x-μ))`; in the same read it accumulates `dγ`, `dβ` in sample order,
+//!   since they need only the saved `μ`, `r`. Each sample's sums are merged in strip order into
+//!   its `dx` coefficients. Pass 2 reads `x`, `dy`, `γ` again and writes `dx`.
+//!
+//! Strips are fixed by the shape and every sum is merged in index order, so results are
+//! bit-identical for any number of threads.
 
 use rayon::prelude::*;
 
-use crate::group_norm::{AffineLayout, TILE, dx_coefficients, forward_groups, sums_dy_dxm};
-use crate::simd::{self, BLOCK};
+use crate::group_norm::{
+    AffineLayout, TILE, dx_coefficients, forward_groups, group_moments, sums_dy_dxm,
+};
+use crate::simd;
 use crate::{
     Affine, AffineGrads, Nchw, NormError, Parallelism, check_affine, check_eps, check_len,
 };
 
-/// Elements of a column strip in the backward's second pass.
+/// Elements of a column strip (8 KiB of f32): the unit of parallel work of every pass that
+/// touches the per-element parameters, and the merge unit of the backward's sums.
 const STRIP: usize = 2048;
 
-/// Elements per batch of samples in the backward: x + dy of a batch is 16 MiB, half of Zen3's
-/// L3, so pass 2 rereads them from cache, and `dγ`, `dβ` strips stay in L1 across the batch.
-const BATCH: usize = 1 << 21;
+/// Bytes of `γ` + `β` up to which the forward walks sample by sample (the grouped kernel, which
+/// rereads each sample's `x` from L1/L2 right after its statistics) rather than in column
+/// strips: parameters this small come from L2 for every sample. 512 KiB is Zen3's L2.
+const PARAMS_IN_L2: usize = 512 << 10;
+
+/// Runs `f` on every task, on the pool if `rayon`.
+fn run<T: Send>(rayon: bool, tasks: Vec<T>, f: impl Fn(T) + Send + Sync) {
+    if rayon {
+        tasks.into_par_iter().for_each(f);
+    } else {
+        tasks.into_iter().for_each(f);
+    }
+}
+
+/// Splits `buf` (samples of `len` elements) into column strips: entry `j` holds strip `j` of
+/// every sample, in sample order.
+fn column_strips(buf: &mut [f32], len: usize) -> Vec<Vec<&mut [f32]>> {
+    let samples = buf.len() / len;
+    let mut strips: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(STRIP))
+        .map(|_| Vec::with_capacity(samples))
+        .collect();
+    for sample in buf.chunks_mut(len) {
+        for (j, piece) in sample.chunks_mut(STRIP).enumerate() {
+            strips[j].push(piece);
+        }
+    }
+    strips
+}
 
 /// LayerNorm forward over `[C, H, W]`: writes `y` (`[N, C, H, W]`) and the saved statistics
 /// `mean`, `rstd` (`[N]`) that [`layer_norm_backward`] consumes.
@@ -73,17 +109,44 @@ pub fn layer_norm_forward(
     check_len(OP, "mean", shape.n, mean.len())?;
     check_len(OP, "rstd", shape.n, rstd.len())?;
     check_affine(OP, shape.chw(), affine.as_ref(), None)?;
-    forward_groups(
-        shape.chw(),
-        AffineLayout::PerElement,
-        x,
-        affine,
-        eps,
-        y,
-        mean,
-        rstd,
-        par,
-    );
+    let len = shape.chw();
+    let a = match affine {
+        Some(a) if len * 8 > PARAMS_IN_L2 => a,
+        _ => {
+            forward_groups(
+                len,
+                AffineLayout::PerElement,
+                x,
+                affine,
+                eps,
+                y,
+                mean,
+                rstd,
+                par,
+            );
+            return Ok(());
+        }
+    };
+    let rayon = par == Parallelism::Rayon;
+    let stats: Vec<(&[f32], (&mut f32, &mut f32))> = x
+        .chunks(len)
+        .zip(mean.iter_mut().zip(rstd.iter_mut()))
+        .collect();
+    run(rayon, stats, |(xs, (m, r))| {
+        let mom = group_moments(xs, rayon && len > TILE);
+        (*m, *r) = (mom.mean as f32, mom.rstd(eps));
+    });
+    let (mean, rstd) = (&*mean, &*rstd);
+    let strips: Vec<(usize, Vec<&mut [f32]>)> =
+        column_strips(y, len).into_iter().enumerate().collect();
+    run(rayon, strips, |(j, ys)| {
+        let s = j * STRIP;
+        for (k, yk) in ys.into_iter().enumerate() {
+            let w = s..s + yk.len();
+            let xk = &x[k * len + s..k * len + s + yk.len()];
+            simd::center_scale_affine(xk, yk, mean[k], rstd[k], &a.gamma[w.clone()], &a.beta[w]);
+        }
+    });
     Ok(())
 }
 
@@ -106,7 +169,7 @@ pub fn layer_norm_backward(
     rstd: &[f32],
     gamma: Option<&[f32]>,
     dx: &mut [f32],
-    mut grads: Option<AffineGrads<'_>>,
+    grads: Option<AffineGrads<'_>>,
     par: Parallelism,
 ) -> Result<(), NormError> {
     const OP: &str = "layer_norm_backward";
@@ -121,113 +184,67 @@ pub fn layer_norm_backward(
     }
     check_affine(OP, shape.chw(), None, grads.as_ref())?;
 
-    let len = shape.chw();
+    let (len, n) = (shape.chw(), shape.n);
     let rayon = par == Parallelism::Rayon;
-    if let Some(g) = grads.as_mut() {
-        g.dgamma.fill(0.0);
-        g.dbeta.fill(0.0);
-    }
-    let per_batch = (BATCH / len).clamp(1, shape.n);
-    let span = per_batch * len;
-    for (bi, ((xb, dyb), dxb)) in x
-        .chunks(span)
-        .zip(dy.chunks(span))
-        .zip(dx.chunks_mut(span))
-        .enumerate()
-    {
-        let n0 = bi * per_batch;
-        let samples = xb.len() / len;
-        // Pass 1: per sample, (Σ dy·γ, Σ dy·γ·(x - μ)) tile by tile, merged in tile order.
-        let tile_sums = |m: f32, t: usize, (du, xu): (&[f32], &[f32])| match gamma {
-            None => sums_dy_dxm(du, xu, m),
-            Some(g) => {
-                let g = &g[t * TILE..t * TILE + xu.len()];
-                du.chunks(BLOCK)
-                    .zip(xu.chunks(BLOCK))
-                    .zip(g.chunks(BLOCK))
-                    .fold((0.0, 0.0), |(a, b), ((d, v), g)| {
-                        let (s1, s2) = simd::sum_gdy_gdxm(d, v, g, m);
-                        (a + s1, b + s2)
-                    })
-            }
-        };
-        let sample = |k: usize| {
-            let (xs, dys) = (&xb[k * len..(k + 1) * len], &dyb[k * len..(k + 1) * len]);
-            let m = mean[n0 + k];
-            let parts: Vec<(f64, f64)> = if rayon && len > TILE {
-                dys.par_chunks(TILE)
-                    .zip(xs.par_chunks(TILE))
-                    .enumerate()
-                    .map(|(t, p)| tile_sums(m, t, p))
-                    .collect()
-            } else {
-                dys.chunks(TILE)
-                    .zip(xs.chunks(TILE))
-                    .enumerate()
-                    .map(|(t, p)| tile_sums(m, t, p))
-                    .collect()
-            };
-            let (s1, s2) = parts
-                .into_iter()
-                .fold((0.0, 0.0), |(a, b), (c, d)| (a + c, b + d));
-            dx_coefficients(rstd[n0 + k], s1, s2, len)
-        };
-        let coef: Vec<(f32, f32)> = if rayon {
-            (0..samples).into_par_iter().map(sample).collect()
-        } else {
-            (0..samples).map(sample).collect()
-        };
+    let piece = |k: usize, s: usize, w: usize| (&x[k * len + s..][..w], &dy[k * len + s..][..w]);
 
-        // Pass 2: column strips; in each, dx of every sample, then dγ, dβ in sample order.
-        let mut strips: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(STRIP))
-            .map(|_| Vec::with_capacity(samples))
-            .collect();
-        for dxs in dxb.chunks_mut(len) {
-            for (j, piece) in dxs.chunks_mut(STRIP).enumerate() {
-                strips[j].push(piece);
+    // Pass 1: per strip and sample, (Σ dy·γ, Σ dy·γ·(x - μ)); dγ, dβ in sample order.
+    let mut sums = vec![(0.0f64, 0.0f64); len.div_ceil(STRIP) * n];
+    let (mut dgs, mut dbs): (Vec<Option<&mut [f32]>>, Vec<Option<&mut [f32]>>) = match grads {
+        Some(g) => (
+            g.dgamma.chunks_mut(STRIP).map(Some).collect(),
+            g.dbeta.chunks_mut(STRIP).map(Some).collect(),
+        ),
+        None => Default::default(),
+    };
+    dgs.resize_with(sums.len() / n, || None);
+    dbs.resize_with(sums.len() / n, || None);
+    let tasks: Vec<_> = sums
+        .chunks_mut(n)
+        .zip(dgs.into_iter().zip(dbs))
+        .enumerate()
+        .collect();
+    run(rayon, tasks, |(j, (out, (mut dg, mut db)))| {
+        let s = j * STRIP;
+        let w = STRIP.min(len - s);
+        for (k, o) in out.iter_mut().enumerate() {
+            let (xk, dyk) = piece(k, s, w);
+            let m = mean[k];
+            *o = match gamma {
+                None => sums_dy_dxm(dyk, xk, m),
+                Some(g) => simd::sum_gdy_gdxm(dyk, xk, &g[s..s + w], m),
+            };
+            if let (Some(dg), Some(db)) = (dg.as_deref_mut(), db.as_deref_mut()) {
+                if k == 0 {
+                    dg.fill(0.0);
+                    db.fill(0.0);
+                }
+                simd::acc_dgamma_dbeta(dyk, xk, m, rstd[k], dg, db);
             }
         }
-        let strip = |j: usize, dxj: Vec<&mut [f32]>, acc: Option<(&mut [f32], &mut [f32])>| {
-            let s = j * STRIP;
-            let mut acc = acc;
-            for (k, dxk) in dxj.into_iter().enumerate() {
-                let off = k * len + s;
-                let (xk, dyk) = (&xb[off..off + dxk.len()], &dyb[off..off + dxk.len()]);
-                let (m, r) = (mean[n0 + k], rstd[n0 + k]);
-                let (b, c) = coef[k];
-                match gamma {
-                    None => simd::dy_xm_affine(dyk, xk, dxk, m, r, b, c),
-                    Some(g) => simd::gdy_xm_affine(dyk, &g[s..s + xk.len()], xk, dxk, m, r, b, c),
-                }
-                if let Some((dg, db)) = acc.as_mut() {
-                    simd::acc_dgamma_dbeta(dyk, xk, m, r, dg, db);
-                }
+    });
+    let coef: Vec<(f32, f32)> = (0..n)
+        .map(|k| {
+            let (s1, s2) = sums
+                .chunks(n)
+                .fold((0.0, 0.0), |(a, b), row| (a + row[k].0, b + row[k].1));
+            dx_coefficients(rstd[k], s1, s2, len)
+        })
+        .collect();
+
+    // Pass 2: dx = dy·γ·r + (x - μ)·b + c, strip by strip.
+    let strips: Vec<(usize, Vec<&mut [f32]>)> =
+        column_strips(dx, len).into_iter().enumerate().collect();
+    run(rayon, strips, |(j, dxs)| {
+        let s = j * STRIP;
+        for (k, dxk) in dxs.into_iter().enumerate() {
+            let (xk, dyk) = piece(k, s, dxk.len());
+            let ((m, r), (b, c)) = ((mean[k], rstd[k]), coef[k]);
+            match gamma {
+                None => simd::dy_xm_affine(dyk, xk, dxk, m, r, b, c),
+                Some(g) => simd::gdy_xm_affine(dyk, &g[s..s + xk.len()], xk, dxk, m, r, b, c),
             }
-        };
-        match (grads.as_mut(), rayon) {
-            (Some(g), true) => strips
-                .into_par_iter()
-                .zip(
-                    g.dgamma
-                        .par_chunks_mut(STRIP)
-                        .zip(g.dbeta.par_chunks_mut(STRIP)),
-                )
-                .enumerate()
-                .for_each(|(j, (dxj, acc))| strip(j, dxj, Some(acc))),
-            (Some(g), false) => strips
-                .into_iter()
-                .zip(g.dgamma.chunks_mut(STRIP).zip(g.dbeta.chunks_mut(STRIP)))
-                .enumerate()
-                .for_each(|(j, (dxj, acc))| strip(j, dxj, Some(acc))),
-            (None, true) => strips
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(j, dxj)| strip(j, dxj, None)),
-            (None, false) => strips
-                .into_iter()
-                .enumerate()
-                .for_each(|(j, dxj)| strip(j, dxj, None)),
         }
-    }
+    });
     Ok(())
 }

@@ -167,8 +167,8 @@ fn matches_pytorch_fixtures() {
 
 #[test]
 fn bit_identical_for_any_thread_count() {
-    // N = 2 with long samples: each sample is split into fixed tiles and strips. Then many
-    // small samples, several per backward batch.
+    // N = 2 with long samples: each sample is split into fixed tiles and strips; samples whose
+    // parameters exceed L2 (the forward in column strips); many small samples.
     for shape in [
         Nchw::new(2, 16, 64, 64),
         Nchw::new(3, 7, 100, 1000),
