@@ -189,22 +189,17 @@ pub fn layer_norm_backward(
     let piece = |k: usize, s: usize, w: usize| (&x[k * len + s..][..w], &dy[k * len + s..][..w]);
 
     // Pass 1: per strip and sample, (Σ dy·γ, Σ dy·γ·(x - μ)); dγ, dβ in sample order.
-    let mut sums = vec![(0.0f64, 0.0f64); len.div_ceil(STRIP) * n];
-    let (mut dgs, mut dbs): (Vec<Option<&mut [f32]>>, Vec<Option<&mut [f32]>>) = match grads {
-        Some(g) => (
-            g.dgamma.chunks_mut(STRIP).map(Some).collect(),
-            g.dbeta.chunks_mut(STRIP).map(Some).collect(),
-        ),
-        None => Default::default(),
+    let strips = len.div_ceil(STRIP);
+    let mut sums = vec![(0.0f64, 0.0f64); strips * n];
+    type Acc<'a> = Option<(&'a mut [f32], &'a mut [f32])>;
+    let accs: Vec<Acc<'_>> = match grads {
+        Some(g) => (g.dgamma.chunks_mut(STRIP).zip(g.dbeta.chunks_mut(STRIP)))
+            .map(Some)
+            .collect(),
+        None => (0..strips).map(|_| None).collect(),
     };
-    dgs.resize_with(sums.len() / n, || None);
-    dbs.resize_with(sums.len() / n, || None);
-    let tasks: Vec<_> = sums
-        .chunks_mut(n)
-        .zip(dgs.into_iter().zip(dbs))
-        .enumerate()
-        .collect();
-    run(rayon, tasks, |(j, (out, (mut dg, mut db)))| {
+    let tasks: Vec<_> = sums.chunks_mut(n).zip(accs).enumerate().collect();
+    run(rayon, tasks, |(j, (out, mut acc))| {
         let s = j * STRIP;
         let w = STRIP.min(len - s);
         for (k, o) in out.iter_mut().enumerate() {
@@ -214,7 +209,7 @@ pub fn layer_norm_backward(
                 None => sums_dy_dxm(dyk, xk, m),
                 Some(g) => simd::sum_gdy_gdxm(dyk, xk, &g[s..s + w], m),
             };
-            if let (Some(dg), Some(db)) = (dg.as_deref_mut(), db.as_deref_mut()) {
+            if let Some((dg, db)) = acc.as_mut() {
                 if k == 0 {
                     dg.fill(0.0);
                     db.fill(0.0);
