@@ -38,8 +38,7 @@
 //! Strips are fixed by the shape and every sum is merged in index order, so results are
 //! bit-identical for any number of threads.
 
-use rayon::prelude::*;
-
+use crate::batch_norm::run;
 use crate::group_norm::{
     AffineLayout, TILE, dx_coefficients, forward_groups, group_moments, sums_dy_dxm,
 };
@@ -56,15 +55,6 @@ const STRIP: usize = 2048;
 /// rereads each sample's `x` from L1/L2 right after its statistics) rather than in column
 /// strips: parameters this small come from L2 for every sample. 512 KiB is Zen3's L2.
 const PARAMS_IN_L2: usize = 512 << 10;
-
-/// Runs `f` on every task, on the pool if `rayon`.
-fn run<T: Send>(rayon: bool, tasks: Vec<T>, f: impl Fn(T) + Send + Sync) {
-    if rayon {
-        tasks.into_par_iter().for_each(f);
-    } else {
-        tasks.into_iter().for_each(f);
-    }
-}
 
 /// Splits `buf` (samples of `len` elements) into column strips: entry `j` holds strip `j` of
 /// every sample, in sample order.
@@ -132,14 +122,14 @@ pub fn layer_norm_forward(
         .chunks(len)
         .zip(mean.iter_mut().zip(rstd.iter_mut()))
         .collect();
-    run(rayon, stats, |(xs, (m, r))| {
+    run(par, stats, |(xs, (m, r))| {
         let mom = group_moments(xs, rayon && len > TILE);
         (*m, *r) = (mom.mean as f32, mom.rstd(eps));
     });
     let (mean, rstd) = (&*mean, &*rstd);
     let strips: Vec<(usize, Vec<&mut [f32]>)> =
         column_strips(y, len).into_iter().enumerate().collect();
-    run(rayon, strips, |(j, ys)| {
+    run(par, strips, |(j, ys)| {
         let s = j * STRIP;
         for (k, yk) in ys.into_iter().enumerate() {
             let w = s..s + yk.len();
@@ -185,7 +175,6 @@ pub fn layer_norm_backward(
     check_affine(OP, shape.chw(), None, grads.as_ref())?;
 
     let (len, n) = (shape.chw(), shape.n);
-    let rayon = par == Parallelism::Rayon;
     let piece = |k: usize, s: usize, w: usize| (&x[k * len + s..][..w], &dy[k * len + s..][..w]);
 
     // Pass 1: per strip and sample, (Σ dy·γ, Σ dy·γ·(x - μ)); dγ, dβ in sample order.
@@ -199,7 +188,7 @@ pub fn layer_norm_backward(
         None => (0..strips).map(|_| None).collect(),
     };
     let tasks: Vec<_> = sums.chunks_mut(n).zip(accs).enumerate().collect();
-    run(rayon, tasks, |(j, (out, mut acc))| {
+    run(par, tasks, |(j, (out, mut acc))| {
         let s = j * STRIP;
         let w = STRIP.min(len - s);
         for (k, o) in out.iter_mut().enumerate() {
@@ -230,7 +219,7 @@ pub fn layer_norm_backward(
     // Pass 2: dx = dy·γ·r + (x - μ)·b + c, strip by strip.
     let strips: Vec<(usize, Vec<&mut [f32]>)> =
         column_strips(dx, len).into_iter().enumerate().collect();
-    run(rayon, strips, |(j, dxs)| {
+    run(par, strips, |(j, dxs)| {
         let s = j * STRIP;
         for (k, dxk) in dxs.into_iter().enumerate() {
             let (xk, dyk) = piece(k, s, dxk.len());
