@@ -39,6 +39,7 @@
 
 use rayon::prelude::*;
 
+use crate::batch_norm::TASK;
 use crate::simd::{self, BLOCK};
 use crate::stats::Moments;
 use crate::{
@@ -48,11 +49,6 @@ use crate::{
 /// Elements per work unit of a group (64 KiB of f32): the unit of nested parallelism and of
 /// the statistics merge order.
 pub(crate) const TILE: usize = 4 * BLOCK;
-
-/// Elements of small groups per rayon task at most (128 KiB of f32). Left to itself, rayon
-/// hands each of two threads a few large runs of groups, and near the end one thread works
-/// through its last run while the other idles; at 1,024 groups of 8 KiB this cost about 5 %.
-const TASK: usize = 2 * TILE;
 
 /// Where the affine parameters sit relative to the elements of a group.
 #[derive(Clone, Copy, Debug)]

@@ -87,7 +87,7 @@ pub fn instance_norm_forward_train(
         .zip(y.chunks_mut(shape.hw()))
         .enumerate()
         .collect();
-    let moms = run(par, items, |(i, (xp, yp))| {
+    let moms = run(par, items, shape.hw(), |(i, (xp, yp))| {
         let m = plane_moments(xp, nested);
         let r = rstd_of(m.var_biased(), eps);
         let (g, beta) = affine_at(affine, i % shape.c);
@@ -185,7 +185,7 @@ pub fn instance_norm_backward_train(
         .zip(dx.chunks_mut(shape.hw()))
         .enumerate()
         .collect();
-    let sums = run(par, items, |(i, ((xp, dyp), dxp))| {
+    let sums = run(par, items, shape.hw(), |(i, ((xp, dyp), dxp))| {
         let m = mean[i];
         let sums = plane_sums(dyp, xp, m, nested);
         let g = gamma.map_or(1.0, |g| g[i % shape.c] as f64);

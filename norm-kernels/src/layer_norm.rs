@@ -122,14 +122,14 @@ pub fn layer_norm_forward(
         .chunks(len)
         .zip(mean.iter_mut().zip(rstd.iter_mut()))
         .collect();
-    run(par, stats, |(xs, (m, r))| {
+    run(par, stats, len, |(xs, (m, r))| {
         let mom = group_moments(xs, rayon && len > TILE);
         (*m, *r) = (mom.mean as f32, mom.rstd(eps));
     });
     let (mean, rstd) = (&*mean, &*rstd);
     let strips: Vec<(usize, Vec<&mut [f32]>)> =
         column_strips(y, len).into_iter().enumerate().collect();
-    run(par, strips, |(j, ys)| {
+    run(par, strips, shape.n * STRIP, |(j, ys)| {
         let s = j * STRIP;
         for (k, yk) in ys.into_iter().enumerate() {
             let w = s..s + yk.len();
@@ -188,7 +188,7 @@ pub fn layer_norm_backward(
         None => (0..strips).map(|_| None).collect(),
     };
     let tasks: Vec<_> = sums.chunks_mut(n).zip(accs).enumerate().collect();
-    run(par, tasks, |(j, (out, mut acc))| {
+    run(par, tasks, n * STRIP, |(j, (out, mut acc))| {
         let s = j * STRIP;
         let w = STRIP.min(len - s);
         for (k, o) in out.iter_mut().enumerate() {
@@ -219,7 +219,7 @@ pub fn layer_norm_backward(
     // Pass 2: dx = dy·γ·r + (x - μ)·b + c, strip by strip.
     let strips: Vec<(usize, Vec<&mut [f32]>)> =
         column_strips(dx, len).into_iter().enumerate().collect();
-    run(par, strips, |(j, dxs)| {
+    run(par, strips, n * STRIP, |(j, dxs)| {
         let s = j * STRIP;
         for (k, dxk) in dxs.into_iter().enumerate() {
             let (xk, dyk) = piece(k, s, dxk.len());
