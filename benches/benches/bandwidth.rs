@@ -1,10 +1,10 @@
 //! The memory floor under every forward kernel, measured on the machine at hand: a streaming
 //! `y = a·x + b` over the buffers of each shape in `normlab_benches::SHAPES` (read `x`, write
 //! `y`: the 8 bytes/element a forward must move, with nothing else to compute), on one thread
-//! and on the rayon pool in tasks of at most 128 KiB. A norm forward cannot beat this figure; it is the
-//! yardstick for "at the bandwidth bound" in `docs/performance.md`, next to the 22 GB/s DRAM
-//! figure the kernels issue gives, because a working set that fits in the last-level cache
-//! moves faster than DRAM.
+//! and on the rayon pool in tasks of at most 128 KiB. A norm forward cannot beat this figure;
+//! it is the yardstick for "at the bandwidth bound" in `docs/performance.md`, next to the
+//! 22 GB/s DRAM figure the kernels issue gives, because a working set that fits in the
+//! last-level cache moves faster than DRAM.
 //!
 //! `cargo bench -p normlab-benches --bench bandwidth -- --warm-up-time 1 --measurement-time 3`
 

@@ -62,6 +62,12 @@ pub const NEST_BELOW: usize = 16;
 /// 8 KiB, and about as much of InstanceNorm's on 2,048 planes of 4 KiB.
 pub(crate) const TASK: usize = 8 * BLOCK;
 
+/// Items per rayon task at most for items of `item_len` elements: [`TASK`] worth, or one item.
+#[inline]
+pub(crate) fn items_per_task(item_len: usize) -> usize {
+    (TASK / item_len.max(1)).max(1)
+}
+
 /// Maps `f` over `items` of `item_len` elements each, on the rayon pool (in tasks of at most
 /// [`TASK`] elements, or one item) or on the calling thread, keeping the order. The split into
 /// tasks changes only who computes what, never a result.
@@ -75,7 +81,7 @@ pub(crate) fn run<T: Send, R: Send>(
         Parallelism::None => items.into_iter().map(f).collect(),
         Parallelism::Rayon => items
             .into_par_iter()
-            .with_max_len((TASK / item_len.max(1)).max(1))
+            .with_max_len(items_per_task(item_len))
             .map(f)
             .collect(),
     }

@@ -39,7 +39,7 @@
 
 use rayon::prelude::*;
 
-use crate::batch_norm::TASK;
+use crate::batch_norm::items_per_task;
 use crate::simd::{self, BLOCK};
 use crate::stats::Moments;
 use crate::{
@@ -157,7 +157,7 @@ pub(crate) fn forward_groups(
             .zip(x.par_chunks(len))
             .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
             .enumerate()
-            .with_max_len((TASK / len).max(1))
+            .with_max_len(items_per_task(len))
             .for_each(|(gi, p)| group(gi, p));
     } else {
         y.chunks_mut(len)
@@ -340,7 +340,7 @@ pub fn group_norm_backward(
             .zip(x.par_chunks(len).zip(dy.par_chunks(len)))
             .zip(sums.par_chunks_mut(cpg))
             .enumerate()
-            .with_max_len((TASK / len).max(1))
+            .with_max_len(items_per_task(len))
             .for_each(|(gi, p)| group(gi, p));
     } else {
         dx.chunks_mut(len)
