@@ -25,7 +25,8 @@
 //!   read ([`Moments`] per tile of 16 Ki elements, merged in tile order), then one pass
 //!   `y = (x - μ)·(γ·r) + β`. Groups run in parallel; a group longer than a tile also spreads
 //!   its tiles over the pool (nested rayon). A tile is 64 KiB, so the second read of a group
-//!   that fits in L2 comes from L2, and a larger one (LayerNorm's 3.6 MB sample) from L3.
+//!   that fits in L2 comes from L2, and a larger one (a 3.6 MB LayerNorm sample) from L3.
+//!   LayerNorm uses this forward unless its per-element γ, β are larger than L2.
 //!   While a group of at most a tile writes `y`, it prefetches the next group's `x`, so the
 //!   next statistics pass does not wait on memory with no writes in flight (GroupNorm's small
 //!   groups: 2 planes of 32×32 are 8 KiB, and the two phases would otherwise alternate).
