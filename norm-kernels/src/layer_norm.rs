@@ -191,6 +191,10 @@ pub fn layer_norm_backward(
     run(par, tasks, n * STRIP, |(j, (out, mut acc))| {
         let s = j * STRIP;
         let w = STRIP.min(len - s);
+        if let Some((dg, db)) = acc.as_mut() {
+            dg.fill(0.0);
+            db.fill(0.0);
+        }
         for (k, o) in out.iter_mut().enumerate() {
             let (xk, dyk) = piece(k, s, w);
             let m = mean[k];
@@ -199,10 +203,6 @@ pub fn layer_norm_backward(
                 Some(g) => simd::sum_gdy_gdxm(dyk, xk, &g[s..s + w], m),
             };
             if let Some((dg, db)) = acc.as_mut() {
-                if k == 0 {
-                    dg.fill(0.0);
-                    db.fill(0.0);
-                }
                 simd::acc_dgamma_dbeta(dyk, xk, m, rstd[k], dg, db);
             }
         }

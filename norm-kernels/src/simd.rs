@@ -1,6 +1,7 @@
 //! Every use of `wide` in the crate: f32x8 loads, stores, remainders and multi-accumulator
-//! reductions; and the crate's only architecture-specific code, a prefetch hint on x86-64. The generic bodies are `#[inline(always)]`; the SIMD level is whatever the build's
-//! target features give `wide` (see `.cargo/config.toml` and [`crate::simd_level`]).
+//! reductions; and the crate's only architecture-specific code, a prefetch hint on x86-64. The
+//! generic bodies are `#[inline(always)]`; the SIMD level is whatever the build's target
+//! features give `wide` (see `.cargo/config.toml` and [`crate::simd_level`]).
 //!
 //! Reductions accumulate in four independent f32x8 registers (32 lanes) over at most
 //! [`BLOCK`] elements at a time and return f64, so callers combine blocks in f64 and the f32
