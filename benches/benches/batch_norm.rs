@@ -4,8 +4,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use norm_kernels::{
-    Affine, AffineGrads, Momentum, Parallelism, RunningStats, batch_norm_backward_train,
-    batch_norm_forward_train, reference,
+    Affine, AffineGrads, BatchNorm, Grads, Momentum, Output, Parallelism, RunningStats, Saved,
+    Stats, StatsMut, batch_norm_backward_train, batch_norm_forward_train, reference,
 };
 use normlab_benches::{Buffers, SHAPES, bench_shape, print_setup};
 use std::hint::black_box;
@@ -18,50 +18,52 @@ struct Bufs {
     nbt: u64,
 }
 
+/// PyTorch's defaults: eps 1e-5, momentum 0.1, affine, running statistics.
+const NORM: BatchNorm = BatchNorm {
+    eps: 1e-5,
+    momentum: Momentum::Exponential(0.1),
+    affine: true,
+    track_running_stats: true,
+};
+
 fn forward(bufs: &mut Bufs, par: Parallelism) {
     let b = &mut bufs.b;
     let running = RunningStats {
         mean: &mut bufs.rm,
         var: &mut bufs.rv,
         num_batches_tracked: &mut bufs.nbt,
-        momentum: Momentum::Exponential(0.1),
     };
     let affine = Some(Affine {
         gamma: &b.gamma,
         beta: &b.beta,
     });
-    batch_norm_forward_train(
-        b.shape,
-        &b.x,
-        affine,
-        1e-5,
-        Some(running),
-        &mut b.y,
-        &mut b.mean,
-        &mut b.rstd,
-        par,
-    )
-    .unwrap();
+    let out = Output {
+        y: &mut b.y,
+        stats: StatsMut {
+            mean: &mut b.mean,
+            rstd: &mut b.rstd,
+        },
+    };
+    batch_norm_forward_train(&NORM, b.shape, &b.x, affine, Some(running), out, par).unwrap();
 }
 
 fn backward(bufs: &mut Bufs, par: Parallelism) {
     let b = &mut bufs.b;
-    let grads = AffineGrads {
-        dgamma: &mut b.dgamma,
-        dbeta: &mut b.dbeta,
+    let grads = Grads {
+        dx: &mut b.dx,
+        affine: Some(AffineGrads {
+            dgamma: &mut b.dgamma,
+            dbeta: &mut b.dbeta,
+        }),
     };
-    batch_norm_backward_train(
-        b.shape,
-        &b.x,
-        &b.dy,
-        &b.mean,
-        &b.rstd,
-        Some(&b.gamma),
-        &mut b.dx,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let saved = Saved {
+        x: &b.x,
+        stats: Stats {
+            mean: &b.mean,
+            rstd: &b.rstd,
+        },
+    };
+    batch_norm_backward_train(&NORM, b.shape, saved, &b.dy, Some(&b.gamma), grads, par).unwrap();
 }
 
 fn bench(c: &mut Criterion) {

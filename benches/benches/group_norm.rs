@@ -6,51 +6,51 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use norm_kernels::{
-    Affine, AffineGrads, Parallelism, group_norm_backward, group_norm_forward, reference,
+    Affine, AffineGrads, Grads, GroupNorm, Output, Parallelism, Saved, Stats, StatsMut,
+    group_norm_backward, group_norm_forward, reference,
 };
 use normlab_benches::{Buffers, SHAPES, bench_shape, print_setup};
 use std::hint::black_box;
 
 const GROUPS: usize = 32;
 const EPS: f32 = 1e-5;
+const NORM: GroupNorm = GroupNorm {
+    groups: GROUPS,
+    eps: EPS,
+    affine: true,
+};
 
 fn forward(b: &mut Buffers, par: Parallelism) {
     let affine = Some(Affine {
         gamma: &b.gamma,
         beta: &b.beta,
     });
-    group_norm_forward(
-        b.shape,
-        GROUPS,
-        &b.x,
-        affine,
-        EPS,
-        &mut b.y,
-        &mut b.mean,
-        &mut b.rstd,
-        par,
-    )
-    .unwrap();
+    let out = Output {
+        y: &mut b.y,
+        stats: StatsMut {
+            mean: &mut b.mean,
+            rstd: &mut b.rstd,
+        },
+    };
+    group_norm_forward(&NORM, b.shape, &b.x, affine, out, par).unwrap();
 }
 
 fn backward(b: &mut Buffers, par: Parallelism) {
-    let grads = Some(AffineGrads {
-        dgamma: &mut b.dgamma,
-        dbeta: &mut b.dbeta,
-    });
-    group_norm_backward(
-        b.shape,
-        GROUPS,
-        &b.x,
-        &b.dy,
-        &b.mean,
-        &b.rstd,
-        Some(&b.gamma),
-        &mut b.dx,
-        grads,
-        par,
-    )
-    .unwrap();
+    let grads = Grads {
+        dx: &mut b.dx,
+        affine: Some(AffineGrads {
+            dgamma: &mut b.dgamma,
+            dbeta: &mut b.dbeta,
+        }),
+    };
+    let saved = Saved {
+        x: &b.x,
+        stats: Stats {
+            mean: &b.mean,
+            rstd: &b.rstd,
+        },
+    };
+    group_norm_backward(&NORM, b.shape, saved, &b.dy, Some(&b.gamma), grads, par).unwrap();
 }
 
 fn bench(c: &mut Criterion) {

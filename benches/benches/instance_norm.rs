@@ -5,48 +5,51 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use norm_kernels::{
-    Affine, AffineGrads, Parallelism, instance_norm_backward_train, instance_norm_forward_train,
-    reference,
+    Affine, AffineGrads, Grads, InstanceNorm, Momentum, Output, Parallelism, Saved, Stats,
+    StatsMut, instance_norm_backward_train, instance_norm_forward_train, reference,
 };
 use normlab_benches::{Buffers, SHAPES, bench_shape, print_setup};
 use std::hint::black_box;
+
+/// Affine, without running statistics (PyTorch's default `track_running_stats = False`).
+const NORM: InstanceNorm = InstanceNorm {
+    eps: 1e-5,
+    momentum: Momentum::Exponential(0.1),
+    affine: true,
+    track_running_stats: false,
+};
 
 fn forward(b: &mut Buffers, par: Parallelism) {
     let affine = Some(Affine {
         gamma: &b.gamma,
         beta: &b.beta,
     });
-    instance_norm_forward_train(
-        b.shape,
-        &b.x,
-        affine,
-        1e-5,
-        None,
-        &mut b.y,
-        &mut b.mean,
-        &mut b.rstd,
-        par,
-    )
-    .unwrap();
+    let out = Output {
+        y: &mut b.y,
+        stats: StatsMut {
+            mean: &mut b.mean,
+            rstd: &mut b.rstd,
+        },
+    };
+    instance_norm_forward_train(&NORM, b.shape, &b.x, affine, None, out, par).unwrap();
 }
 
 fn backward(b: &mut Buffers, par: Parallelism) {
-    let grads = AffineGrads {
-        dgamma: &mut b.dgamma,
-        dbeta: &mut b.dbeta,
+    let grads = Grads {
+        dx: &mut b.dx,
+        affine: Some(AffineGrads {
+            dgamma: &mut b.dgamma,
+            dbeta: &mut b.dbeta,
+        }),
     };
-    instance_norm_backward_train(
-        b.shape,
-        &b.x,
-        &b.dy,
-        &b.mean,
-        &b.rstd,
-        Some(&b.gamma),
-        &mut b.dx,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let saved = Saved {
+        x: &b.x,
+        stats: Stats {
+            mean: &b.mean,
+            rstd: &b.rstd,
+        },
+    };
+    instance_norm_backward_train(&NORM, b.shape, saved, &b.dy, Some(&b.gamma), grads, par).unwrap();
 }
 
 fn bench(c: &mut Criterion) {

@@ -6,47 +6,50 @@
 //! `cargo bench -p normlab-benches --bench layer_norm -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use norm_kernels::{AffineGrads, Parallelism, layer_norm_backward, layer_norm_forward, reference};
+use norm_kernels::{
+    Affine, AffineGrads, Grads, LayerNorm, Output, Parallelism, Saved, Stats, StatsMut,
+    layer_norm_backward, layer_norm_forward, reference,
+};
 use normlab_benches::{Buffers, SHAPES, bench_shape, print_setup};
 use std::hint::black_box;
 
 const EPS: f32 = 1e-8;
+const NORM: LayerNorm = LayerNorm {
+    eps: EPS,
+    affine: true,
+};
 
 fn forward(b: &mut Buffers, par: Parallelism) {
-    let affine = Some(norm_kernels::Affine {
+    let affine = Some(Affine {
         gamma: &b.gamma,
         beta: &b.beta,
     });
-    layer_norm_forward(
-        b.shape,
-        &b.x,
-        affine,
-        EPS,
-        &mut b.y,
-        &mut b.mean,
-        &mut b.rstd,
-        par,
-    )
-    .unwrap();
+    let out = Output {
+        y: &mut b.y,
+        stats: StatsMut {
+            mean: &mut b.mean,
+            rstd: &mut b.rstd,
+        },
+    };
+    layer_norm_forward(&NORM, b.shape, &b.x, affine, out, par).unwrap();
 }
 
 fn backward(b: &mut Buffers, par: Parallelism) {
-    let grads = Some(AffineGrads {
-        dgamma: &mut b.dgamma,
-        dbeta: &mut b.dbeta,
-    });
-    layer_norm_backward(
-        b.shape,
-        &b.x,
-        &b.dy,
-        &b.mean,
-        &b.rstd,
-        Some(&b.gamma),
-        &mut b.dx,
-        grads,
-        par,
-    )
-    .unwrap();
+    let grads = Grads {
+        dx: &mut b.dx,
+        affine: Some(AffineGrads {
+            dgamma: &mut b.dgamma,
+            dbeta: &mut b.dbeta,
+        }),
+    };
+    let saved = Saved {
+        x: &b.x,
+        stats: Stats {
+            mean: &b.mean,
+            rstd: &b.rstd,
+        },
+    };
+    layer_norm_backward(&NORM, b.shape, saved, &b.dy, Some(&b.gamma), grads, par).unwrap();
 }
 
 fn bench(c: &mut Criterion) {

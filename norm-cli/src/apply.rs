@@ -2,16 +2,21 @@
 //! with PyTorch's semantics (the kernels of `norm-kernels`).
 //!
 //! File contract (all float32, C order, `'<f4'`): `y.npy` always; with `--grad-output`, `dx.npy`
-//! and, with an affine, `dweight.npy` and `dbias.npy`; BatchNorm in train mode also
-//! `running_mean.npy` and `running_var.npy` after this one step.
+//! and, with an affine, `dweight.npy` and `dbias.npy`; a norm with running statistics (BatchNorm)
+//! in train mode also `running_mean.npy` and `running_var.npy` after this one step.
+//!
+//! Everything norm-specific (settings, affine shape, running statistics, eval mode) comes from
+//! the kernels' descriptor [`Norm`].
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use norm_kernels::{Affine, AffineGrads, Momentum, Nchw, Parallelism, RunningStats};
+use norm_kernels::{
+    Affine, AffineGrads, Backward, Forward, Grads, Mode, Nchw, Norm, Parallelism, RunningStats,
+};
 
-use crate::cli::{ApplyArgs, ApplyNorm};
+use crate::cli::ApplyArgs;
 use crate::npy::{self, Array, shape_str};
 
 /// Inputs read and checked.
@@ -63,38 +68,46 @@ fn read_inputs(a: &ApplyArgs) -> Result<Inputs> {
             shape_str(&xa.shape)
         );
     }
-    let is_batch = a.norm == ApplyNorm::Batch;
-    if a.eval && !is_batch {
-        bail!(
-            "--eval applies to --norm batch only (the other norms have no running statistics here)"
-        );
-    }
-    if a.running_mean.is_some() && !is_batch {
-        bail!("--running-mean/--running-var apply to --norm batch only");
-    }
-    if a.norm == ApplyNorm::Group && (a.groups == 0 || c % a.groups != 0) {
-        bail!(
-            "--groups {} does not divide the {c} channels of {} (GroupNorm needs C % G == 0)",
-            a.groups,
-            a.input.display()
-        );
-    }
-    let param_shape = if a.norm == ApplyNorm::Layer {
-        vec![c, h, w]
-    } else {
-        vec![c]
+    let norm = settings(a)?;
+    let running_note = || {
+        let with: Vec<&str> = norm_kernels::NormKind::ALL
+            .iter()
+            .filter(|&&k| apply_norm(k, a, true).is_ok_and(|n| n.tracks_running()))
+            .map(|k| k.name())
+            .collect();
+        with.join(", ")
     };
-    let param_what = if a.norm == ApplyNorm::Layer {
-        "LayerNorm's affine is per element, [C, H, W] of the input"
+    if a.eval && !norm.tracks_running() {
+        bail!(
+            "--eval applies to norms with running statistics ({}); {} has none here",
+            running_note(),
+            a.norm
+        );
+    }
+    if a.running_mean.is_some() && !norm.tracks_running() {
+        bail!(
+            "--running-mean/--running-var apply to norms with running statistics ({})",
+            running_note()
+        );
+    }
+    if let Err(e) = norm.validate(shape) {
+        bail!("the settings do not fit {}: {e}", a.input.display());
+    }
+    let param_shape = norm.affine_shape(shape);
+    let param_what = if param_shape.len() > 1 {
+        format!(
+            "{}'s affine is per element, [C, H, W] of the input",
+            a.norm.label()
+        )
     } else {
-        "one value per channel of the input"
+        "one value per channel of the input".to_owned()
     };
     let affine = match (&a.weight, &a.bias) {
         (Some(wp), Some(bp)) => {
             let wa = read_checked(wp)?;
-            expect_shape(wp, &wa, &param_shape, param_what)?;
+            expect_shape(wp, &wa, &param_shape, &param_what)?;
             let ba = read_checked(bp)?;
-            expect_shape(bp, &ba, &param_shape, param_what)?;
+            expect_shape(bp, &ba, &param_shape, &param_what)?;
             Some((wa.data, ba.data))
         }
         (None, None) => None,
@@ -131,9 +144,29 @@ fn read_inputs(a: &ApplyArgs) -> Result<Inputs> {
     })
 }
 
-/// Gradient buffers of the affine, or `None` without affine (empty buffers).
-fn grads<'a>(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> Option<AffineGrads<'a>> {
-    (!dgamma.is_empty()).then_some(AffineGrads { dgamma, dbeta })
+/// The descriptor of `kind` with the command's settings; `affine` as the files say.
+fn apply_norm(kind: norm_kernels::NormKind, a: &ApplyArgs, affine: bool) -> Result<Norm> {
+    let mut norm = Norm::new(kind);
+    let mut set = |key: &str, value: String, flag: &str| -> Result<()> {
+        if norm.keys().contains(&key) {
+            norm.set(key, &value)
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        }
+        Ok(())
+    };
+    set("eps", a.eps.to_string(), "--eps")?;
+    set("groups", a.groups.to_string(), "--groups")?;
+    set("momentum", a.momentum.to_string(), "--momentum")?;
+    set("affine", affine.to_string(), "--weight")?;
+    // The norms whose statistics mix samples track running statistics here, as in training.
+    if kind.mixes_samples() {
+        set("track_running_stats", "true".into(), "--norm")?;
+    }
+    Ok(norm)
+}
+
+fn settings(a: &ApplyArgs) -> Result<Norm> {
+    apply_norm(a.norm, a, a.weight.is_some())
 }
 
 /// Runs the layer and returns the arrays to write.
@@ -145,108 +178,56 @@ fn compute(a: &ApplyArgs, inp: Inputs) -> Result<Outputs> {
         dy,
         running,
     } = inp;
+    let norm = settings(a)?;
     let par = Parallelism::Rayon;
     let dims = vec![shape.n, shape.c, shape.h, shape.w];
-    let aff = affine.as_ref().map(|(g, b)| Affine { gamma: g, beta: b });
-    let gamma = affine.as_ref().map(|(g, _)| g.as_slice());
-    let plen = affine.as_ref().map_or(0, |(g, _)| g.len());
-    let pshape = if a.norm == ApplyNorm::Layer {
-        vec![shape.c, shape.h, shape.w]
-    } else {
-        vec![shape.c]
-    };
+    let mode = if a.eval { Mode::Eval } else { Mode::Train };
+    let plen = norm.affine_len(shape);
+    let pshape = norm.affine_shape(shape);
     let mut y = vec![0.0f32; shape.len()];
     let mut out: Outputs = Vec::new();
-    let mut dx = vec![0.0f32; if dy.is_some() { shape.len() } else { 0 }];
-    let (mut dgamma, mut dbeta) = (vec![0.0f32; plen], vec![0.0f32; plen]);
-    // Per-group statistics: [C] for BatchNorm, [N·C] InstanceNorm, [N] LayerNorm, [N·G] GroupNorm.
-    let stats_len = match a.norm {
-        ApplyNorm::Batch => shape.c,
-        ApplyNorm::Instance => shape.n * shape.c,
-        ApplyNorm::Layer => shape.n,
-        ApplyNorm::Group => shape.n * a.groups,
+    let mut saved = vec![0.0f32; norm.saved_len(shape, mode)];
+    let (mut rm, mut rv) = running
+        .clone()
+        .unwrap_or_else(|| (vec![0.0; shape.c], vec![1.0; shape.c]));
+    let mut tracked = 0u64;
+    let running = norm.tracks_running().then(|| RunningStats {
+        mean: &mut rm,
+        var: &mut rv,
+        num_batches_tracked: &mut tracked,
+    });
+    let fwd = Forward {
+        shape,
+        x: &x,
+        affine: affine.as_ref().map(|(g, b)| Affine { gamma: g, beta: b }),
+        running,
+        y: &mut y,
+        saved: &mut saved,
     };
-    let (mut mean, mut rstd) = (vec![0.0f32; stats_len], vec![0.0f32; stats_len]);
-    match a.norm {
-        ApplyNorm::Batch if a.eval => {
-            let (rm, rv) = running
-                .as_ref()
-                .context("--eval needs --running-mean and --running-var")?;
-            norm_kernels::batch_norm_forward_eval(shape, &x, rm, rv, aff, a.eps, &mut y, par)?;
-            if let Some(dy) = &dy {
-                let g = grads(&mut dgamma, &mut dbeta);
-                norm_kernels::batch_norm_backward_eval(
-                    shape, &x, dy, rm, rv, gamma, a.eps, &mut dx, g, par,
-                )?;
-            }
-        }
-        ApplyNorm::Batch => {
-            let (mut rm, mut rv) = running
-                .clone()
-                .unwrap_or_else(|| (vec![0.0; shape.c], vec![1.0; shape.c]));
-            let mut tracked = 0u64;
-            let rs = RunningStats {
-                mean: &mut rm,
-                var: &mut rv,
-                num_batches_tracked: &mut tracked,
-                momentum: Momentum::Exponential(a.momentum),
-            };
-            norm_kernels::batch_norm_forward_train(
-                shape,
-                &x,
-                aff,
-                a.eps,
-                Some(rs),
-                &mut y,
-                &mut mean,
-                &mut rstd,
-                par,
-            )?;
-            if let Some(dy) = &dy {
-                let g = grads(&mut dgamma, &mut dbeta);
-                norm_kernels::batch_norm_backward_train(
-                    shape, &x, dy, &mean, &rstd, gamma, &mut dx, g, par,
-                )?;
-            }
-            out.push(("running_mean", vec![shape.c], rm));
-            out.push(("running_var", vec![shape.c], rv));
-        }
-        ApplyNorm::Instance => {
-            norm_kernels::instance_norm_forward_train(
-                shape, &x, aff, a.eps, None, &mut y, &mut mean, &mut rstd, par,
-            )?;
-            if let Some(dy) = &dy {
-                let g = grads(&mut dgamma, &mut dbeta);
-                norm_kernels::instance_norm_backward_train(
-                    shape, &x, dy, &mean, &rstd, gamma, &mut dx, g, par,
-                )?;
-            }
-        }
-        ApplyNorm::Layer => {
-            norm_kernels::layer_norm_forward(
-                shape, &x, aff, a.eps, &mut y, &mut mean, &mut rstd, par,
-            )?;
-            if let Some(dy) = &dy {
-                let g = grads(&mut dgamma, &mut dbeta);
-                norm_kernels::layer_norm_backward(
-                    shape, &x, dy, &mean, &rstd, gamma, &mut dx, g, par,
-                )?;
-            }
-        }
-        ApplyNorm::Group => {
-            norm_kernels::group_norm_forward(
-                shape, a.groups, &x, aff, a.eps, &mut y, &mut mean, &mut rstd, par,
-            )?;
-            if let Some(dy) = &dy {
-                let g = grads(&mut dgamma, &mut dbeta);
-                norm_kernels::group_norm_backward(
-                    shape, a.groups, &x, dy, &mean, &rstd, gamma, &mut dx, g, par,
-                )?;
-            }
-        }
+    norm.forward(mode, fwd, par)?;
+    if norm.tracks_running() && mode == Mode::Train {
+        out.push(("running_mean", vec![shape.c], rm));
+        out.push(("running_var", vec![shape.c], rv));
     }
     out.insert(0, ("y", dims.clone(), y));
-    if dy.is_some() {
+    if let Some(dy) = &dy {
+        let mut dx = vec![0.0f32; shape.len()];
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; plen], vec![0.0f32; plen]);
+        let bwd = Backward {
+            shape,
+            x: &x,
+            dy,
+            saved: &saved,
+            gamma: affine.as_ref().map(|(g, _)| g.as_slice()),
+            grads: Grads {
+                dx: &mut dx,
+                affine: (plen > 0).then_some(AffineGrads {
+                    dgamma: &mut dgamma,
+                    dbeta: &mut dbeta,
+                }),
+            },
+        };
+        norm.backward(mode, bwd, par)?;
         out.push(("dx", dims, dx));
         if plen > 0 {
             out.push(("dweight", pshape.clone(), dgamma));

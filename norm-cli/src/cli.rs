@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use norm_train::{NormKind, Schedule, TrainConfig, data};
+use norm_train::{NormChoice, NormKind, Schedule, TrainConfig, data};
 
 use crate::sweep::{Seeds, Share};
 
@@ -34,32 +34,24 @@ pub enum Command {
     Apply(ApplyArgs),
 }
 
-/// A normalisation layer of the CNN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
-pub enum NormArg {
-    /// BatchNorm2d.
-    Batch,
-    /// LayerNorm over [C, H, W].
-    Layer,
-    /// InstanceNorm2d (affine).
-    Instance,
-    /// GroupNorm.
-    Group,
-    /// No normalisation.
-    None,
+/// `--norm` / `--norms` values: every norm of the kernels' descriptor, with its one-line help,
+/// and `none` where the CNN may have no norm.
+fn norm_values(with_none: bool) -> impl clap::builder::TypedValueParser<Value = NormChoice> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = NormChoice::all()
+        .into_iter()
+        .filter(move |c| with_none || *c != NormChoice::None)
+        .map(|c| PossibleValue::new(c.name()).help(c.about()));
+    PossibleValuesParser::new(values).map(|s| s.parse::<NormChoice>().expect("a listed value"))
 }
 
-impl NormArg {
-    /// The lowercase name (`group`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Batch => "batch",
-            Self::Layer => "layer",
-            Self::Instance => "instance",
-            Self::Group => "group",
-            Self::None => "none",
-        }
-    }
+fn train_norms() -> impl clap::builder::TypedValueParser<Value = NormChoice> {
+    norm_values(true)
+}
+
+fn kernel_norms() -> impl clap::builder::TypedValueParser<Value = NormKind> {
+    use clap::builder::TypedValueParser;
+    norm_values(false).map(|c| c.kind().expect("none is not listed"))
 }
 
 /// Where the images come from.
@@ -116,10 +108,10 @@ pub struct RecipeArgs {
     #[arg(long, value_name = "W1,W2,W3", default_value_t = Widths(defaults().model.widths))]
     pub widths: Widths,
     /// Groups of GroupNorm (must divide every width).
-    #[arg(long, value_name = "G", default_value_t = defaults().model.groups)]
+    #[arg(long, value_name = "G", default_value_t = norm_train::DEFAULT_GROUPS)]
     pub groups: usize,
     /// Epsilon of the normalisation layers.
-    #[arg(long, default_value_t = defaults().model.eps)]
+    #[arg(long, default_value_t = norm_train::DEFAULT_EPS)]
     pub eps: f32,
     /// Data set.
     #[arg(long, value_enum, default_value_t = DataSource::Synthetic)]
@@ -191,18 +183,6 @@ impl From<ScheduleArg> for Schedule {
     }
 }
 
-impl From<NormArg> for NormKind {
-    fn from(n: NormArg) -> Self {
-        match n {
-            NormArg::Batch => Self::Batch,
-            NormArg::Layer => Self::Layer,
-            NormArg::Instance => Self::Instance,
-            NormArg::Group => Self::Group,
-            NormArg::None => Self::None,
-        }
-    }
-}
-
 /// Options that do not change results.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -215,8 +195,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Normalisation layer.
-    #[arg(long, value_enum, default_value_t = NormArg::Group)]
-    pub norm: NormArg,
+    #[arg(long, value_parser = train_norms(), default_value = "group")]
+    pub norm: NormChoice,
     /// Images per step.
     #[arg(long, default_value_t = defaults().batch)]
     pub batch: usize,
@@ -243,11 +223,11 @@ pub struct SweepArgs {
     /// Norms to compare, comma-separated.
     #[arg(
         long,
-        value_enum,
+        value_parser = train_norms(),
         value_delimiter = ',',
         default_value = "batch,layer,instance,group"
     )]
-    pub norms: Vec<NormArg>,
+    pub norms: Vec<NormChoice>,
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
     pub batches: Vec<usize>,
@@ -303,32 +283,19 @@ pub struct ExportArgs {
     pub test_size: usize,
 }
 
-/// The layers `apply` runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ApplyNorm {
-    /// BatchNorm2d (train mode, or --eval).
-    Batch,
-    /// LayerNorm over [C, H, W].
-    Layer,
-    /// InstanceNorm2d without running statistics.
-    Instance,
-    /// GroupNorm.
-    Group,
-}
-
 /// `norm-cli apply`.
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
     /// Layer to apply.
-    #[arg(long, value_enum)]
-    pub norm: ApplyNorm,
+    #[arg(long, value_parser = kernel_norms())]
+    pub norm: NormKind,
     /// Groups of GroupNorm (must divide C).
     #[arg(long, value_name = "G", default_value_t = 32)]
     pub groups: usize,
     /// Added to the variance.
     #[arg(long, default_value_t = 1e-5)]
     pub eps: f32,
-    /// BatchNorm running-statistics momentum.
+    /// Running-statistics momentum (norms with running statistics).
     #[arg(long, default_value_t = 0.1)]
     pub momentum: f32,
     /// Input x: float32 NCHW .npy.
@@ -343,13 +310,13 @@ pub struct ApplyArgs {
     /// Upstream gradient dy (shape of x): also write dx (and dweight, dbias).
     #[arg(long, value_name = "DY.npy")]
     pub grad_output: Option<PathBuf>,
-    /// BatchNorm: normalise with --running-mean/--running-var instead of batch statistics.
+    /// Norms with running statistics: normalise with --running-mean/--running-var (eval mode).
     #[arg(long, requires_all = ["running_mean", "running_var"])]
     pub eval: bool,
-    /// BatchNorm running mean [C] (train mode: the start of the update; default 0).
+    /// Running mean [C] (train mode: the start of the update; default 0).
     #[arg(long, value_name = "RM.npy", requires = "running_var")]
     pub running_mean: Option<PathBuf>,
-    /// BatchNorm running variance [C] (train mode: the start of the update; default 1).
+    /// Running variance [C] (train mode: the start of the update; default 1).
     #[arg(long, value_name = "RV.npy", requires = "running_mean")]
     pub running_var: Option<PathBuf>,
     /// Output folder (created).

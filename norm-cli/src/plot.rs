@@ -9,27 +9,35 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::font;
-use crate::summary::{Summary, norm_label};
+use norm_train::NormChoice;
+
+use crate::summary::Summary;
 
 /// Pixel size of both renderings.
 pub const SIZE: (u32, u32) = (800, 520);
 
-fn colour(norm: &str, i: usize) -> RGBColor {
-    match norm {
-        "batch" => RGBColor(31, 119, 180),
-        "layer" => RGBColor(44, 160, 44),
-        "instance" => RGBColor(255, 127, 14),
-        "group" => RGBColor(214, 39, 40),
-        "none" => RGBColor(127, 127, 127),
-        _ => {
-            let p = Palette99::pick(i).to_rgba();
-            RGBColor(p.0, p.1, p.2)
-        }
+/// A norm's colour, fixed by its place among all norms (so it is the same in every plot).
+fn colour(norm: NormChoice) -> RGBColor {
+    const COLOURS: [RGBColor; 5] = [
+        RGBColor(31, 119, 180),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(214, 39, 40),
+        RGBColor(127, 127, 127),
+    ];
+    let all = NormChoice::all();
+    let i = all.iter().position(|&n| n == norm).unwrap_or(0);
+    if norm == NormChoice::None {
+        return COLOURS[4];
     }
+    COLOURS.get(i).copied().unwrap_or_else(|| {
+        let p = Palette99::pick(i).to_rgba();
+        RGBColor(p.0, p.1, p.2)
+    })
 }
 
 /// One line of the plot: `(batch, mean error %, std %)` per point.
-fn series(s: &Summary, norm: &str) -> Vec<(usize, f64, f64)> {
+fn series(s: &Summary, norm: NormChoice) -> Vec<(usize, f64, f64)> {
     s.batches
         .iter()
         .filter_map(|&b| {
@@ -50,7 +58,7 @@ where
         (Some(a), Some(b)) => (a - 0.4, b + 0.4),
         _ => (0.0, 1.0),
     };
-    let all: Vec<(usize, f64, f64)> = s.norms.iter().flat_map(|n| series(s, n)).collect();
+    let all: Vec<(usize, f64, f64)> = s.norms.iter().flat_map(|&n| series(s, n)).collect();
     let lo = all.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
     let hi = all
         .iter()
@@ -92,8 +100,8 @@ where
         .draw()
         .map_err(err)?;
     let k = s.norms.len() as f64;
-    for (i, norm) in s.norms.iter().enumerate() {
-        let c = colour(norm, i);
+    for (i, &norm) in s.norms.iter().enumerate() {
+        let c = colour(norm);
         let pts = series(s, norm);
         // Dodge the lines a little sideways so that equal points and their error bars stay
         // visible.
@@ -105,7 +113,7 @@ where
         chart
             .draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))
             .map_err(err)?
-            .label(norm_label(norm))
+            .label(norm.label())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart
             .draw_series(xy.iter().map(|&(x, y)| Circle::new((x, y), 4, c.filled())))

@@ -121,19 +121,19 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
                 .join(", ")
         );
     };
-    let mut seen: HashSet<(String, usize, u64)> = HashSet::new();
+    let mut seen: HashSet<(norm_train::NormChoice, usize, u64)> = HashSet::new();
     let mut merged = Vec::new();
     let mut duplicates = 0;
     for r in &existing {
-        if seen.insert((r.norm.clone(), r.batch, r.seed)) {
+        if seen.insert((r.norm, r.batch, r.seed)) {
             merged.push(r.clone());
         }
     }
     let mut appended = 0;
     let existing_keys = seen.clone();
     for r in all {
-        let key = (r.norm.clone(), r.batch, r.seed);
-        if seen.insert(key.clone()) {
+        let key = (r.norm, r.batch, r.seed);
+        if seen.insert(key) {
             file.append(&r)?;
             appended += 1;
             merged.push(r);

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use norm_train::NormChoice;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -24,7 +25,7 @@ pub const RECIPE_FILE: &str = "recipe.json";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
     /// Normalisation layer (`batch`, `layer`, `instance`, `group`, `none`).
-    pub norm: String,
+    pub norm: NormChoice,
     /// Batch size per step.
     pub batch: usize,
     /// Seed of initialisation and shuffling.
@@ -51,8 +52,8 @@ pub struct CellResult {
 
 impl CellResult {
     /// The cell's identity: norm, batch, seed.
-    pub fn key(&self) -> (&str, usize, u64) {
-        (&self.norm, self.batch, self.seed)
+    pub fn key(&self) -> (NormChoice, usize, u64) {
+        (self.norm, self.batch, self.seed)
     }
 }
 
@@ -229,8 +230,9 @@ mod tests {
     use serde_json::json;
 
     pub(crate) fn cell(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
+        let norm = norm.parse().expect("a test norm");
         CellResult {
-            norm: norm.into(),
+            norm,
             batch,
             seed,
             recipe: json!({"epochs": 1}),

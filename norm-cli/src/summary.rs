@@ -6,32 +6,9 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use norm_train::NormChoice;
+
 use crate::store::CellResult;
-
-/// Order in which norms appear in tables and legends (the paper's order first).
-const NORM_ORDER: [&str; 5] = ["batch", "layer", "instance", "group", "none"];
-
-/// Display name of a norm (`group` → `GroupNorm`).
-pub fn norm_label(norm: &str) -> String {
-    match norm {
-        "batch" => "BatchNorm".into(),
-        "layer" => "LayerNorm".into(),
-        "instance" => "InstanceNorm".into(),
-        "group" => "GroupNorm".into(),
-        "none" => "no norm".into(),
-        other => other.into(),
-    }
-}
-
-fn norm_rank(norm: &str) -> (usize, String) {
-    (
-        NORM_ORDER
-            .iter()
-            .position(|n| *n == norm)
-            .unwrap_or(NORM_ORDER.len()),
-        norm.to_owned(),
-    )
-}
 
 /// Mean and spread of one cell's final test accuracy over its seeds.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,11 +25,11 @@ pub struct CellStat {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     /// Rows, in paper order.
-    pub norms: Vec<String>,
+    pub norms: Vec<NormChoice>,
     /// Columns, ascending.
     pub batches: Vec<usize>,
     /// `(norm, batch)` → statistics; absent when no seed of the cell finished.
-    pub cells: BTreeMap<(String, usize), CellStat>,
+    pub cells: BTreeMap<(NormChoice, usize), CellStat>,
     /// Number of results aggregated.
     pub results: usize,
 }
@@ -60,15 +37,15 @@ pub struct Summary {
 impl Summary {
     /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first).
     pub fn from_results(results: &[CellResult]) -> Self {
-        let mut accs: BTreeMap<(String, usize), BTreeMap<u64, f64>> = BTreeMap::new();
+        let mut accs: BTreeMap<(NormChoice, usize), BTreeMap<u64, f64>> = BTreeMap::new();
         for r in results {
-            accs.entry((r.norm.clone(), r.batch))
+            accs.entry((r.norm, r.batch))
                 .or_default()
                 .entry(r.seed)
                 .or_insert(r.final_test_acc);
         }
-        let mut norms: Vec<String> = accs.keys().map(|(n, _)| n.clone()).collect();
-        norms.sort_by_key(|n| norm_rank(n));
+        let mut norms: Vec<NormChoice> = accs.keys().map(|(n, _)| *n).collect();
+        norms.sort();
         norms.dedup();
         let mut batches: Vec<usize> = accs.keys().map(|(_, b)| *b).collect();
         batches.sort_unstable();
@@ -102,8 +79,8 @@ impl Summary {
     }
 
     /// The statistics of one cell.
-    pub fn get(&self, norm: &str, batch: usize) -> Option<&CellStat> {
-        self.cells.get(&(norm.to_owned(), batch))
+    pub fn get(&self, norm: NormChoice, batch: usize) -> Option<&CellStat> {
+        self.cells.get(&(norm, batch))
     }
 
     /// `Some(seeds)` when every present cell has the same seeds.
@@ -193,8 +170,8 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         out.push('\n');
     };
     header(&mut out, "norm");
-    for norm in &s.norms {
-        let _ = write!(out, "| {} |", norm_label(norm));
+    for &norm in &s.norms {
+        let _ = write!(out, "| {} |", norm.label());
         for &b in &s.batches {
             match s.get(norm, b) {
                 None => out.push_str(" — |"),
@@ -217,9 +194,9 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
     out.push_str("Mean test error; Δ rows are the difference to BatchNorm at the same batch size");
     out.push_str(" (negative: lower error than BatchNorm).\n\n");
     header(&mut out, "norm");
-    let err = |norm: &str, b: usize| s.get(norm, b).map(|c| 1.0 - c.mean);
-    for norm in &s.norms {
-        let _ = write!(out, "| {} |", norm_label(norm));
+    let err = |norm: NormChoice, b: usize| s.get(norm, b).map(|c| 1.0 - c.mean);
+    for &norm in &s.norms {
+        let _ = write!(out, "| {} |", norm.label());
         for &b in &s.batches {
             match err(norm, b) {
                 Some(e) => {
@@ -230,11 +207,12 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         }
         out.push('\n');
     }
-    if s.norms.iter().any(|n| n == "batch") {
-        for norm in s.norms.iter().filter(|n| *n != "batch") {
-            let _ = write!(out, "| Δ {} − BatchNorm |", norm_label(norm));
+    let bn = NormChoice::Norm(norm_train::NormKind::Batch);
+    if s.norms.contains(&bn) {
+        for &norm in s.norms.iter().filter(|&&n| n != bn) {
+            let _ = write!(out, "| Δ {} − {} |", norm.label(), bn.label());
             for &b in &s.batches {
-                match (err(norm, b), err("batch", b)) {
+                match (err(norm, b), err(bn, b)) {
                     (Some(e), Some(bn)) => {
                         let _ = write!(out, " {:+.1} |", 100.0 * (e - bn));
                     }
@@ -261,8 +239,8 @@ pub fn render_csv(s: &Summary) -> String {
         let _ = write!(out, ",batch{b}_mean,batch{b}_std,batch{b}_seeds");
     }
     out.push('\n');
-    for norm in &s.norms {
-        out.push_str(norm);
+    for &norm in &s.norms {
+        out.push_str(norm.name());
         for &b in &s.batches {
             match s.get(norm, b) {
                 Some(c) => {
@@ -282,9 +260,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn n(name: &str) -> NormChoice {
+        name.parse().unwrap()
+    }
+
     fn r(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
         CellResult {
-            norm: norm.into(),
+            norm: norm.parse().unwrap(),
             batch,
             seed,
             recipe: json!({}),
@@ -306,12 +288,12 @@ mod tests {
             r("group", 2, 1, 0.9), // duplicate seed: first wins
             r("batch", 2, 0, 0.4),
         ]);
-        let g = s.get("group", 2).unwrap();
+        let g = s.get(n("group"), 2).unwrap();
         assert!((g.mean - 0.6).abs() < 1e-12);
         assert!((g.std.unwrap() - 0.02f64.sqrt()).abs() < 1e-12);
         assert_eq!(g.seeds, vec![0, 1]);
-        assert_eq!(s.get("batch", 2).unwrap().std, None);
-        assert_eq!(s.norms, vec!["batch", "group"]);
+        assert_eq!(s.get(n("batch"), 2).unwrap().std, None);
+        assert_eq!(s.norms, vec![n("batch"), n("group")]);
         assert_eq!(s.results, 3);
     }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
+use norm_train::NormChoice;
 use serde_json::Value;
 
 use crate::outputs;
@@ -17,8 +18,8 @@ use crate::store::{self, CellResult, RECIPE_FILE, RESULTS_FILE, ResultsFile};
 /// One cell of the sweep.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Cell {
-    /// Norm name, lowercase.
-    pub norm: String,
+    /// The norm.
+    pub norm: NormChoice,
     /// Batch size.
     pub batch: usize,
     /// Seed.
@@ -36,13 +37,13 @@ impl std::fmt::Display for Cell {
 }
 
 /// Every cell, in the order norms × batches × seeds (seed fastest).
-pub fn all_cells(norms: &[String], batches: &[usize], seeds: &[u64]) -> Vec<Cell> {
+pub fn all_cells(norms: &[NormChoice], batches: &[usize], seeds: &[u64]) -> Vec<Cell> {
     let mut cells = Vec::with_capacity(norms.len() * batches.len() * seeds.len());
     for norm in norms {
         for &batch in batches {
             for &seed in seeds {
                 cells.push(Cell {
-                    norm: norm.clone(),
+                    norm: *norm,
                     batch,
                     seed,
                 });
@@ -130,7 +131,7 @@ pub struct SweepDir {
     recipe: Value,
     file: ResultsFile,
     results: Vec<CellResult>,
-    done: HashSet<(String, usize, u64)>,
+    done: HashSet<(NormChoice, usize, u64)>,
     /// Bytes of a partial last line that were cut on open (0 if none).
     pub dropped_partial: usize,
 }
@@ -162,10 +163,7 @@ impl SweepDir {
             let text = serde_json::to_string_pretty(recipe)? + "\n";
             store::write_atomic(&recipe_path, text.as_bytes())?;
         }
-        let done = results
-            .iter()
-            .map(|r| (r.norm.clone(), r.batch, r.seed))
-            .collect();
+        let done = results.iter().map(|r| (r.norm, r.batch, r.seed)).collect();
         Ok(Self {
             dir: dir.to_owned(),
             recipe: recipe.clone(),
@@ -178,7 +176,7 @@ impl SweepDir {
 
     /// True when the cell is already in `results.jsonl`.
     pub fn is_done(&self, c: &Cell) -> bool {
-        self.done.contains(&(c.norm.clone(), c.batch, c.seed))
+        self.done.contains(&(c.norm, c.batch, c.seed))
     }
 
     /// All finished cells (from earlier runs too).
@@ -200,7 +198,7 @@ impl SweepDir {
             );
         }
         self.file.append(&r)?;
-        self.done.insert((r.norm.clone(), r.batch, r.seed));
+        self.done.insert((r.norm, r.batch, r.seed));
         self.results.push(r);
         self.write_outputs()
     }
@@ -238,14 +236,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn strs(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn strs(v: &[&str]) -> Vec<NormChoice> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
     }
 
     fn fake(c: &Cell, recipe: &Value) -> CellResult {
         let acc = 0.1 + 0.01 * c.batch as f64 + 0.001 * c.seed as f64;
         CellResult {
-            norm: c.norm.clone(),
+            norm: c.norm,
             batch: c.batch,
             seed: c.seed,
             recipe: recipe.clone(),
@@ -276,7 +274,7 @@ mod tests {
         assert_eq!(
             cells[1],
             Cell {
-                norm: "batch".into(),
+                norm: "batch".parse().unwrap(),
                 batch: 2,
                 seed: 1
             }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use norm_train::{NormKind, Progress};
+use norm_train::Progress;
 
 use crate::cli::SweepArgs;
 use crate::store::CellResult;
@@ -38,10 +38,10 @@ fn check_lists(a: &SweepArgs) -> Result<()> {
 /// Runs `norm-cli sweep`.
 pub fn run(a: &SweepArgs) -> Result<()> {
     check_lists(a)?;
-    let norms: Vec<NormKind> = a.norms.iter().map(|&n| n.into()).collect();
+    let norms = &a.norms;
     // Every cell's settings are checked before any data is made or any cell runs.
     let validate_all = |train_len: usize| -> Result<()> {
-        for &n in &norms {
+        for &n in norms {
             for &b in &a.batches {
                 config(&a.recipe, n, b, 0)
                     .validate(train_len)
@@ -66,8 +66,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 a.out.display()
             );
         }
-        let names: Vec<String> = norms.iter().map(|n| n.name().to_owned()).collect();
-        let all = all_cells(&names, &a.batches, &a.seeds.0);
+        let all = all_cells(norms, &a.batches, &a.seeds.0);
         let cells = match a.cells {
             Some(share) => share.select(&all),
             None => all.clone(),
@@ -99,7 +98,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         let visible = !bar.is_hidden();
         let epochs = a.recipe.epochs;
         let run_cell = |cell: &Cell, i: usize, n: usize| -> Result<CellResult> {
-            let cfg = config(&a.recipe, cell.norm.parse()?, cell.batch, cell.seed);
+            let cfg = config(&a.recipe, cell.norm, cell.batch, cell.seed);
             let label = format!("{i}/{n} cells done · running {cell}");
             bar.set_message(label.clone());
             let t0 = Instant::now();
@@ -121,7 +120,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             })?;
             let seconds = t0.elapsed().as_secs_f64();
             let r = CellResult {
-                norm: cell.norm.clone(),
+                norm: cell.norm,
                 batch: cell.batch,
                 seed: cell.seed,
                 recipe: recipe.clone(),

@@ -9,12 +9,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use norm_train::data::{self, Dataset, Split};
-use norm_train::{EpochStats, NormKind, Progress, TrainConfig, TrainOutcome};
+use norm_train::{EpochStats, NormChoice, Progress, TrainConfig, TrainOutcome, model_norm};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{DataSource, RecipeArgs, TrainArgs};
-use crate::summary::norm_label;
 
 /// Where the images came from, as stored in the recipe.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -111,12 +110,10 @@ pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
 }
 
 /// The training configuration for one run.
-pub fn config(r: &RecipeArgs, norm: NormKind, batch: usize, seed: u64) -> TrainConfig {
+pub fn config(r: &RecipeArgs, norm: NormChoice, batch: usize, seed: u64) -> TrainConfig {
     let mut c = TrainConfig::default();
     c.model.widths = r.widths.0;
-    c.model.norm = norm;
-    c.model.groups = r.groups;
-    c.model.eps = r.eps;
+    c.model.norm = norm.kind().map(|k| model_norm(k, r.groups, r.eps));
     c.epochs = r.epochs;
     c.batch = batch;
     c.base_lr = r.lr;
@@ -188,7 +185,7 @@ pub fn clean(x: f32) -> f64 {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// The norm.
-    pub norm: NormKind,
+    pub norm: NormChoice,
     /// The full configuration.
     pub config: TrainConfig,
     /// The data.
@@ -230,7 +227,7 @@ impl Report {
             });
         let last = epochs.last();
         Self {
-            norm: cfg.model.norm,
+            norm: cfg.model.choice(),
             config: cfg.clone(),
             data,
             peak_lr: cfg.lr(),
@@ -269,15 +266,10 @@ pub fn epoch_line(e: &EpochStats, epochs: usize) -> String {
 pub fn render_report(r: &Report) -> String {
     let c = &r.config;
     let mut out = String::new();
-    let groups = if c.model.norm == NormKind::Group {
-        format!(" (G = {})", c.model.groups)
-    } else {
-        String::new()
-    };
     let _ = writeln!(
         out,
-        "{}{groups}, batch {}, seed {}, {} epoch(s), peak lr {} (base {} × {}/{}), {} schedule",
-        norm_label(c.model.norm.name()),
+        "{}, batch {}, seed {}, {} epoch(s), peak lr {} (base {} × {}/{}), {} schedule",
+        c.model.norm_label(),
         c.batch,
         c.seed,
         c.epochs,
@@ -438,7 +430,7 @@ pub fn train_with_progress(
 
 /// Runs `norm-cli train`.
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let cfg = config(&a.recipe, a.norm.into(), a.batch, a.seed);
+    let cfg = config(&a.recipe, a.norm, a.batch, a.seed);
     // Fail on bad settings before generating or reading any data.
     if let Some(n) = planned_train_len(&a.recipe) {
         cfg.validate(n)?;

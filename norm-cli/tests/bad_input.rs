@@ -45,7 +45,7 @@ fn groups_not_dividing_channels() {
     let msg = one_line_error(cli().args(["train", "--groups", "3"]).args(TINY));
     contains(
         &msg,
-        "groups = 3 must be at least 1 and divide every layer width",
+        "groups = 3 must be at least 1 and divide channels = 16",
     );
     let tmp = tempfile::tempdir().unwrap();
     let msg = one_line_error(
@@ -55,7 +55,10 @@ fn groups_not_dividing_channels() {
             .arg("--out-dir")
             .arg(tmp.path()),
     );
-    contains(&msg, "--groups 3 does not divide the 8 channels");
+    contains(
+        &msg,
+        "GroupNorm: groups = 3 must be at least 1 and divide channels = 8",
+    );
 }
 
 #[test]

@@ -14,9 +14,7 @@ use serde_json::json;
 fn fixed_config() -> TrainConfig {
     let mut c = TrainConfig::default();
     c.model.widths = [16, 32, 64];
-    c.model.norm = NormKind::Group;
-    c.model.groups = 8;
-    c.model.eps = 1e-5;
+    c.model.norm = Some(norm_train::model_norm(NormKind::Group, 8, 1e-5));
     c.epochs = 3;
     c.batch = 8;
     c.base_lr = 0.1;
@@ -74,7 +72,7 @@ fn train_report() {
 
 fn cell(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
     CellResult {
-        norm: norm.into(),
+        norm: norm.parse().unwrap(),
         batch,
         seed,
         recipe: recipe(),
@@ -123,8 +121,9 @@ fn sweep_summary() {
 #[test]
 fn sweep_summary_with_uneven_seeds_and_gaps() {
     let mut rs = fixed_results();
-    let dropped =
-        |r: &CellResult| (r.norm == "batch" && r.batch == 2) || (r.norm == "layer" && r.seed == 2);
+    let dropped = |r: &CellResult| {
+        (r.norm.name() == "batch" && r.batch == 2) || (r.norm.name() == "layer" && r.seed == 2)
+    };
     rs.retain(|r| !dropped(r));
     rs.push(cell("instance", 4, 0, 0.5));
     let s = Summary::from_results(&rs);

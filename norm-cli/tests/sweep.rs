@@ -35,17 +35,14 @@ fn results(dir: &Path) -> Vec<CellResult> {
 fn keys(rs: &[CellResult]) -> Vec<(String, usize, u64)> {
     let mut k: Vec<_> = rs
         .iter()
-        .map(|r| (r.norm.clone(), r.batch, r.seed))
+        .map(|r| (r.norm.to_string(), r.batch, r.seed))
         .collect();
     k.sort();
     k
 }
 
 fn assert_unique(rs: &[CellResult]) {
-    let set: HashSet<_> = rs
-        .iter()
-        .map(|r| (r.norm.clone(), r.batch, r.seed))
-        .collect();
+    let set: HashSet<_> = rs.iter().map(|r| (r.norm, r.batch, r.seed)).collect();
     assert_eq!(set.len(), rs.len(), "duplicate cells");
 }
 
@@ -122,12 +119,7 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     let acc = |rs: &[CellResult]| {
         let mut v: Vec<_> = rs
             .iter()
-            .map(|r| {
-                (
-                    (r.norm.clone(), r.batch, r.seed),
-                    r.final_test_acc.to_bits(),
-                )
-            })
+            .map(|r| ((r.norm, r.batch, r.seed), r.final_test_acc.to_bits()))
             .collect();
         v.sort();
         v

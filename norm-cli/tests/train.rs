@@ -107,7 +107,10 @@ fn save_writes_a_loadable_checkpoint() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("model saved to"));
     let m = norm_train::Model::load(&p).unwrap();
-    assert_eq!(m.config().norm, norm_train::NormKind::Layer);
+    assert_eq!(
+        m.config().norm.map(|n| n.kind()),
+        Some(norm_train::NormKind::Layer)
+    );
 }
 
 #[test]

@@ -1,39 +1,48 @@
 //! # norm-kernels
 //!
 //! Forward and backward CPU kernels for the normalisation layers of convolutional networks —
-//! BatchNorm2d, LayerNorm over `[C, H, W]`, InstanceNorm2d and GroupNorm — with exactly PyTorch's
-//! semantics (eps, momentum, unbiased running variance, `momentum = None`, affine flags).
+//! BatchNorm2d, LayerNorm over `[C, H, W]`, InstanceNorm2d and GroupNorm —
+//! with exactly PyTorch's semantics (eps, momentum, unbiased running variance, `momentum = None`,
+//! affine and `track_running_stats` flags) where PyTorch has the norm.
 //!
-//! * **Data layout**: NCHW, `f32`, C order, described by [`Nchw`]. Every kernel takes plain
-//!   slices, writes into caller-owned buffers and validates shapes once at its entry, returning a
-//!   [`NormError`] that names the op and the dimension or buffer at fault.
-//! * **Statistics**: computed stably (two-pass per L1 block, merged in f64 with Chan's update; see
-//!   [`stats`]), never as `E[x²] - mean²` in f32. Forward returns `mean` and `rstd =
-//!   1/sqrt(var + eps)` per normalisation group; backward consumes them.
-//! * **SIMD**: `wide` f32x8 in [`simd`]; the level is fixed at compile time by the target features
+//! * **Two ways in.** Free functions over plain slices per norm ([`group_norm_forward`], ...),
+//!   each taking the norm's settings struct ([`GroupNorm`], ...) first and then one argument
+//!   order: shape, input, affine, running statistics, output, parallelism. On top sits the
+//!   descriptor [`Norm`], an enum of those settings that owns every per-norm fact (name, label,
+//!   statistics and affine lengths, running state, train/eval behaviour) and dispatches to the
+//!   kernels; callers that handle every norm alike (a training op, a CLI) use it.
+//! * **Data layout**: NCHW, `f32`, C order, described by [`Nchw`]. Kernels write into
+//!   caller-owned buffers and validate shapes once at their entry, returning a [`NormError`] that
+//!   names the op and the dimension or buffer at fault.
+//! * **Statistics**: computed stably (two-pass per L1 block, merged in f64 with Chan's update),
+//!   never as `E[x²] - mean²` in f32, and safe up to `|x| = f32::MAX`. Forward saves `mean` and
+//!   `rstd = 1/sqrt(var + eps)` per normalisation group ([`StatsMut`]); backward consumes them.
+//! * **SIMD**: `wide` f32x8, the level fixed at compile time by the target features
 //!   (`.cargo/config.toml` builds x86-64 for x86-64-v3, i.e. AVX2 + FMA). [`simd_level`] reports it.
-//! * **Threads**: `rayon`, chosen per call with [`Parallelism`]. Work is split into chunks fixed by
-//!   the data, never by the pool size, and partial results are combined in a fixed order, so the
-//!   output is bit-identical for any `RAYON_NUM_THREADS`.
-//! * **Reference twins**: [`reference`] holds a plain scalar f64 version of every kernel, the
+//! * **Threads**: `rayon`, chosen per call with [`Parallelism`]. The walk (task sizes, which
+//!   pass reuses which cache) follows the caches detected at run time ([`cache_sizes`]), but the
+//!   order of every reduction is fixed by the data, so the output is bit-identical for any
+//!   `RAYON_NUM_THREADS` on any machine.
+//! * **Reference twins**: [`reference`](mod@reference) holds a plain scalar f64 version of every kernel, the
 //!   oracle of the tests.
 //!
-//! No feature flags. No dependency on dfdx, I/O or CLI types.
+//! Rooms, lowest first: `simd` (every use of `wide`), `tuning` (every size), `engine` (task
+//! scheduling, moments, the per-plane and the grouped engines), then one module per norm, which
+//! imports engines and never another norm, then [`Norm`]. No feature flags. No dependency on
+//! dfdx, I/O or CLI types.
 
 #![warn(missing_docs)]
 
-pub mod batch_norm;
-pub mod group_norm;
-pub mod instance_norm;
-pub mod layer_norm;
+mod engine;
+mod error;
+pub mod norms;
 pub mod reference;
-pub mod simd;
-pub mod stats;
+mod simd;
+mod tuning;
 
-pub use batch_norm::*;
-pub use group_norm::*;
-pub use instance_norm::*;
-pub use layer_norm::*;
+pub use error::NormError;
+pub use norms::*;
+pub use tuning::{CacheSizes, cache_sizes};
 
 /// Shape of an NCHW tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,7 +106,7 @@ pub enum Parallelism {
 }
 
 /// Learnable affine parameters `y = x̂·gamma + beta`. Per channel (`[C]`) for BatchNorm,
-/// InstanceNorm and GroupNorm; per element (`[C, H, W]`) for LayerNorm.
+/// BatchRenorm, InstanceNorm and GroupNorm; per element (`[C, H, W]`) for LayerNorm.
 #[derive(Clone, Copy, Debug)]
 pub struct Affine<'a> {
     /// Scale (PyTorch's `weight`).
@@ -115,6 +124,64 @@ pub struct AffineGrads<'a> {
     pub dbeta: &'a mut [f32],
 }
 
+/// The statistics a train-mode forward saves for its backward: one `(mean, rstd)` per
+/// normalisation group, `rstd = 1/sqrt(var + eps)` with the biased variance.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats<'a> {
+    /// Mean per group.
+    pub mean: &'a [f32],
+    /// `1/sqrt(var + eps)` per group.
+    pub rstd: &'a [f32],
+}
+
+/// Where a train-mode forward writes its [`Stats`].
+#[derive(Debug)]
+pub struct StatsMut<'a> {
+    /// Mean per group.
+    pub mean: &'a mut [f32],
+    /// `1/sqrt(var + eps)` per group.
+    pub rstd: &'a mut [f32],
+}
+
+impl StatsMut<'_> {
+    /// The same buffers, read-only.
+    pub fn as_stats(&self) -> Stats<'_> {
+        Stats {
+            mean: self.mean,
+            rstd: self.rstd,
+        }
+    }
+}
+
+/// What a train-mode forward writes: the output `y` and the saved statistics `S`
+/// ([`StatsMut`], or a norm's own type when it saves more).
+#[derive(Debug)]
+pub struct Output<'a, S = StatsMut<'a>> {
+    /// The normalised output, as long as `x`.
+    pub y: &'a mut [f32],
+    /// The saved statistics.
+    pub stats: S,
+}
+
+/// What a backward reads from its forward: the input `x` and the statistics `S` ([`Stats`],
+/// [`Running`] in eval mode, or a norm's own type).
+#[derive(Clone, Copy, Debug)]
+pub struct Saved<'a, S = Stats<'a>> {
+    /// The forward's input.
+    pub x: &'a [f32],
+    /// The statistics the forward normalised with.
+    pub stats: S,
+}
+
+/// What a backward writes: `dx` and, if asked for, the affine parameters' gradients.
+#[derive(Debug)]
+pub struct Grads<'a> {
+    /// Gradient of the input, as long as `x` (overwritten).
+    pub dx: &'a mut [f32],
+    /// Gradients of `gamma` and `beta` (overwritten), or `None` to skip them.
+    pub affine: Option<AffineGrads<'a>>,
+}
+
 /// PyTorch's `momentum` argument of BatchNorm2d / InstanceNorm2d.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Momentum {
@@ -124,6 +191,15 @@ pub enum Momentum {
     CumulativeAverage,
 }
 
+/// Running statistics, read-only: what eval mode normalises with.
+#[derive(Clone, Copy, Debug)]
+pub struct Running<'a> {
+    /// Running mean per channel, `[C]`.
+    pub mean: &'a [f32],
+    /// Running *unbiased* variance per channel, `[C]`.
+    pub var: &'a [f32],
+}
+
 /// Running statistics updated in place by a train-mode forward (`track_running_stats = True`).
 #[derive(Debug)]
 pub struct RunningStats<'a> {
@@ -131,157 +207,28 @@ pub struct RunningStats<'a> {
     pub mean: &'a mut [f32],
     /// Running *unbiased* variance per channel, `[C]`.
     pub var: &'a mut [f32],
-    /// PyTorch's `num_batches_tracked`; incremented by one per train-mode forward.
+    /// PyTorch's `num_batches_tracked`; incremented by one per BatchNorm train-mode forward.
     pub num_batches_tracked: &'a mut u64,
-    /// How the batch statistics are folded in.
-    pub momentum: Momentum,
 }
 
 impl RunningStats<'_> {
-    /// The weight of the new batch: `m`, or `1/num_batches_tracked` after the increment.
-    /// Call once per forward; it increments `num_batches_tracked`.
-    pub fn next_factor(&mut self) -> f64 {
+    /// The weight of the new batch under `momentum`: `m`, or `1/num_batches_tracked` after the
+    /// increment. Call once per forward; it increments `num_batches_tracked`.
+    pub fn next_factor(&mut self, momentum: Momentum) -> f64 {
         *self.num_batches_tracked += 1;
-        match self.momentum {
+        match momentum {
             Momentum::Exponential(m) => m as f64,
             Momentum::CumulativeAverage => 1.0 / *self.num_batches_tracked as f64,
         }
     }
-}
 
-/// Everything a kernel can reject. Each variant names the op and what is wrong.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum NormError {
-    /// A dimension of the input shape is zero.
-    #[error("{op}: dimension {dim} is zero")]
-    ZeroDim {
-        /// The kernel.
-        op: &'static str,
-        /// `n`, `c`, `h` or `w`.
-        dim: &'static str,
-    },
-    /// A buffer has the wrong number of elements.
-    #[error("{op}: `{buffer}` has {actual} elements, expected {expected}")]
-    BufferLen {
-        /// The kernel.
-        op: &'static str,
-        /// The argument's name (`x`, `dy`, `gamma`, `running_mean`, ...).
-        buffer: &'static str,
-        /// What the shape requires.
-        expected: usize,
-        /// What was given.
-        actual: usize,
-    },
-    /// GroupNorm's group count is zero or does not divide the channels.
-    #[error("{op}: groups = {groups} must be at least 1 and divide channels = {channels}")]
-    Groups {
-        /// The kernel.
-        op: &'static str,
-        /// Requested groups.
-        groups: usize,
-        /// Channels of the input.
-        channels: usize,
-    },
-    /// Training-mode BatchNorm with one value per channel (`n·h·w = 1`): the variance is undefined.
-    #[error(
-        "{op}: expected more than 1 value per channel when training, got input of shape {shape}"
-    )]
-    OneValuePerChannel {
-        /// The kernel.
-        op: &'static str,
-        /// The input shape.
-        shape: Nchw,
-    },
-    /// Training-mode InstanceNorm with one spatial element per plane (`h·w = 1`): the variance
-    /// of each instance is undefined.
-    #[error("{op}: expected more than 1 spatial element when training, got input of shape {shape}")]
-    OneSpatialElement {
-        /// The kernel.
-        op: &'static str,
-        /// The input shape.
-        shape: Nchw,
-    },
-    /// `eps` is negative, NaN or infinite.
-    #[error("{op}: eps = {eps} must be finite and non-negative")]
-    Eps {
-        /// The kernel.
-        op: &'static str,
-        /// The value given.
-        eps: f32,
-    },
-    /// Momentum outside `[0, 1]` or NaN.
-    #[error("{op}: momentum = {momentum} must be in [0, 1]")]
-    Momentum {
-        /// The kernel.
-        op: &'static str,
-        /// The value given.
-        momentum: f32,
-    },
-}
-
-/// `Err(BufferLen)` unless `actual == expected`.
-pub(crate) fn check_len(
-    op: &'static str,
-    buffer: &'static str,
-    expected: usize,
-    actual: usize,
-) -> Result<(), NormError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(NormError::BufferLen {
-            op,
-            buffer,
-            expected,
-            actual,
-        })
-    }
-}
-
-/// `Err(Eps)` unless `eps` is finite and `>= 0`.
-pub(crate) fn check_eps(op: &'static str, eps: f32) -> Result<(), NormError> {
-    if eps.is_finite() && eps >= 0.0 {
-        Ok(())
-    } else {
-        Err(NormError::Eps { op, eps })
-    }
-}
-
-/// Checks the buffers of optional running statistics (`[c]` each) and the momentum.
-pub(crate) fn check_running(
-    op: &'static str,
-    c: usize,
-    running: Option<&RunningStats<'_>>,
-) -> Result<(), NormError> {
-    if let Some(r) = running {
-        check_len(op, "running_mean", c, r.mean.len())?;
-        check_len(op, "running_var", c, r.var.len())?;
-        if let Momentum::Exponential(m) = r.momentum
-            && !(0.0..=1.0).contains(&m)
-        {
-            return Err(NormError::Momentum { op, momentum: m });
+    /// The same buffers, read-only.
+    pub fn as_running(&self) -> Running<'_> {
+        Running {
+            mean: self.mean,
+            var: self.var,
         }
     }
-    Ok(())
-}
-
-/// Checks affine parameters and their gradient buffers against `len` elements each.
-pub(crate) fn check_affine(
-    op: &'static str,
-    len: usize,
-    affine: Option<&Affine<'_>>,
-    grads: Option<&AffineGrads<'_>>,
-) -> Result<(), NormError> {
-    if let Some(a) = affine {
-        check_len(op, "gamma", len, a.gamma.len())?;
-        check_len(op, "beta", len, a.beta.len())?;
-    }
-    if let Some(g) = grads {
-        check_len(op, "dgamma", len, g.dgamma.len())?;
-        check_len(op, "dbeta", len, g.dbeta.len())?;
-    }
-    Ok(())
 }
 
 /// The SIMD level `wide` was compiled for in this build: `"avx2+fma"`, `"avx"`, `"sse4.1"`,

@@ -9,12 +9,11 @@
 
 use wide::f32x8;
 
-/// Lanes in one SIMD register.
-pub const LANES: usize = 8;
+#[allow(unused_imports)] // named by the docs
+use crate::tuning::BLOCK;
 
-/// Elements reduced in f32 before the partial result is widened to f64. 4096 f32 = 16 KiB: a
-/// block read twice (two-pass statistics) is still in L1 the second time.
-pub const BLOCK: usize = 4096;
+/// Lanes in one SIMD register.
+const LANES: usize = 8;
 
 #[inline(always)]
 fn load(s: &[f32]) -> f32x8 {
@@ -34,7 +33,7 @@ fn hsum(v: f32x8) -> f64 {
 
 /// Sum of `x` (any length; use blocks of at most [`BLOCK`] for accuracy).
 #[inline(always)]
-pub fn sum(x: &[f32]) -> f64 {
+pub(crate) fn sum(x: &[f32]) -> f64 {
     let mut acc = [f32x8::ZERO; 4];
     let mut quads = x.chunks_exact(4 * LANES);
     for q in &mut quads {
@@ -53,7 +52,7 @@ pub fn sum(x: &[f32]) -> f64 {
 
 /// `(Σ (x - m), Σ (x - m)²)` — the second pass of the corrected two-pass algorithm.
 #[inline(always)]
-pub fn sum_dev(x: &[f32], m: f32) -> (f64, f64) {
+pub(crate) fn sum_dev(x: &[f32], m: f32) -> (f64, f64) {
     let mv = f32x8::splat(m);
     let mut s1 = [f32x8::ZERO; 4];
     let mut s2 = [f32x8::ZERO; 4];
@@ -83,96 +82,59 @@ pub fn sum_dev(x: &[f32], m: f32) -> (f64, f64) {
     )
 }
 
-/// `(Σ dy, Σ dy·x)`, the two reductions every backward needs.
-#[inline(always)]
-pub fn sum_dy_dyx(dy: &[f32], x: &[f32]) -> (f64, f64) {
-    debug_assert_eq!(dy.len(), x.len());
-    let mut s1 = [f32x8::ZERO; 2];
-    let mut s2 = [f32x8::ZERO; 2];
-    let mut pd = dy.chunks_exact(2 * LANES);
-    let mut px = x.chunks_exact(2 * LANES);
-    for (d, v) in (&mut pd).zip(&mut px) {
-        for k in 0..2 {
-            let g = load(&d[k * LANES..]);
-            s1[k] += g;
-            s2[k] = g.mul_add(load(&v[k * LANES..]), s2[k]);
+/// How an output pass centres `x` before scaling: `x·s - m`. Normally `s = 1` and `m` the pivot
+/// (exactly `x - m`, one FMA); when `x - pivot` could overflow f32, `s = ½` and `m = pivot/2`
+/// (exact halvings, so the difference is the same rounded value, halved) and the scale is
+/// doubled to match.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Center {
+    /// The factor `x` is multiplied by: 1 or ½.
+    pub s: f32,
+    /// The pivot, times `s`.
+    pub m: f32,
+}
+
+impl Center {
+    /// Subtract `pivot`; halve first if `huge`.
+    #[inline]
+    pub(crate) fn new(pivot: f32, huge: bool) -> Center {
+        if huge {
+            Center {
+                s: 0.5,
+                m: pivot * 0.5,
+            }
+        } else {
+            Center { s: 1.0, m: pivot }
         }
     }
-    let mut od = pd.remainder().chunks_exact(LANES);
-    let mut ox = px.remainder().chunks_exact(LANES);
-    for (d, v) in (&mut od).zip(&mut ox) {
-        let g = load(d);
-        s1[0] += g;
-        s2[0] = g.mul_add(load(v), s2[0]);
-    }
-    let (mut t1, mut t2) = (0.0f64, 0.0f64);
-    for (&d, &v) in od.remainder().iter().zip(ox.remainder()) {
-        t1 += d as f64;
-        t2 += d as f64 * v as f64;
-    }
-    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
-}
 
-/// `y = x·a + b` with scalar `a`, `b` (normalise + per-channel affine folded into one FMA).
-#[inline(always)]
-pub fn scale_shift(x: &[f32], y: &mut [f32], a: f32, b: f32) {
-    debug_assert_eq!(x.len(), y.len());
-    let (av, bv) = (f32x8::splat(a), f32x8::splat(b));
-    let mut xs = x.chunks_exact(LANES);
-    let mut ys = y.chunks_exact_mut(LANES);
-    for (xi, yi) in (&mut xs).zip(&mut ys) {
-        store(yi, load(xi).mul_add(av, bv));
-    }
-    for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
-        *yi = xi.mul_add(a, b);
+    /// Subtract `m` (never halved).
+    #[inline]
+    pub(crate) fn at(m: f32) -> Center {
+        Center { s: 1.0, m }
     }
 }
 
-/// `y = (x·a + b)·g + beta` elementwise in `g`, `beta` (LayerNorm's per-element affine).
-#[inline(always)]
-pub fn scale_shift_affine(x: &[f32], y: &mut [f32], a: f32, b: f32, g: &[f32], beta: &[f32]) {
-    debug_assert!(x.len() == y.len() && x.len() == g.len() && x.len() == beta.len());
-    let (av, bv) = (f32x8::splat(a), f32x8::splat(b));
-    let n = x.len() / LANES * LANES;
-    for i in (0..n).step_by(LANES) {
-        let xh = load(&x[i..]).mul_add(av, bv);
-        store(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
-    }
-    for i in n..x.len() {
-        y[i] = x[i].mul_add(a, b).mul_add(g[i], beta[i]);
-    }
-}
-
-/// `dx = dy·a + x·b + c` with scalar `a`, `b`, `c`: the closed form of every norm's input gradient
-/// once the per-group reductions are known.
-#[inline(always)]
-pub fn dy_x_affine(dy: &[f32], x: &[f32], dx: &mut [f32], a: f32, b: f32, c: f32) {
-    debug_assert!(dy.len() == x.len() && x.len() == dx.len());
-    let (av, bv, cv) = (f32x8::splat(a), f32x8::splat(b), f32x8::splat(c));
-    let n = x.len() / LANES * LANES;
-    for i in (0..n).step_by(LANES) {
-        let v = load(&dy[i..]).mul_add(av, load(&x[i..]).mul_add(bv, cv));
-        store(&mut dx[i..], v);
-    }
-    for i in n..x.len() {
-        dx[i] = dy[i].mul_add(a, x[i].mul_add(b, c));
-    }
-}
-
-/// `y = (x - m)·a + b` with scalar `m`, `a`, `b`: normalise + per-channel affine with the mean
+/// `y = (x - m)·a + b` with scalar `m`, `a`, `b` (the centring `c` gives `m`): normalise + per-channel affine with the mean
 /// subtracted before the multiply, so inputs with a large mean (x + 1000) lose nothing to the
 /// rounding of a folded shift `b - m·a`.
 #[inline(always)]
-pub fn center_scale_shift(x: &[f32], y: &mut [f32], m: f32, a: f32, b: f32) {
+pub(crate) fn center_scale_shift(x: &[f32], y: &mut [f32], c: Center, a: f32, b: f32) {
     debug_assert_eq!(x.len(), y.len());
-    let (mv, av, bv) = (f32x8::splat(m), f32x8::splat(a), f32x8::splat(b));
+    let (s, m, a) = (c.s, c.m, a / c.s);
+    let (sv, mv, av, bv) = (
+        f32x8::splat(s),
+        f32x8::splat(-m),
+        f32x8::splat(a),
+        f32x8::splat(b),
+    );
     let mut xs = x.chunks_exact(LANES);
     let mut ys = y.chunks_exact_mut(LANES);
     for (xi, yi) in (&mut xs).zip(&mut ys) {
-        store(yi, (load(xi) - mv).mul_add(av, bv));
+        store(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
     }
     for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
-        *yi = (xi - m).mul_add(a, b);
+        *yi = xi.mul_add(s, -m).mul_add(a, b);
     }
 }
 
@@ -183,9 +145,15 @@ const LINE: usize = 16;
 /// most `x.len()` values) into L1, one cache line per line of `y` written, so the reads of the
 /// next group overlap the writes of this one. The hint changes no result.
 #[inline(always)]
-pub fn center_scale_shift_ahead(x: &[f32], y: &mut [f32], m: f32, a: f32, b: f32, ahead: &[f32]) {
+pub(crate) fn center_scale_shift_ahead(
+    x: &[f32],
+    y: &mut [f32],
+    (c, a, b): (Center, f32, f32),
+    ahead: &[f32],
+) {
     debug_assert_eq!(x.len(), y.len());
-    let (mv, av, bv) = (f32x8::splat(m), f32x8::splat(a), f32x8::splat(b));
+    let (sv, mv) = (f32x8::splat(c.s), f32x8::splat(-c.m));
+    let (av, bv) = (f32x8::splat(a / c.s), f32x8::splat(b));
     let mut xs = x.chunks_exact(LINE);
     let mut ys = y.chunks_exact_mut(LINE);
     let mut next = ahead.chunks(LINE);
@@ -193,10 +161,13 @@ pub fn center_scale_shift_ahead(x: &[f32], y: &mut [f32], m: f32, a: f32, b: f32
         if let Some(line) = next.next() {
             prefetch(line);
         }
-        store(yi, (load(xi) - mv).mul_add(av, bv));
-        store(&mut yi[LANES..], (load(&xi[LANES..]) - mv).mul_add(av, bv));
+        store(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
+        store(
+            &mut yi[LANES..],
+            load(&xi[LANES..]).mul_add(sv, mv).mul_add(av, bv),
+        );
     }
-    center_scale_shift(xs.remainder(), ys.into_remainder(), m, a, b);
+    center_scale_shift(xs.remainder(), ys.into_remainder(), c, a, b);
 }
 
 /// Prefetch hint for the cache line holding `s[0]` (a no-op off x86-64 or for an empty slice).
@@ -210,42 +181,10 @@ fn prefetch(s: &[f32]) {
     }
 }
 
-/// `(Σ dy, Σ dy·(x - m))`: the backward reductions with the mean subtracted in f32 first, so a
-/// large mean does not cancel in `Σ dy·x - m·Σ dy`. Use blocks of at most [`BLOCK`] elements.
-#[inline(always)]
-pub fn sum_dy_dxm(dy: &[f32], x: &[f32], m: f32) -> (f64, f64) {
-    debug_assert_eq!(dy.len(), x.len());
-    let mv = f32x8::splat(m);
-    let mut s1 = [f32x8::ZERO; 2];
-    let mut s2 = [f32x8::ZERO; 2];
-    let mut pd = dy.chunks_exact(2 * LANES);
-    let mut px = x.chunks_exact(2 * LANES);
-    for (d, v) in (&mut pd).zip(&mut px) {
-        for k in 0..2 {
-            let g = load(&d[k * LANES..]);
-            s1[k] += g;
-            s2[k] = g.mul_add(load(&v[k * LANES..]) - mv, s2[k]);
-        }
-    }
-    let mut od = pd.remainder().chunks_exact(LANES);
-    let mut ox = px.remainder().chunks_exact(LANES);
-    for (d, v) in (&mut od).zip(&mut ox) {
-        let g = load(d);
-        s1[0] += g;
-        s2[0] = g.mul_add(load(v) - mv, s2[0]);
-    }
-    let (mut t1, mut t2) = (0.0f64, 0.0f64);
-    for (&d, &v) in od.remainder().iter().zip(ox.remainder()) {
-        t1 += d as f64;
-        t2 += d as f64 * (v - m) as f64;
-    }
-    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
-}
-
 /// `dx = dy·a + (x - m)·b + c` with scalar `m`, `a`, `b`, `c`: [`dy_x_affine`] with the mean
 /// subtracted first (see [`center_scale_shift`]).
 #[inline(always)]
-pub fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32, b: f32, c: f32) {
+pub(crate) fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32, b: f32, c: f32) {
     debug_assert!(dy.len() == x.len() && x.len() == dx.len());
     let (mv, av, bv, cv) = (
         f32x8::splat(m),
@@ -263,69 +202,88 @@ pub fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32, b: f3
     }
 }
 
-/// `y = ((x - m)·a)·g + beta` elementwise in `g`, `beta`: LayerNorm's normalise with the mean
-/// subtracted first (see [`center_scale_shift`]) and its per-element affine.
+/// `y = ((x - m)·a + c)·g + beta` elementwise in `g`, `beta`: LayerNorm's normalise with the
+/// mean subtracted first (see [`center_scale_shift`]), the pivot's correction `c`, and its
+/// per-element affine.
 #[inline(always)]
-pub fn center_scale_affine(x: &[f32], y: &mut [f32], m: f32, a: f32, g: &[f32], beta: &[f32]) {
+pub(crate) fn center_scale_affine(
+    x: &[f32],
+    y: &mut [f32],
+    (k, a, c): (Center, f32, f32),
+    g: &[f32],
+    beta: &[f32],
+) {
     debug_assert!(x.len() == y.len() && x.len() == g.len() && x.len() == beta.len());
-    let (mv, av) = (f32x8::splat(m), f32x8::splat(a));
+    let (s, m, a) = (k.s, k.m, a / k.s);
+    let (sv, mv, av, cv) = (
+        f32x8::splat(s),
+        f32x8::splat(-m),
+        f32x8::splat(a),
+        f32x8::splat(c),
+    );
     let n = x.len() / LANES * LANES;
     for i in (0..n).step_by(LANES) {
-        let xh = (load(&x[i..]) - mv) * av;
+        let xh = load(&x[i..]).mul_add(sv, mv).mul_add(av, cv);
         store(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
     }
     for i in n..x.len() {
-        y[i] = ((x[i] - m) * a).mul_add(g[i], beta[i]);
+        y[i] = x[i].mul_add(s, -m).mul_add(a, c).mul_add(g[i], beta[i]);
     }
 }
 
-/// `(Σ g·dy, Σ g·dy·(x - m))`: [`sum_dy_dxm`] weighted by a per-element `g` (LayerNorm's gamma).
-/// Use blocks of at most [`BLOCK`] elements.
+/// `(Σ g·dy, Σ g·dy·(x - m), Σ (x - m))`: [`sum_dy_dxm_dev`] with `dy` weighted by a
+/// per-element `g` (LayerNorm's gamma). Use blocks of at most [`BLOCK`] elements.
 #[inline(always)]
-pub fn sum_gdy_gdxm(dy: &[f32], x: &[f32], g: &[f32], m: f32) -> (f64, f64) {
+pub(crate) fn sum_gdy_gdxm_dev(dy: &[f32], x: &[f32], g: &[f32], m: f32) -> (f64, f64, f64) {
     debug_assert!(dy.len() == x.len() && x.len() == g.len());
     let mv = f32x8::splat(m);
     let mut s1 = [f32x8::ZERO; 2];
     let mut s2 = [f32x8::ZERO; 2];
-    // Same order of operations as `sum_dy_dxm` (pairs, then one register, then scalar), so
-    // `g = 1` gives bit-identical sums.
+    let mut s3 = [f32x8::ZERO; 2];
+    // Same order of operations as `sum_dy_dxm_dev` (pairs, then one register, then scalar).
     let n2 = x.len() / (2 * LANES) * (2 * LANES);
     for i in (0..n2).step_by(2 * LANES) {
         for k in 0..2 {
             let j = i + k * LANES;
             let gd = load(&dy[j..]) * load(&g[j..]);
+            let e = load(&x[j..]) - mv;
             s1[k] += gd;
-            s2[k] = gd.mul_add(load(&x[j..]) - mv, s2[k]);
+            s2[k] = gd.mul_add(e, s2[k]);
+            s3[k] += e;
         }
     }
     let n1 = x.len() / LANES * LANES;
     for i in (n2..n1).step_by(LANES) {
         let gd = load(&dy[i..]) * load(&g[i..]);
+        let e = load(&x[i..]) - mv;
         s1[0] += gd;
-        s2[0] = gd.mul_add(load(&x[i..]) - mv, s2[0]);
+        s2[0] = gd.mul_add(e, s2[0]);
+        s3[0] += e;
     }
-    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+    let (mut t1, mut t2, mut t3) = (0.0f64, 0.0f64, 0.0f64);
     for i in n1..x.len() {
         let gd = dy[i] * g[i];
+        let e = (x[i] - m) as f64;
         t1 += gd as f64;
-        t2 += gd as f64 * (x[i] - m) as f64;
+        t2 += gd as f64 * e;
+        t3 += e;
     }
-    (hsum(s1[0] + s1[1]) + t1, hsum(s2[0] + s2[1]) + t2)
+    (
+        hsum(s1[0] + s1[1]) + t1,
+        hsum(s2[0] + s2[1]) + t2,
+        hsum(s3[0] + s3[1]) + t3,
+    )
 }
 
 /// `dx = (dy·g)·a + (x - m)·b + c` with per-element `g` and scalar `m`, `a`, `b`, `c`:
 /// [`dy_xm_affine`] with LayerNorm's per-element gamma.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub fn gdy_xm_affine(
-    dy: &[f32],
-    g: &[f32],
+pub(crate) fn gdy_xm_affine(
+    (dy, g): (&[f32], &[f32]),
     x: &[f32],
     dx: &mut [f32],
     m: f32,
-    a: f32,
-    b: f32,
-    c: f32,
+    (a, b, c): (f32, f32, f32),
 ) {
     debug_assert!(dy.len() == x.len() && x.len() == dx.len() && x.len() == g.len());
     let (mv, av, bv, cv) = (
@@ -347,38 +305,37 @@ pub fn gdy_xm_affine(
     }
 }
 
-/// `dgamma += dy·((x - m)·r)`, `dbeta += dy` elementwise: one sample's contribution to
-/// LayerNorm's per-element affine gradients.
+/// `dgamma += dy·((x - m)·r + c)`, `dbeta += dy` elementwise: one sample's contribution to
+/// LayerNorm's per-element affine gradients (`c` corrects the rounding of the pivot `m`).
 #[inline(always)]
-pub fn acc_dgamma_dbeta(
-    dy: &[f32],
-    x: &[f32],
-    m: f32,
-    r: f32,
+pub(crate) fn acc_dgamma_dbeta(
+    (dy, x): (&[f32], &[f32]),
+    (m, r, c): (f32, f32, f32),
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
     debug_assert!(dy.len() == x.len() && x.len() == dgamma.len() && x.len() == dbeta.len());
-    let (mv, rv) = (f32x8::splat(m), f32x8::splat(r));
+    let (mv, rv, cv) = (f32x8::splat(m), f32x8::splat(r), f32x8::splat(c));
     let n = x.len() / LANES * LANES;
     for i in (0..n).step_by(LANES) {
         let d = load(&dy[i..]);
-        let g = d.mul_add((load(&x[i..]) - mv) * rv, load(&dgamma[i..]));
+        let g = d.mul_add((load(&x[i..]) - mv).mul_add(rv, cv), load(&dgamma[i..]));
         store(&mut dgamma[i..], g);
         let b = d + load(&dbeta[i..]);
         store(&mut dbeta[i..], b);
     }
     for i in n..x.len() {
-        dgamma[i] = dy[i].mul_add((x[i] - m) * r, dgamma[i]);
+        dgamma[i] = dy[i].mul_add((x[i] - m).mul_add(r, c), dgamma[i]);
         dbeta[i] += dy[i];
     }
 }
 
-/// `(Σ dy, Σ dy·(x - m), Σ (x - m))`: [`sum_dy_dxm`] plus the deviation sum, from which a
+/// `(Σ dy, Σ dy·(x - m), Σ (x - m))`: the backward reductions with the mean subtracted in f32
+/// first (so a large mean does not cancel), and the deviation sum, from which a
 /// backward corrects the f32 rounding of a saved mean `m` (`mean = m + Σ(x - m)/count`) in the
 /// same pass. Use blocks of at most [`BLOCK`] elements.
 #[inline(always)]
-pub fn sum_dy_dxm_dev(dy: &[f32], x: &[f32], m: f32) -> (f64, f64, f64) {
+pub(crate) fn sum_dy_dxm_dev(dy: &[f32], x: &[f32], m: f32) -> (f64, f64, f64) {
     debug_assert_eq!(dy.len(), x.len());
     let mv = f32x8::splat(m);
     let mut s1 = [f32x8::ZERO; 2];
@@ -435,7 +392,6 @@ mod tests {
     fn reductions_match_scalar() {
         for &n in &LENS {
             let x = data(n, 3.0);
-            let dy = data(n, -0.5);
             let want: f64 = x.iter().map(|&a| a as f64).sum();
             assert!((sum(&x) - want).abs() < 1e-4, "sum n={n}");
             let (s1, s2) = sum_dev(&x, 2.5);
@@ -445,36 +401,6 @@ mod tests {
                 (s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4,
                 "sum_dev n={n}"
             );
-            let (d1, d2) = sum_dy_dyx(&dy, &x);
-            let v1: f64 = dy.iter().map(|&a| a as f64).sum();
-            let v2: f64 = dy.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            assert!(
-                (d1 - v1).abs() < 1e-4 && (d2 - v2).abs() < 1e-3,
-                "sum_dy_dyx n={n}"
-            );
-        }
-    }
-
-    #[test]
-    fn elementwise_match_scalar() {
-        for &n in &LENS {
-            let x = data(n, 1.0);
-            let dy = data(n, 0.2);
-            let g = data(n, 0.9);
-            let be = data(n, -0.1);
-            let mut y = vec![0.0; n];
-            scale_shift(&x, &mut y, 1.5, -0.25);
-            for i in 0..n {
-                assert!((y[i] - (x[i] * 1.5 - 0.25)).abs() < 1e-6);
-            }
-            scale_shift_affine(&x, &mut y, 1.5, -0.25, &g, &be);
-            for i in 0..n {
-                assert!((y[i] - ((x[i] * 1.5 - 0.25) * g[i] + be[i])).abs() < 1e-5);
-            }
-            dy_x_affine(&dy, &x, &mut y, 0.7, -1.1, 0.3);
-            for i in 0..n {
-                assert!((y[i] - (dy[i] * 0.7 - 1.1 * x[i] + 0.3)).abs() < 1e-5);
-            }
         }
     }
 
@@ -484,19 +410,8 @@ mod tests {
             let x = data(n, 1000.0);
             let dy = data(n, 0.3);
             let m = 1000.01f32;
-            let (s1, s2) = sum_dy_dxm(&dy, &x, m);
-            let w1: f64 = dy.iter().map(|&a| a as f64).sum();
-            let w2: f64 = dy
-                .iter()
-                .zip(&x)
-                .map(|(&a, &b)| a as f64 * (b - m) as f64)
-                .sum();
-            assert!(
-                (s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4,
-                "sum_dy_dxm n={n}"
-            );
             let mut y = vec![0.0; n];
-            center_scale_shift(&x, &mut y, m, 1.5, -0.25);
+            center_scale_shift(&x, &mut y, Center::at(m), 1.5, -0.25);
             for i in 0..n {
                 assert!(
                     (y[i] - ((x[i] - m) * 1.5 - 0.25)).abs() < 1e-5,
@@ -511,8 +426,8 @@ mod tests {
             // The prefetching variant is bit-identical, whatever the length of its hint.
             for ahead in [&dy[..0], &dy[..n / 2], &dy[..]] {
                 let mut z = vec![0.0; n];
-                center_scale_shift(&x, &mut y, m, 1.5, -0.25);
-                center_scale_shift_ahead(&x, &mut z, m, 1.5, -0.25, ahead);
+                center_scale_shift(&x, &mut y, Center::at(m), 1.5, -0.25);
+                center_scale_shift_ahead(&x, &mut z, (Center::at(m), 1.5, -0.25), ahead);
                 assert_eq!(y, z, "center_scale_shift_ahead n={n}");
             }
         }
@@ -526,25 +441,27 @@ mod tests {
             let g = data(n, 0.9);
             let be = data(n, -0.1);
             let m = 1000.01f32;
-            let (s1, s2) = sum_gdy_gdxm(&dy, &x, &g, m);
+            let (s1, s2, s3) = sum_gdy_gdxm_dev(&dy, &x, &g, m);
+            let w3: f64 = x.iter().map(|&b| (b - m) as f64).sum();
+            assert!((s3 - w3).abs() < 1e-4, "sum_gdy_gdxm_dev n={n}");
             let w1: f64 = (0..n).map(|i| dy[i] as f64 * g[i] as f64).sum();
             let w2: f64 = (0..n)
                 .map(|i| dy[i] as f64 * g[i] as f64 * (x[i] - m) as f64)
                 .sum();
             assert!(
                 (s1 - w1).abs() < 1e-4 && (s2 - w2).abs() < 1e-4,
-                "sum_gdy_gdxm n={n}"
+                "sum_gdy_gdxm_dev n={n}"
             );
             let mut y = vec![0.0; n];
-            center_scale_affine(&x, &mut y, m, 1.5, &g, &be);
+            center_scale_affine(&x, &mut y, (Center::at(m), 1.5, 0.125), &g, &be);
             for i in 0..n {
-                let want = (x[i] - m) as f64 * 1.5 * g[i] as f64 + be[i] as f64;
+                let want = ((x[i] - m) as f64 * 1.5 + 0.125) * g[i] as f64 + be[i] as f64;
                 assert!(
                     (y[i] as f64 - want).abs() < 1e-5,
                     "center_scale_affine n={n}"
                 );
             }
-            gdy_xm_affine(&dy, &g, &x, &mut y, m, 0.7, -1.1, 0.3);
+            gdy_xm_affine((&dy, &g), &x, &mut y, m, (0.7, -1.1, 0.3));
             for i in 0..n {
                 let want = dy[i] as f64 * g[i] as f64 * 0.7 - 1.1 * (x[i] - m) as f64 + 0.3;
                 assert!((y[i] as f64 - want).abs() < 1e-5, "gdy_xm_affine n={n}");
@@ -552,9 +469,9 @@ mod tests {
             let mut dg: Vec<f32> = data(n, 0.5);
             let mut db: Vec<f32> = data(n, -0.5);
             let (dg0, db0) = (dg.clone(), db.clone());
-            acc_dgamma_dbeta(&dy, &x, m, 0.8, &mut dg, &mut db);
+            acc_dgamma_dbeta((&dy, &x), (m, 0.8, 0.05), &mut dg, &mut db);
             for i in 0..n {
-                let want_g = dg0[i] as f64 + dy[i] as f64 * (x[i] - m) as f64 * 0.8;
+                let want_g = dg0[i] as f64 + dy[i] as f64 * ((x[i] - m) as f64 * 0.8 + 0.05);
                 assert!((dg[i] as f64 - want_g).abs() < 1e-5, "acc_dgamma n={n}");
                 assert!(
                     (db[i] as f64 - (db0[i] + dy[i]) as f64).abs() < 1e-6,

@@ -4,17 +4,24 @@
 
 mod common;
 
-use common::running::{self as t, EPS, Norm, RunningUpdate};
+use common::running::{self as t, EPS, Kernels, MOMENTUM, RunningUpdate};
 use norm_kernels::reference as r;
 use norm_kernels::{
-    Momentum, Nchw, NormError, Parallelism, batch_norm_backward_eval, batch_norm_backward_train,
-    batch_norm_forward_eval, batch_norm_forward_train,
+    BatchNorm, Momentum, Nchw, NormError, Output, Parallelism, Running, StatsMut,
+    batch_norm_backward_eval, batch_norm_backward_train, batch_norm_forward_eval,
+    batch_norm_forward_train,
 };
 use proptest::prelude::*;
 
-const BATCH: Norm = Norm {
+const BATCH: Kernels<BatchNorm> = Kernels {
     name: "batch_norm",
     stats_len: |s| s.c,
+    settings: |eps, momentum, affine, track_running_stats| BatchNorm {
+        eps,
+        momentum,
+        affine,
+        track_running_stats,
+    },
     forward_train: batch_norm_forward_train,
     forward_eval: batch_norm_forward_eval,
     backward_train: batch_norm_backward_train,
@@ -113,18 +120,15 @@ fn errors() {
     let one = Nchw::new(1, 3, 1, 1);
     let (mut mean, mut rstd) = (vec![0.0; 3], vec![0.0; 3]);
     let p = Parallelism::None;
-    let err = batch_norm_forward_train(
-        one,
-        &[1.0; 3],
-        None,
-        EPS,
-        None,
-        &mut [0.0; 3],
-        &mut mean,
-        &mut rstd,
-        p,
-    )
-    .unwrap_err();
+    let norm = BATCH.norm(EPS, MOMENTUM, false, false);
+    let out = Output {
+        y: &mut [0.0; 3],
+        stats: StatsMut {
+            mean: &mut mean,
+            rstd: &mut rstd,
+        },
+    };
+    let err = batch_norm_forward_train(&norm, one, &[1.0; 3], None, None, out, p).unwrap_err();
     assert_eq!(err, NormError::OneValuePerChannel { op: FT, shape: one });
     assert_eq!(
         err.to_string(),
@@ -132,7 +136,26 @@ fn errors() {
     );
     let inp = t::inputs(Nchw::new(2, 3, 4, 5), 1, 0.0);
     let mut y1 = [0.0; 3];
-    batch_norm_forward_eval(one, &[1.0; 3], &inp.rm, &inp.rv, None, EPS, &mut y1, p).unwrap();
+    let norm = BATCH.norm(EPS, MOMENTUM, false, true);
+    let running = Running {
+        mean: &inp.rm,
+        var: &inp.rv,
+    };
+    batch_norm_forward_eval(&norm, one, &[1.0; 3], None, running, &mut y1, p).unwrap();
+}
+
+/// Affine parameters or running statistics that the settings do not announce, or missing ones
+/// they do: `NormError::Settings`, nothing written.
+#[test]
+fn settings_mismatches() {
+    t::check_settings_errors(&BATCH);
+}
+
+/// Eval mode with settings that track no running statistics is a contradiction, as it is for
+/// InstanceNorm.
+#[test]
+fn eval_with_running_stats_needs_tracking() {
+    t::check_eval_needs_tracking(&BATCH);
 }
 
 #[test]

@@ -8,8 +8,8 @@ mod common;
 use common::check::{DIMS, f64s, loss};
 use common::sample::{self as t, Inputs, Outputs, as_ref64};
 use norm_kernels::{
-    Affine, AffineGrads, Nchw, NormError, Parallelism, group_norm_backward, group_norm_forward,
-    reference,
+    Affine, AffineGrads, Grads, GroupNorm, Nchw, NormError, Output, Parallelism, Saved, Stats,
+    StatsMut, group_norm_backward, group_norm_forward, reference,
 };
 use proptest::prelude::*;
 
@@ -17,40 +17,44 @@ fn inputs(shape: Nchw, affine: bool, shift: f32, seed: u64) -> Inputs {
     t::inputs(shape.len(), shape.c, affine, shift, seed)
 }
 
+/// GroupNorm's settings for a call with affine parameters iff `affine`.
+fn settings(groups: usize, eps: f32, affine: bool) -> GroupNorm {
+    GroupNorm {
+        groups,
+        eps,
+        affine,
+    }
+}
+
 fn run(shape: Nchw, groups: usize, inp: &Inputs, eps: f32, par: Parallelism) -> Outputs {
+    let norm = settings(groups, eps, inp.affine.is_some());
     let ng = shape.n * groups;
     let (mut y, mut mean, mut rstd) = (vec![0.0; shape.len()], vec![0.0; ng], vec![0.0; ng]);
-    group_norm_forward(
-        shape,
-        groups,
-        &inp.x,
-        inp.affine(),
-        eps,
-        &mut y,
-        &mut mean,
-        &mut rstd,
-        par,
-    )
-    .unwrap();
+    let out = Output {
+        y: &mut y,
+        stats: StatsMut {
+            mean: &mut mean,
+            rstd: &mut rstd,
+        },
+    };
+    group_norm_forward(&norm, shape, &inp.x, inp.affine(), out, par).unwrap();
     let mut dx = vec![f32::NAN; shape.len()];
     let (mut dgamma, mut dbeta) = (vec![f32::NAN; shape.c], vec![f32::NAN; shape.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dgamma,
-        dbeta: &mut dbeta,
+    let grads = Grads {
+        dx: &mut dx,
+        affine: Some(AffineGrads {
+            dgamma: &mut dgamma,
+            dbeta: &mut dbeta,
+        }),
     };
-    group_norm_backward(
-        shape,
-        groups,
-        &inp.x,
-        &inp.dy,
-        &mean,
-        &rstd,
-        inp.gamma(),
-        &mut dx,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let saved = Saved {
+        x: &inp.x,
+        stats: Stats {
+            mean: &mean,
+            rstd: &rstd,
+        },
+    };
+    group_norm_backward(&norm, shape, saved, &inp.dy, inp.gamma(), grads, par).unwrap();
     Outputs {
         y,
         mean,
@@ -197,17 +201,15 @@ fn errors_name_the_fault() {
             gamma: &gamma,
             beta: &beta,
         });
-        group_norm_forward(
-            shape,
-            groups,
-            &x,
-            affine,
-            eps,
-            &mut y,
-            &mut m,
-            &mut r,
-            Parallelism::None,
-        )
+        let out = Output {
+            y: &mut y,
+            stats: StatsMut {
+                mean: &mut m,
+                rstd: &mut r,
+            },
+        };
+        let norm = settings(groups, eps, true);
+        group_norm_forward(&norm, shape, &x, affine, out, Parallelism::None)
     };
     let ok = [s.len(), s.len(), 4, 4, 4, 4];
     assert_eq!(fwd(s, 2, 1e-5, ok), Ok(()));
@@ -249,19 +251,24 @@ fn errors_name_the_fault() {
             vec![1.0; lg],
         );
         let (mut dx, mut dg, mut db) = (vec![0.0; ldx], vec![0.0; ldg], vec![0.0; ldb]);
-        let grads = Some(AffineGrads {
-            dgamma: &mut dg,
-            dbeta: &mut db,
-        });
+        let grads = Grads {
+            dx: &mut dx,
+            affine: Some(AffineGrads {
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            }),
+        };
+        let saved = Saved {
+            x: &xx,
+            stats: Stats { mean: &m, rstd: &r },
+        };
+        let norm = settings(groups, 1e-5, true);
         group_norm_backward(
+            &norm,
             shape,
-            groups,
-            &xx,
+            saved,
             &dy,
-            &m,
-            &r,
             Some(&gamma),
-            &mut dx,
             grads,
             Parallelism::None,
         )
@@ -284,6 +291,41 @@ fn errors_name_the_fault() {
     }
     let names = ["x", "dy", "dx", "mean", "rstd", "gamma", "dgamma", "dbeta"];
     t::check_buffer_len_errors(op_b, names, ok, 1, |lens| bwd(s, 2, lens));
+}
+
+/// `gamma`/`beta` that the settings do not announce, or missing ones they do:
+/// `NormError::Settings`, nothing written.
+#[test]
+fn settings_mismatches() {
+    let shape = Nchw::new(2, 4, 3, 3);
+    t::check_settings_errors(
+        ["group_norm_forward", "group_norm_backward"],
+        &inputs(shape, true, 0.0, 3),
+        (shape.n * 2, shape.c),
+        |affine, inp, out| {
+            group_norm_forward(
+                &settings(2, 1e-5, affine),
+                shape,
+                &inp.x,
+                inp.affine(),
+                out,
+                Parallelism::None,
+            )
+        },
+        |affine, inp, stats, grads| {
+            let saved = Saved { x: &inp.x, stats };
+            let norm = settings(2, 1e-5, affine);
+            group_norm_backward(
+                &norm,
+                shape,
+                saved,
+                &inp.dy,
+                inp.gamma(),
+                grads,
+                Parallelism::None,
+            )
+        },
+    );
 }
 
 #[test]

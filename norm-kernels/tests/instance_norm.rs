@@ -4,17 +4,24 @@
 
 mod common;
 
-use common::running::{self as t, EPS, Norm, RunningUpdate};
+use common::running::{self as t, EPS, Kernels, MOMENTUM, RunningUpdate};
 use norm_kernels::reference as r;
 use norm_kernels::{
-    Momentum, Nchw, NormError, Parallelism, instance_norm_backward_eval,
-    instance_norm_backward_train, instance_norm_forward_eval, instance_norm_forward_train,
+    InstanceNorm, Momentum, Nchw, NormError, Output, Parallelism, Running, StatsMut,
+    instance_norm_backward_eval, instance_norm_backward_train, instance_norm_forward_eval,
+    instance_norm_forward_train,
 };
 use proptest::prelude::*;
 
-const INSTANCE: Norm = Norm {
+const INSTANCE: Kernels<InstanceNorm> = Kernels {
     name: "instance_norm",
     stats_len: |s| s.n * s.c,
+    settings: |eps, momentum, affine, track_running_stats| InstanceNorm {
+        eps,
+        momentum,
+        affine,
+        track_running_stats,
+    },
     forward_train: instance_norm_forward_train,
     forward_eval: instance_norm_forward_eval,
     backward_train: instance_norm_backward_train,
@@ -114,18 +121,15 @@ fn errors() {
     let one = Nchw::new(2, 3, 1, 1);
     let (mut mean, mut rstd) = (vec![0.0; 6], vec![0.0; 6]);
     let p = Parallelism::None;
-    let err = instance_norm_forward_train(
-        one,
-        &[1.0; 6],
-        None,
-        EPS,
-        None,
-        &mut [0.0; 6],
-        &mut mean,
-        &mut rstd,
-        p,
-    )
-    .unwrap_err();
+    let norm = INSTANCE.norm(EPS, MOMENTUM, false, false);
+    let out = Output {
+        y: &mut [0.0; 6],
+        stats: StatsMut {
+            mean: &mut mean,
+            rstd: &mut rstd,
+        },
+    };
+    let err = instance_norm_forward_train(&norm, one, &[1.0; 6], None, None, out, p).unwrap_err();
     assert_eq!(err, NormError::OneSpatialElement { op: FT, shape: one });
     assert_eq!(
         err.to_string(),
@@ -133,7 +137,26 @@ fn errors() {
     );
     let inp = t::inputs(Nchw::new(2, 3, 4, 5), 1, 0.0);
     let mut y1 = [0.0; 6];
-    instance_norm_forward_eval(one, &[1.0; 6], &inp.rm, &inp.rv, None, EPS, &mut y1, p).unwrap();
+    let norm = INSTANCE.norm(EPS, MOMENTUM, false, true);
+    let running = Running {
+        mean: &inp.rm,
+        var: &inp.rv,
+    };
+    instance_norm_forward_eval(&norm, one, &[1.0; 6], None, running, &mut y1, p).unwrap();
+}
+
+/// Affine parameters or running statistics that the settings do not announce, or missing ones
+/// they do: `NormError::Settings`, nothing written.
+#[test]
+fn settings_mismatches() {
+    t::check_settings_errors(&INSTANCE);
+}
+
+/// Eval mode with settings that track no running statistics (PyTorch's default for
+/// InstanceNorm2d, which then normalises with the instance statistics) is a contradiction.
+#[test]
+fn eval_with_running_stats_needs_tracking() {
+    t::check_eval_needs_tracking(&INSTANCE);
 }
 
 #[test]

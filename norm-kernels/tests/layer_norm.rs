@@ -8,8 +8,8 @@ mod common;
 use common::check::{DIMS, f64s, loss};
 use common::sample::{self as t, Inputs, Outputs, as_ref64};
 use norm_kernels::{
-    Affine, AffineGrads, Nchw, NormError, Parallelism, layer_norm_backward, layer_norm_forward,
-    reference,
+    Affine, AffineGrads, Grads, LayerNorm, Nchw, NormError, Output, Parallelism, Saved, Stats,
+    StatsMut, layer_norm_backward, layer_norm_forward, reference,
 };
 use proptest::prelude::*;
 
@@ -19,37 +19,37 @@ fn inputs(shape: Nchw, affine: bool, shift: f32, seed: u64) -> Inputs {
 }
 
 fn run(shape: Nchw, inp: &Inputs, eps: f32, par: Parallelism) -> Outputs {
+    let norm = LayerNorm {
+        eps,
+        affine: inp.affine.is_some(),
+    };
     let n = shape.n;
     let (mut y, mut mean, mut rstd) = (vec![0.0; shape.len()], vec![0.0; n], vec![0.0; n]);
-    layer_norm_forward(
-        shape,
-        &inp.x,
-        inp.affine(),
-        eps,
-        &mut y,
-        &mut mean,
-        &mut rstd,
-        par,
-    )
-    .unwrap();
+    let out = Output {
+        y: &mut y,
+        stats: StatsMut {
+            mean: &mut mean,
+            rstd: &mut rstd,
+        },
+    };
+    layer_norm_forward(&norm, shape, &inp.x, inp.affine(), out, par).unwrap();
     let mut dx = vec![f32::NAN; shape.len()];
     let (mut dgamma, mut dbeta) = (vec![f32::NAN; shape.chw()], vec![f32::NAN; shape.chw()]);
-    let grads = AffineGrads {
-        dgamma: &mut dgamma,
-        dbeta: &mut dbeta,
+    let grads = Grads {
+        dx: &mut dx,
+        affine: Some(AffineGrads {
+            dgamma: &mut dgamma,
+            dbeta: &mut dbeta,
+        }),
     };
-    layer_norm_backward(
-        shape,
-        &inp.x,
-        &inp.dy,
-        &mean,
-        &rstd,
-        inp.gamma(),
-        &mut dx,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let saved = Saved {
+        x: &inp.x,
+        stats: Stats {
+            mean: &mean,
+            rstd: &rstd,
+        },
+    };
+    layer_norm_backward(&norm, shape, saved, &inp.dy, inp.gamma(), grads, par).unwrap();
     Outputs {
         y,
         mean,
@@ -191,16 +191,15 @@ fn errors_name_the_fault() {
             gamma: &gamma,
             beta: &beta,
         });
-        layer_norm_forward(
-            shape,
-            &x,
-            affine,
-            eps,
-            &mut y,
-            &mut m,
-            &mut r,
-            Parallelism::None,
-        )
+        let out = Output {
+            y: &mut y,
+            stats: StatsMut {
+                mean: &mut m,
+                rstd: &mut r,
+            },
+        };
+        let norm = LayerNorm { eps, affine: true };
+        layer_norm_forward(&norm, shape, &x, affine, out, Parallelism::None)
     };
     let ok = [s.len(), s.len(), 2, 2, s.chw(), s.chw()];
     assert_eq!(fwd(s, 1e-8, ok), Ok(()));
@@ -234,18 +233,27 @@ fn errors_name_the_fault() {
         let (x, dy) = (vec![0.5; lx], vec![0.1; ldy]);
         let (m, r, gamma) = (vec![0.0; lm], vec![1.0; lr], vec![1.0; lg]);
         let (mut dx, mut dg, mut db) = (vec![0.0; ldx], vec![0.0; ldg], vec![0.0; ldb]);
-        let grads = Some(AffineGrads {
-            dgamma: &mut dg,
-            dbeta: &mut db,
-        });
+        let grads = Grads {
+            dx: &mut dx,
+            affine: Some(AffineGrads {
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            }),
+        };
+        let saved = Saved {
+            x: &x,
+            stats: Stats { mean: &m, rstd: &r },
+        };
+        let norm = LayerNorm {
+            eps: 1e-8,
+            affine: true,
+        };
         layer_norm_backward(
+            &norm,
             shape,
-            &x,
+            saved,
             &dy,
-            &m,
-            &r,
             Some(&gamma),
-            &mut dx,
             grads,
             Parallelism::None,
         )
@@ -258,6 +266,34 @@ fn errors_name_the_fault() {
     );
     let names = ["x", "dy", "dx", "mean", "rstd", "gamma", "dgamma", "dbeta"];
     t::check_buffer_len_errors(op_b, names, ok, -1, |lens| bwd(s, lens));
+}
+
+/// `gamma`/`beta` that the settings do not announce, or missing ones they do:
+/// `NormError::Settings`, nothing written.
+#[test]
+fn settings_mismatches() {
+    let shape = Nchw::new(2, 4, 3, 3);
+    let norm = |affine| LayerNorm { eps: 1e-8, affine };
+    t::check_settings_errors(
+        ["layer_norm_forward", "layer_norm_backward"],
+        &inputs(shape, true, 0.0, 3),
+        (shape.n, shape.chw()),
+        |affine, inp, out| {
+            layer_norm_forward(
+                &norm(affine),
+                shape,
+                &inp.x,
+                inp.affine(),
+                out,
+                Parallelism::None,
+            )
+        },
+        |affine, inp, stats, grads| {
+            let saved = Saved { x: &inp.x, stats };
+            let p = Parallelism::None;
+            layer_norm_backward(&norm(affine), shape, saved, &inp.dy, inp.gamma(), grads, p)
+        },
+    );
 }
 
 #[test]

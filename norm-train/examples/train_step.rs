@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use norm_train::{Model, ModelConfig, NormKind, Sgd, data};
+use norm_train::{DEFAULT_EPS, DEFAULT_GROUPS, Model, ModelConfig, NormChoice, Sgd, data};
 use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
@@ -40,12 +40,9 @@ fn run() -> Result<(), BoxError> {
         "{:<9} {:>6} {:>12} {:>10}",
         "norm", "batch", "images/s", "ms/step"
     );
-    for kind in NormKind::ALL {
+    for kind in NormChoice::all() {
         for &batch in &batches {
-            let cfg = ModelConfig {
-                norm: kind,
-                ..ModelConfig::default()
-            };
+            let cfg = ModelConfig::new([16, 32, 64], kind, DEFAULT_GROUPS, DEFAULT_EPS);
             let mut model = Model::new(&cfg, 0)?;
             let mut sgd = Sgd::new(0.9, 5e-4);
             let mut rng = ChaCha8Rng::seed_from_u64(1);

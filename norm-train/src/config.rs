@@ -2,120 +2,187 @@
 
 use std::{fmt, str::FromStr};
 
+use norm_kernels::{Norm, NormKind, ParseNormError};
 use serde::{Deserialize, Serialize};
 
 use crate::{TrainError, data};
 
-/// The normalisation layer after each convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NormKind {
-    /// BatchNorm2d: statistics over `(N, H, W)` per channel; running statistics for eval.
-    Batch,
-    /// LayerNorm over `[C, H, W]` of each sample with a per-element affine.
-    Layer,
-    /// InstanceNorm2d: statistics over `(H, W)` per sample and channel; affine on, no running
-    /// statistics (instance statistics in eval too).
-    Instance,
-    /// GroupNorm: statistics over `(C/G, H, W)` per sample and group, per-channel affine.
-    Group,
+/// The layer after each convolution as the study names it: one of the kernels' norms, or none.
+/// Its text form (`Display`, `FromStr`, serde) is the norm's name or `none`; it orders as the
+/// study reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NormChoice {
+    /// A normalisation layer.
+    Norm(NormKind),
     /// No normalisation: conv → ReLU.
     None,
 }
 
-impl NormKind {
-    /// Every kind, in the order the study reports them.
-    pub const ALL: [NormKind; 5] = [
-        NormKind::Batch,
-        NormKind::Layer,
-        NormKind::Instance,
-        NormKind::Group,
-        NormKind::None,
-    ];
+impl NormChoice {
+    /// Every choice: the kernels' norms in their order, then none.
+    pub fn all() -> Vec<NormChoice> {
+        NormKind::ALL
+            .iter()
+            .map(|&k| NormChoice::Norm(k))
+            .chain([NormChoice::None])
+            .collect()
+    }
 
-    /// The lowercase name used by `FromStr`, `Display` and serde.
-    pub const fn name(self) -> &'static str {
+    /// The norm's name, or `none`.
+    pub fn name(self) -> &'static str {
         match self {
-            NormKind::Batch => "batch",
-            NormKind::Layer => "layer",
-            NormKind::Instance => "instance",
-            NormKind::Group => "group",
-            NormKind::None => "none",
+            NormChoice::Norm(k) => k.name(),
+            NormChoice::None => "none",
+        }
+    }
+
+    /// The norm's label (`GroupNorm`), or `no norm`.
+    pub fn label(self) -> &'static str {
+        match self {
+            NormChoice::Norm(k) => k.label(),
+            NormChoice::None => "no norm",
+        }
+    }
+
+    /// One line for `--help`.
+    pub fn about(self) -> &'static str {
+        match self {
+            NormChoice::Norm(k) => k.about(),
+            NormChoice::None => "no normalisation: conv → ReLU",
+        }
+    }
+
+    /// The kind, `None` for no norm.
+    pub fn kind(self) -> Option<NormKind> {
+        match self {
+            NormChoice::Norm(k) => Some(k),
+            NormChoice::None => None,
         }
     }
 }
 
-impl fmt::Display for NormKind {
+impl From<Option<NormKind>> for NormChoice {
+    fn from(k: Option<NormKind>) -> Self {
+        k.map_or(NormChoice::None, NormChoice::Norm)
+    }
+}
+
+impl fmt::Display for NormChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
 
-/// A string that is not one of the norm names.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-#[error("unknown norm `{0}`; valid: batch, layer, instance, group, none")]
-pub struct ParseNormKindError(pub String);
-
-impl FromStr for NormKind {
-    type Err = ParseNormKindError;
+impl FromStr for NormChoice {
+    type Err = ParseNormError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        NormKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| ParseNormKindError(s.to_owned()))
+        match s {
+            "none" => Ok(NormChoice::None),
+            _ => s.parse().map(NormChoice::Norm).map_err(|_| {
+                ParseNormError(format!(
+                    "unknown norm `{s}`; valid: {}, none",
+                    NormKind::names()
+                ))
+            }),
+        }
     }
 }
 
-/// Shape of the CNN: three conv blocks of the given widths, the norm after each conv.
+impl Serialize for NormChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for NormChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The norm as the study's networks use it: `kind` with an affine, and running statistics
+/// wherever its eval mode has them (BatchNorm); PyTorch's defaults otherwise, and `groups`, `eps`
+/// where the norm has such a setting.
+pub fn model_norm(kind: NormKind, groups: usize, eps: f32) -> Norm {
+    let mut norm = Norm::new(kind);
+    let mut set = |key: &str, value: String| {
+        if norm.keys().contains(&key) {
+            // Every key set here is valid for every norm that has it.
+            let _ = norm.set(key, &value);
+        }
+    };
+    set("affine", "true".into());
+    set("groups", groups.to_string());
+    set("eps", eps.to_string());
+    if kind.mixes_samples() {
+        set("track_running_stats", "true".into());
+    }
+    norm
+}
+
+/// Shape of the CNN: three conv blocks of the given widths, the norm (if any) after each conv.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Output channels of the three 3×3 convolutions.
     pub widths: [usize; 3],
-    /// The normalisation layer.
-    pub norm: NormKind,
-    /// GroupNorm's group count; must divide every width (ignored by the other norms).
-    pub groups: usize,
-    /// The norms' `eps`.
-    pub eps: f32,
+    /// The normalisation layer after each convolution, with its settings; `None`: conv → ReLU.
+    pub norm: Option<Norm>,
 }
+
+/// GroupNorm's groups in the study's networks unless set (each width must be a multiple).
+pub const DEFAULT_GROUPS: usize = 8;
+/// The norms' eps unless set (PyTorch's default).
+pub const DEFAULT_EPS: f32 = 1e-5;
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             widths: [16, 32, 64],
-            norm: NormKind::Group,
-            groups: 8,
-            eps: 1e-5,
+            norm: Some(model_norm(NormKind::Group, DEFAULT_GROUPS, DEFAULT_EPS)),
         }
     }
 }
 
 impl ModelConfig {
-    /// Checks widths, groups (GroupNorm only) and eps.
+    /// `widths` with `choice` as the study's networks use it ([`model_norm`]).
+    pub fn new(widths: [usize; 3], choice: NormChoice, groups: usize, eps: f32) -> Self {
+        Self {
+            widths,
+            norm: choice.kind().map(|k| model_norm(k, groups, eps)),
+        }
+    }
+
+    /// Which norm, or none.
+    pub fn choice(&self) -> NormChoice {
+        self.norm.map(|n| n.kind()).into()
+    }
+
+    /// The norm's label with its distinguishing setting (`GroupNorm (G = 8)`), or "no norm".
+    pub fn norm_label(&self) -> String {
+        self.norm
+            .map_or_else(|| "no norm".to_owned(), |n| n.label())
+    }
+
+    /// Checks widths and the norm's settings against every layer.
     pub fn validate(&self) -> Result<(), TrainError> {
         if self.widths.contains(&0) {
             return Err(TrainError::Width {
                 widths: self.widths,
             });
         }
-        let bad_width = self
-            .widths
-            .iter()
-            .find(|&&w| self.groups == 0 || w % self.groups != 0);
-        if self.norm == NormKind::Group
-            && let Some(&width) = bad_width
-        {
-            return Err(TrainError::Groups {
-                groups: self.groups,
-                width,
-            });
-        }
-        if !(self.eps.is_finite() && self.eps >= 0.0) {
-            return Err(TrainError::Hyper {
-                name: "eps",
-                value: self.eps,
-                expected: "finite and non-negative",
-            });
+        if let Some(norm) = &self.norm {
+            if !(norm.eps().is_finite() && norm.eps() >= 0.0) {
+                return Err(TrainError::Hyper {
+                    name: "eps",
+                    value: norm.eps(),
+                    expected: "finite and non-negative",
+                });
+            }
+            for &width in &self.widths {
+                norm.validate(norm_kernels::Nchw::new(1, width, 2, 2))
+                    .map_err(|reason| TrainError::Norm { width, reason })?;
+            }
         }
         Ok(())
     }
@@ -156,6 +223,10 @@ pub struct TrainConfig {
     pub augment: data::Augment,
     /// Seed of the initialisation, the shuffling and the augmentation.
     pub seed: u64,
+    /// Share of training (0 to 1) over which a norm with a settings warm-up reaches its final
+    /// settings ([`norm_kernels::Norm::ramped`]; BatchRenorm's `r_max`, `d_max`); 0: none.
+    #[serde(default)]
+    pub norm_ramp: f32,
 }
 
 impl Default for TrainConfig {
@@ -175,6 +246,7 @@ impl Default for TrainConfig {
                 flip: true,
             },
             seed: 0,
+            norm_ramp: 0.0,
         }
     }
 }
@@ -239,6 +311,12 @@ impl TrainConfig {
             self.weight_decay,
             self.weight_decay.is_finite() && self.weight_decay >= 0.0,
             "finite and non-negative",
+        )?;
+        hyper(
+            "norm_ramp",
+            self.norm_ramp,
+            (0.0..=1.0).contains(&self.norm_ramp),
+            "in [0, 1]",
         )?;
         hyper(
             "warmup_epochs",

@@ -27,15 +27,13 @@ pub enum TrainError {
         /// The widths given.
         widths: [usize; 3],
     },
-    /// GroupNorm's group count is zero or does not divide a layer width.
-    #[error(
-        "groups = {groups} must be at least 1 and divide every layer width ({width} is not divisible)"
-    )]
-    Groups {
-        /// Requested groups.
-        groups: usize,
-        /// The first width it does not divide.
+    /// The norm's settings do not fit a layer (GroupNorm's groups not dividing its width).
+    #[error("the norm does not fit layer width {width}: {reason}")]
+    Norm {
+        /// The first width it does not fit.
         width: usize,
+        /// What the kernels say.
+        reason: norm_kernels::NormError,
     },
     /// A hyper-parameter is out of range (learning rate, momentum, weight decay, warm-up, eps).
     #[error("{name} = {value} is invalid: must be {expected}")]

@@ -2,8 +2,8 @@
 //!
 //! A small CNN for 3×32×32 images and 10 classes — three blocks of conv3×3 → norm → ReLU (2×2
 //! max pool after the first two), global average pooling, linear — trained with dfdx's autodiff
-//! on the CPU, with the normalisation layer chosen per run ([`NormKind`]): BatchNorm, LayerNorm,
-//! InstanceNorm, GroupNorm or none. It is the training half of the batch-size study of the Group
+//! on the CPU, with the normalisation layer chosen per run ([`Norm`], the kernels' descriptor):
+//! BatchNorm, LayerNorm, InstanceNorm, GroupNorm or none. It is the training half of the batch-size study of the Group
 //! Normalization paper (Wu & He, 2018).
 //!
 //! * [`ops`]: custom dfdx tape ops with their own backward — the 3×3 convolution (im2col +
@@ -27,7 +27,12 @@ mod model;
 pub mod ops;
 mod train;
 
-pub use config::{ModelConfig, NormKind, ParseNormKindError, Schedule, TrainConfig};
+pub use config::{
+    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, Schedule, TrainConfig, model_norm,
+};
 pub use error::TrainError;
 pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct};
-pub use train::{EpochStats, Progress, Sgd, TrainOutcome, learning_rate, train};
+pub use norm_kernels::{Norm, NormKind, ParseNormError};
+pub use train::{
+    EpochStats, Progress, Sgd, TrainOutcome, learning_rate, norm_ramp_progress, train,
+};

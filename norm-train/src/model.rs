@@ -10,11 +10,13 @@ use dfdx::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use norm_kernels::{Mode, Nchw};
+
 use crate::{
-    ModelConfig, NormKind, TrainError, data,
+    ModelConfig, TrainError, data,
     ops::{
         BufferPool, Shape1, Shape4, conv,
-        norm::{self, NormSpec, Post, Running},
+        norm::{self, NormLayer, Post, Running},
     },
 };
 
@@ -55,7 +57,8 @@ pub struct Model {
     params: Vec<Param>,
     blocks: [BlockIdx; 3],
     fc: (usize, usize),
-    running: Vec<Running>,
+    /// One per block, when the model has a norm.
+    layers: Vec<NormLayer>,
     training: bool,
     dev: Cpu,
     pool: BufferPool<f32>,
@@ -89,8 +92,8 @@ impl Model {
         };
         let (c0, mut h, mut w) = INPUT;
         let mut c_in = c0;
-        let spec = norm_spec(cfg);
         let mut blocks = Vec::new();
+        let mut layers = Vec::new();
         for (b, &c) in cfg.widths.iter().enumerate() {
             let fan_in = c_in * 9;
             let conv_w = uniform(
@@ -107,12 +110,12 @@ impl Model {
                 false,
                 &mut params,
             );
-            let al = spec.affine_len(c, h, w);
-            let shape = if cfg.norm == NormKind::Layer {
-                vec![c, h, w]
-            } else {
-                vec![c]
-            };
+            let at = Nchw::new(1, c, h, w);
+            let al = cfg.norm.map_or(0, |n| n.affine_len(at));
+            let shape = cfg.norm.map_or(vec![], |n| n.affine_shape(at));
+            if let Some(n) = cfg.norm {
+                layers.push(NormLayer::new(n, c));
+            }
             let norm = (al > 0).then(|| {
                 params.push(Param {
                     name: format!("norm{}.weight", b + 1),
@@ -152,11 +155,6 @@ impl Model {
             false,
             &mut params,
         );
-        let running = if cfg.norm == NormKind::Batch {
-            cfg.widths.iter().map(|&c| Running::new(c)).collect()
-        } else {
-            Vec::new()
-        };
         let dev = Cpu::default();
         // Reuse dfdx's allocations across steps: every step allocates the same sizes.
         dev.enable_cache();
@@ -165,7 +163,7 @@ impl Model {
             params,
             blocks: [blocks[0], blocks[1], blocks[2]],
             fc: (fc_w, fc_b),
-            running,
+            layers,
             training: true,
             dev,
             pool: BufferPool::default(),
@@ -189,13 +187,27 @@ impl Model {
         &mut self.params
     }
 
-    /// BatchNorm running statistics per block (empty for the other norms).
-    pub fn running(&self) -> &[Running] {
-        &self.running
+    /// Running statistics per block, for norms that track them (empty for the others).
+    pub fn running(&self) -> Vec<&Running> {
+        self.layers.iter().filter_map(NormLayer::running).collect()
     }
 
-    pub(crate) fn running_mut(&mut self) -> &mut [Running] {
-        &mut self.running
+    pub(crate) fn running_mut(&mut self) -> Vec<&mut Running> {
+        self.layers
+            .iter_mut()
+            .filter_map(NormLayer::running_mut)
+            .collect()
+    }
+
+    /// Sets every norm layer's settings to the configured norm at progress `t` (0 to 1) of its
+    /// settings' warm-up ([`norm_kernels::Norm::ramped`]); the identity for most norms.
+    pub fn ramp_norm(&mut self, t: f32) {
+        if let Some(norm) = self.cfg.norm {
+            let ramped = norm.ramped(t);
+            for layer in &mut self.layers {
+                layer.set_norm(ramped);
+            }
+        }
     }
 
     /// Train mode (PyTorch's `model.train()`): BatchNorm uses and updates batch statistics.
@@ -222,7 +234,11 @@ impl Model {
         T: Tape<f32, Cpu> + Merge<T> + Merge<NoneTape>,
     {
         let n = x.shape().0;
-        let spec = norm_spec(&self.cfg);
+        let mode = if self.training {
+            Mode::Train
+        } else {
+            Mode::Eval
+        };
         let mut p: Vec<Option<Tensor<Shape1, f32, Cpu, T>>> = p.into_iter().map(Some).collect();
         let mut take = |i: usize| p[i].take().expect("each parameter is used once");
         let blocks = self.blocks;
@@ -243,16 +259,8 @@ impl Model {
             } else {
                 Post::Relu
             };
-            h = norm::norm(
-                h,
-                affine,
-                spec,
-                self.training,
-                self.running.get_mut(b),
-                post,
-                &self.pool,
-                &self.index_pool,
-            )?;
+            let layer = self.layers.get_mut(b);
+            h = norm::norm(h, affine, layer, mode, post, (&self.pool, &self.index_pool))?;
         }
         let c = h.shape().1;
         let g: Tensor<(usize, usize), f32, Cpu, T> = h.try_mean::<_, Axes2<2, 3>>()?;
@@ -371,12 +379,4 @@ pub fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
             best == **l
         })
         .count()
-}
-
-fn norm_spec(cfg: &ModelConfig) -> NormSpec {
-    NormSpec {
-        kind: cfg.norm,
-        groups: cfg.groups,
-        eps: cfg.eps,
-    }
 }

@@ -137,6 +137,17 @@ impl Sgd {
     }
 }
 
+/// Progress `t` (0 to 1) of the norm's settings warm-up at step `t` of `total`, when it lasts
+/// `share` of training (0: no warm-up, the final settings from the first step).
+pub fn norm_ramp_progress(share: f32, step: usize, total: usize) -> f32 {
+    let len = share as f64 * total as f64;
+    if len <= 0.0 {
+        1.0
+    } else {
+        ((step as f64 / len) as f32).min(1.0)
+    }
+}
+
 /// Trains a fresh [`Model`] (seeded with `cfg.seed`) on `data.train` and evaluates it on
 /// `data.test` after each epoch. Inputs are normalised with the training set's per-channel
 /// statistics; each epoch visits `⌊len / batch⌋` batches of a fresh permutation (the remainder
@@ -182,6 +193,11 @@ pub fn train(
                 &mut lb,
             );
             lr = learning_rate(cfg.schedule, peak, epoch * steps + step, warmup, total);
+            model.ramp_norm(norm_ramp_progress(
+                cfg.norm_ramp,
+                epoch * steps + step,
+                total,
+            ));
             let t0 = Instant::now();
             let (loss, logits, grads) = model.loss_and_grads(&xb, &lb)?;
             sgd.step(&mut model, &grads, lr);

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use norm_train::{Model, ModelConfig, NormKind, TrainConfig, TrainError, data, train};
+use norm_train::{Model, ModelConfig, NormChoice, NormKind, TrainConfig, TrainError, data, train};
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -13,18 +13,13 @@ fn save_then_load_restores_parameters_statistics_and_config() {
     let dir = tempfile::tempdir().unwrap();
     let split = data::synthetic(2, 96, 60);
     let norm = data::Normalizer::from_dataset(&split.train);
-    for kind in NormKind::ALL {
+    for kind in NormChoice::all() {
         let mut cfg = TrainConfig {
             epochs: 1,
             batch: 16,
             ..TrainConfig::default()
         };
-        cfg.model = ModelConfig {
-            widths: [8, 16, 16],
-            norm: kind,
-            groups: 4,
-            eps: 1e-4,
-        };
+        cfg.model = ModelConfig::new([8, 16, 16], kind, 4, 1e-4);
         let mut out = train(&cfg, &split, &mut |_| {}).unwrap();
         let path = dir.path().join(format!("{kind}.ckpt"));
         out.model.save(&path).unwrap();
@@ -38,7 +33,7 @@ fn save_then_load_restores_parameters_statistics_and_config() {
             );
         }
         assert_eq!(out.model.running(), back.running());
-        if kind == NormKind::Batch {
+        if kind == NormChoice::Norm(NormKind::Batch) {
             assert!(back.running()[0].num_batches_tracked > 0);
         }
         assert_eq!(
@@ -68,10 +63,7 @@ fn load_errors_name_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.ckpt");
     let model = Model::new(
-        &ModelConfig {
-            norm: NormKind::Batch,
-            ..ModelConfig::default()
-        },
+        &ModelConfig::new([16, 32, 64], NormChoice::Norm(NormKind::Batch), 8, 1e-5),
         1,
     )
     .unwrap();
@@ -115,10 +107,12 @@ fn load_errors_name_the_file_and_the_problem() {
     b.extend_from_slice(edited.as_bytes());
     b.extend_from_slice(&bytes[16 + hlen..]);
     assert!(load_err(&write("mismatch.ckpt", &b)).contains("does not match"));
-    let bad_groups = header.replacen("\"groups\":8", "\"groups\":5", 1).replacen(
-        "\"norm\":\"batch\"",
-        "\"norm\":\"group\"",
-        1,
+    let spec_at = header.find("\"norm\":\"").unwrap() + "\"norm\":\"".len();
+    let spec_end = spec_at + header[spec_at..].find('"').unwrap();
+    let bad_groups = format!(
+        "{}group:groups=5,eps=0.00001,affine=true{}",
+        &header[..spec_at],
+        &header[spec_end..]
     );
     let mut b = bytes[..8].to_vec();
     b.extend_from_slice(&(bad_groups.len() as u64).to_le_bytes());

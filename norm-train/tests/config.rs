@@ -1,18 +1,32 @@
 //! Configuration parsing, validation messages, the learning-rate schedule and the optimiser.
 
 use norm_train::{
-    Model, ModelConfig, NormKind, Schedule, Sgd, TrainConfig, TrainError, learning_rate,
+    Model, ModelConfig, NormChoice, NormKind, Schedule, Sgd, TrainConfig, TrainError,
+    learning_rate, model_norm,
 };
 
 #[test]
-fn norm_kind_round_trips_through_strings_and_serde() {
-    for k in NormKind::ALL {
-        assert_eq!(k.to_string().parse::<NormKind>().unwrap(), k);
+fn norm_choice_round_trips_through_strings_and_serde() {
+    for k in NormChoice::all() {
+        assert_eq!(k.to_string().parse::<NormChoice>().unwrap(), k);
         assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
     }
-    let err = "batchnorm".parse::<NormKind>().unwrap_err().to_string();
+    let err = "batchnorm".parse::<NormChoice>().unwrap_err().to_string();
     for name in ["batchnorm", "batch", "layer", "instance", "group", "none"] {
         assert!(err.contains(name), "{err}");
+    }
+    // The model configuration keeps the norm's settings.
+    let cfg = ModelConfig::default();
+    let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(back, cfg);
+}
+
+#[test]
+fn the_model_norms_have_affine_and_batchnorm_tracks_running_statistics() {
+    for &k in NormKind::ALL {
+        let n = model_norm(k, 4, 1e-5);
+        assert!(n.affine(), "{k}");
+        assert_eq!(n.tracks_running(), k.mixes_samples(), "{k}");
     }
 }
 
@@ -92,12 +106,12 @@ fn validation_rejects_bad_settings_with_one_line_messages() {
         &["lr_ref_batch"],
     );
     let mut g = ok.clone();
-    g.model.groups = 3;
+    g.model.norm = Some(model_norm(NormKind::Group, 3, 1e-5));
     check(g.clone(), 1000, &["groups = 3", "16"]);
-    g.model.groups = 0;
+    g.model.norm = Some(model_norm(NormKind::Group, 0, 1e-5));
     check(g.clone(), 1000, &["groups = 0"]);
     // Groups only matter for GroupNorm.
-    g.model.norm = NormKind::Batch;
+    g.model.norm = Some(model_norm(NormKind::Batch, 3, 1e-5));
     g.validate(1000).unwrap();
     let mut w = ok.clone();
     w.model.widths = [16, 0, 64];
@@ -105,15 +119,12 @@ fn validation_rejects_bad_settings_with_one_line_messages() {
     assert!(matches!(
         Model::new(
             &ModelConfig {
-                groups: 64,
+                norm: Some(model_norm(NormKind::Group, 64, 1e-5)),
                 ..ModelConfig::default()
             },
             0
         ),
-        Err(TrainError::Groups {
-            groups: 64,
-            width: 16
-        })
+        Err(TrainError::Norm { width: 16, .. })
     ));
 }
 

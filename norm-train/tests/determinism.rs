@@ -1,7 +1,10 @@
 //! Same seed → same result, bit for bit, for any number of rayon threads.
 
 use dfdx::prelude::*;
-use norm_train::{NormKind, TrainConfig, TrainOutcome, data, ops::conv, train};
+use norm_train::{
+    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, TrainConfig, TrainOutcome, data,
+    ops::conv, train,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,13 +20,13 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-fn run(norm: NormKind, threads: usize, split: &data::Split) -> TrainOutcome {
+fn run(norm: NormChoice, threads: usize, split: &data::Split) -> TrainOutcome {
     let mut cfg = TrainConfig {
         epochs: 2,
         batch: 24,
         ..TrainConfig::default()
     };
-    cfg.model.norm = norm;
+    cfg.model = ModelConfig::new(cfg.model.widths, norm, DEFAULT_GROUPS, DEFAULT_EPS);
     cfg.seed = 3;
     in_pool(threads, || train(&cfg, split, &mut |_| {}).unwrap())
 }
@@ -31,7 +34,7 @@ fn run(norm: NormKind, threads: usize, split: &data::Split) -> TrainOutcome {
 #[test]
 fn training_is_bit_identical_for_1_and_2_threads() {
     let split = data::synthetic(1, 240, 100);
-    for norm in NormKind::ALL {
+    for norm in NormChoice::all() {
         let (a, b) = (run(norm, 1, &split), run(norm, 2, &split));
         for (ea, eb) in a.epochs.iter().zip(&b.epochs) {
             assert_eq!(
@@ -56,7 +59,7 @@ fn training_is_bit_identical_for_1_and_2_threads() {
             batch: 24,
             ..TrainConfig::default()
         };
-        cfg.model.norm = norm;
+        cfg.model = ModelConfig::new(cfg.model.widths, norm, DEFAULT_GROUPS, DEFAULT_EPS);
         cfg.seed = 4;
         let c = train(&cfg, &split, &mut |_| {}).unwrap();
         assert_ne!(

@@ -3,7 +3,7 @@
 //! The loss is evaluated in f32, so the check is directional: for a few random unit directions
 //! `v` per parameter tensor, `(L(p + h·v) − L(p − h·v)) / 2h` must match `∇L · v`.
 
-use norm_train::{Model, ModelConfig, NormKind};
+use norm_train::{Model, ModelConfig, NormChoice};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -19,13 +19,8 @@ fn model_gradients_match_finite_differences() {
         .map(|_| rng.random_range(-2.0..2.0))
         .collect();
     let labels: Vec<usize> = (0..n).map(|i| (i * 7) % 10).collect();
-    for norm in NormKind::ALL {
-        let cfg = ModelConfig {
-            widths: [4, 8, 8],
-            norm,
-            groups: 2,
-            eps: 1e-5,
-        };
+    for norm in NormChoice::all() {
+        let cfg = ModelConfig::new([4, 8, 8], norm, 2, 1e-5);
         let mut model = Model::new(&cfg, 11).unwrap();
         // Train mode throughout: BatchNorm uses batch statistics, which makes the loss a smooth
         // function of the parameters. Its running statistics change between evaluations but

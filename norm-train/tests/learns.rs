@@ -5,7 +5,9 @@
 //! (~20,000 image-steps, a few seconds per norm in release) is about where the calibration CNN
 //! without normalisation passes 20 %.
 
-use norm_train::{NormKind, Progress, TrainConfig, data, train};
+use norm_train::{
+    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, Progress, TrainConfig, data, train,
+};
 
 const TRAIN: usize = 4096;
 const EPOCHS: usize = 5;
@@ -14,7 +16,7 @@ const EPOCHS: usize = 5;
 fn every_norm_learns() {
     let split = data::synthetic(7, TRAIN, 1000);
     let mut failures = Vec::new();
-    for norm in NormKind::ALL {
+    for norm in NormChoice::all() {
         let mut cfg = TrainConfig {
             epochs: EPOCHS,
             batch: 32,
@@ -22,7 +24,7 @@ fn every_norm_learns() {
             base_lr: 0.05,
             ..TrainConfig::default()
         };
-        cfg.model.norm = norm;
+        cfg.model = ModelConfig::new(cfg.model.widths, norm, DEFAULT_GROUPS, DEFAULT_EPS);
         cfg.warmup_epochs = 0.5;
         cfg.augment = data::Augment::NONE;
         let mut steps = 0;

@@ -4,11 +4,12 @@
 //! delivers for every input.
 
 use dfdx::prelude::*;
+use norm_kernels::Mode;
 use norm_train::{
-    NormKind,
+    NormChoice, NormKind, model_norm,
     ops::{
         BufferPool, conv,
-        norm::{self, NormSpec, Post, Running},
+        norm::{self, NormLayer, Post, Running},
         pool,
     },
 };
@@ -176,7 +177,7 @@ fn max_pool_matches_dfdx_max_over_a_reshaped_view() {
 
 /// The norm composed from dfdx's ops: `normalize` over the kind's axes, then the affine.
 fn composed(
-    kind: NormKind,
+    kind: NormChoice,
     groups: usize,
     eps: f32,
     x: Tensor<S4, f32, Cpu, OwnedTape<f32, Cpu>>,
@@ -186,17 +187,17 @@ fn composed(
     let s = *x.shape();
     let (n, c, h, w) = s;
     match kind {
-        NormKind::Batch => {
+        NormChoice::Norm(NormKind::Batch) => {
             let y = x.normalize::<Axes3<0, 2, 3>>(eps);
             y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
                 + beta.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
         }
-        NormKind::Instance => {
+        NormChoice::Norm(NormKind::Instance) => {
             let y = x.normalize::<Axes2<2, 3>>(eps);
             y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
                 + beta.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
         }
-        NormKind::Group => {
+        NormChoice::Norm(NormKind::Group) => {
             let y = x
                 .reshape_like(&(n, groups, c / groups * h * w))
                 .normalize::<Axis<2>>(eps)
@@ -204,13 +205,13 @@ fn composed(
             y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
                 + beta.broadcast_like::<_, Axes3<0, 2, 3>>(&s)
         }
-        NormKind::Layer => {
+        NormChoice::Norm(NormKind::Layer) => {
             let y = x.normalize::<Axes3<1, 2, 3>>(eps);
             let chw = (c, h, w);
             y * gamma.reshape_like(&chw).broadcast_like::<_, Axis<0>>(&s)
                 + beta.reshape_like(&chw).broadcast_like::<_, Axis<0>>(&s)
         }
-        NormKind::None => x,
+        NormChoice::None => x,
     }
 }
 
@@ -220,7 +221,7 @@ fn every_norm_with_relu_and_pool_matches_its_dfdx_composition() {
     let (pool, pool_u) = (BufferPool::default(), BufferPool::default());
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let eps = 1e-5;
-    for kind in NormKind::ALL {
+    for kind in NormChoice::all() {
         let shapes = [
             (3, 4, 5, 3, 2, Post::Identity),
             (2, 6, 4, 4, 3, Post::Relu),
@@ -230,8 +231,9 @@ fn every_norm_with_relu_and_pool_matches_its_dfdx_composition() {
             (3, 2, 5, 7, 1, Post::ReluMaxPool2),
         ];
         for &(n, c, h, w, groups, post) in &shapes {
-            let spec = NormSpec { kind, groups, eps };
-            let al = spec.affine_len(c, h, w).max(1);
+            let spec = kind.kind().map(|k| model_norm(k, groups, eps));
+            let shape = norm_kernels::Nchw::new(n, c, h, w);
+            let al = spec.map_or(0, |s| s.affine_len(shape)).max(1);
             // A large offset checks the statistics are computed stably.
             let x = random(&mut rng, n * c * h * w, 9.0, 13.0);
             let gamma = random(&mut rng, al, 0.5, 1.5);
@@ -247,17 +249,15 @@ fn every_norm_with_relu_and_pool_matches_its_dfdx_composition() {
             };
             let r = r[..r_shape.0 * r_shape.1 * r_shape.2 * r_shape.3].to_vec();
             let rt = dev.tensor_from_vec(r.clone(), r_shape);
-            let mut running = Running::new(c);
-            let affine = (kind != NormKind::None).then(|| (gt.leaky_trace(), bt.leaky_trace()));
+            let mut layer = spec.map(|s| NormLayer::new(s, c));
+            let affine = (kind != NormChoice::None).then(|| (gt.leaky_trace(), bt.leaky_trace()));
             let y = norm::norm(
                 xt.leaky_trace(),
                 affine,
-                spec,
-                true,
-                Some(&mut running),
+                layer.as_mut(),
+                Mode::Train,
                 post,
-                &pool,
-                &pool_u,
+                (&pool, &pool_u),
             )
             .unwrap();
             let y_v = y.as_vec();
@@ -297,7 +297,7 @@ fn every_norm_with_relu_and_pool_matches_its_dfdx_composition() {
                 &to64(&g2.get(&xt).as_vec()),
                 2e-3,
             );
-            if kind != NormKind::None {
+            if kind != NormChoice::None {
                 assert_close(
                     &format!("{tag} dgamma"),
                     &g.get(&gt).as_vec(),
@@ -311,7 +311,7 @@ fn every_norm_with_relu_and_pool_matches_its_dfdx_composition() {
                     2e-4,
                 );
             }
-            if kind == NormKind::Batch {
+            if let Some(running) = layer.as_ref().and_then(NormLayer::running) {
                 // PyTorch's update: running = 0.9·running + 0.1·batch, unbiased variance.
                 let m = (n * h * w) as f64;
                 for ch in 0..c {
@@ -341,15 +341,13 @@ fn batch_norm_eval_mode_uses_running_statistics() {
     let pool = BufferPool::default();
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let (n, c, h, w) = (2, 3, 4, 4);
-    let spec = NormSpec {
-        kind: NormKind::Batch,
-        groups: 1,
-        eps: 1e-5,
-    };
+    let spec = model_norm(NormKind::Batch, 1, 1e-5);
     let x = random(&mut rng, n * c * h * w, -2.0, 2.0);
     let gamma = random(&mut rng, c, 0.5, 1.5);
     let beta = random(&mut rng, c, -0.5, 0.5);
-    let mut running = Running {
+    let mut layer = NormLayer::new(spec, c);
+    let running = layer.running_mut().unwrap();
+    *running = Running {
         mean: random(&mut rng, c, -1.0, 1.0),
         var: random(&mut rng, c, 0.5, 2.0),
         num_batches_tracked: 3,
@@ -361,16 +359,15 @@ fn batch_norm_eval_mode_uses_running_statistics() {
     let y = norm::norm(
         xt.leaky_trace(),
         Some((gt.leaky_trace(), bt.leaky_trace())),
-        spec,
-        false,
-        Some(&mut running),
+        Some(&mut layer),
+        Mode::Eval,
         Post::Identity,
-        &pool,
-        &BufferPool::default(),
+        (&pool, &BufferPool::default()),
     )
     .unwrap();
     assert_eq!(
-        running, before,
+        layer.running(),
+        Some(&before),
         "eval mode must not touch the running statistics"
     );
     let y_v = y.as_vec();

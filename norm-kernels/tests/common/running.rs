@@ -1,56 +1,55 @@
 //! BatchNorm2d and InstanceNorm2d: the norms with train and eval modes and running statistics.
-//! Their kernels and reference twins share signatures, so one [`Norm`] describes either and the
-//! test bodies here take it; `tests/{batch,instance}_norm.rs` hold what differs.
+//! Their kernels and reference twins share signatures (up to the settings type `S`), so one
+//! [`Kernels`] describes either and the test bodies here take it; `tests/{batch,instance}_norm.rs`
+//! hold what differs.
 
 use super::check::*;
 use norm_kernels::reference::{ChannelGrads, ChannelStats};
-use norm_kernels::{Affine, AffineGrads, Momentum, Nchw, NormError, Parallelism, RunningStats};
+use norm_kernels::{
+    Affine, AffineGrads, Grads, Momentum, Nchw, NormError, Output, Parallelism, Running,
+    RunningStats, Saved, Stats, StatsMut,
+};
 use proptest::prelude::*;
 
 pub const EPS: f32 = 1e-5;
 
-pub type ForwardTrain = fn(
+/// PyTorch's default momentum, for the calls whose momentum does not matter.
+pub const MOMENTUM: Momentum = Momentum::Exponential(0.1);
+
+pub type ForwardTrain<S> = fn(
+    &S,
     Nchw,
     &[f32],
     Option<Affine<'_>>,
-    f32,
     Option<RunningStats<'_>>,
-    &mut [f32],
-    &mut [f32],
-    &mut [f32],
+    Output<'_>,
     Parallelism,
 ) -> Result<(), NormError>;
-pub type ForwardEval = fn(
+pub type ForwardEval<S> = fn(
+    &S,
     Nchw,
-    &[f32],
-    &[f32],
     &[f32],
     Option<Affine<'_>>,
-    f32,
+    Running<'_>,
     &mut [f32],
     Parallelism,
 ) -> Result<(), NormError>;
-pub type BackwardTrain = fn(
+pub type BackwardTrain<S> = fn(
+    &S,
     Nchw,
-    &[f32],
-    &[f32],
-    &[f32],
+    Saved<'_>,
     &[f32],
     Option<&[f32]>,
-    &mut [f32],
-    Option<AffineGrads<'_>>,
+    Grads<'_>,
     Parallelism,
 ) -> Result<(), NormError>;
-pub type BackwardEval = fn(
+pub type BackwardEval<S> = fn(
+    &S,
     Nchw,
-    &[f32],
-    &[f32],
-    &[f32],
+    Saved<'_, Running<'_>>,
     &[f32],
     Option<&[f32]>,
-    f32,
-    &mut [f32],
-    Option<AffineGrads<'_>>,
+    Grads<'_>,
     Parallelism,
 ) -> Result<(), NormError>;
 pub type RefForwardTrain =
@@ -72,16 +71,18 @@ pub struct RunningUpdate {
     pub var: Vec<f64>,
 }
 
-/// One norm: its kernels, its reference twins and what differs between the two.
-pub struct Norm {
+/// One norm: its settings, its kernels, its reference twins and what differs between the two.
+pub struct Kernels<S> {
     /// The entry points' prefix (`batch_norm`).
     pub name: &'static str,
     /// Length of the saved `mean` and `rstd`: C for BatchNorm, N·C for InstanceNorm.
     pub stats_len: fn(Nchw) -> usize,
-    pub forward_train: ForwardTrain,
-    pub forward_eval: ForwardEval,
-    pub backward_train: BackwardTrain,
-    pub backward_eval: BackwardEval,
+    /// The settings `(eps, momentum, affine, track_running_stats)`.
+    pub settings: fn(f32, Momentum, bool, bool) -> S,
+    pub forward_train: ForwardTrain<S>,
+    pub forward_eval: ForwardEval<S>,
+    pub backward_train: BackwardTrain<S>,
+    pub backward_eval: BackwardEval<S>,
     pub ref_forward_train: RefForwardTrain,
     pub ref_forward_eval: RefForwardEval,
     pub ref_backward_train: RefBackwardTrain,
@@ -90,37 +91,44 @@ pub struct Norm {
     pub running: fn(Nchw, &ChannelStats, Momentum) -> RunningUpdate,
 }
 
-impl Norm {
+impl<S> Kernels<S> {
+    /// Settings with `eps` and `momentum` that agree with a call passing affine parameters iff
+    /// `affine` and running statistics iff `track`.
+    pub fn norm(&self, eps: f32, momentum: Momentum, affine: bool, track: bool) -> S {
+        (self.settings)(eps, momentum, affine, track)
+    }
+
     /// The train forward into fresh buffers: `[y, mean, rstd]`.
-    #[allow(clippy::too_many_arguments)]
-    fn train_forward(
+    pub fn train_forward(
         &self,
+        norm: &S,
         s: Nchw,
         x: &[f32],
         affine: Option<Affine<'_>>,
-        eps: f32,
         running: Option<RunningStats<'_>>,
         par: Parallelism,
     ) -> [Vec<f32>; 3] {
         let st = (self.stats_len)(s);
         let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st], vec![0.0; st]);
-        (self.forward_train)(
-            s, x, affine, eps, running, &mut y, &mut mean, &mut rstd, par,
-        )
-        .unwrap();
+        let out = Output {
+            y: &mut y,
+            stats: StatsMut {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            },
+        };
+        (self.forward_train)(norm, s, x, affine, running, out, par).unwrap();
         [y, mean, rstd]
     }
 
     /// The train backward with grads into fresh NaN-filled buffers (so every output must be
     /// written): `[dx, dgamma, dbeta]`.
-    #[allow(clippy::too_many_arguments)]
-    fn train_backward(
+    pub fn train_backward(
         &self,
+        norm: &S,
         s: Nchw,
-        x: &[f32],
-        dy: &[f32],
-        mean: &[f32],
-        rstd: &[f32],
+        (x, dy): (&[f32], &[f32]),
+        stats: Stats<'_>,
         gamma: Option<&[f32]>,
         par: Parallelism,
     ) -> [Vec<f32>; 3] {
@@ -129,11 +137,52 @@ impl Norm {
             vec![f32::NAN; s.c],
             vec![f32::NAN; s.c],
         );
-        let grads = AffineGrads {
-            dgamma: &mut dg,
-            dbeta: &mut db,
+        let grads = Grads {
+            dx: &mut dx,
+            affine: Some(AffineGrads {
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            }),
         };
-        (self.backward_train)(s, x, dy, mean, rstd, gamma, &mut dx, Some(grads), par).unwrap();
+        (self.backward_train)(norm, s, Saved { x, stats }, dy, gamma, grads, par).unwrap();
+        [dx, dg, db]
+    }
+
+    /// The eval forward into a fresh buffer.
+    pub fn eval_forward(
+        &self,
+        norm: &S,
+        s: Nchw,
+        x: &[f32],
+        affine: Option<Affine<'_>>,
+        running: Running<'_>,
+        par: Parallelism,
+    ) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        (self.forward_eval)(norm, s, x, affine, running, &mut y, par).unwrap();
+        y
+    }
+
+    /// The eval backward with grads into fresh buffers: `[dx, dgamma, dbeta]`.
+    pub fn eval_backward(
+        &self,
+        norm: &S,
+        s: Nchw,
+        (x, dy): (&[f32], &[f32]),
+        running: Running<'_>,
+        gamma: Option<&[f32]>,
+        par: Parallelism,
+    ) -> [Vec<f32>; 3] {
+        let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
+        let grads = Grads {
+            dx: &mut dx,
+            affine: Some(AffineGrads {
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            }),
+        };
+        let saved = Saved { x, stats: running };
+        (self.backward_eval)(norm, s, saved, dy, gamma, grads, par).unwrap();
         [dx, dg, db]
     }
 
@@ -141,6 +190,16 @@ impl Norm {
     fn op(&self, suffix: &str) -> &'static str {
         Box::leak(format!("{}_{suffix}", self.name).into_boxed_str())
     }
+}
+
+/// `Stats { mean, rstd }`.
+pub fn stats<'a>(mean: &'a [f32], rstd: &'a [f32]) -> Stats<'a> {
+    Stats { mean, rstd }
+}
+
+/// `Running { mean, var }`.
+pub fn running<'a>(mean: &'a [f32], var: &'a [f32]) -> Running<'a> {
+    Running { mean, var }
 }
 
 /// Inputs of one case: x (optionally shifted), dy, gamma, beta, running mean and var.
@@ -190,8 +249,8 @@ fn ref_affine<'a>(
 
 /// Runs the train forward (+ running stats) and backward of the kernel and the reference and
 /// compares everything.
-pub fn check_train(
-    k: &Norm,
+pub fn check_train<S>(
+    k: &Kernels<S>,
     s: Nchw,
     seed: u64,
     affine: bool,
@@ -200,6 +259,7 @@ pub fn check_train(
     par: Parallelism,
 ) {
     let inp = inputs(s, seed, shift);
+    let norm = k.norm(EPS, momentum, affine, true);
     let aff = affine.then_some(Affine {
         gamma: &inp.gamma,
         beta: &inp.beta,
@@ -209,9 +269,8 @@ pub fn check_train(
         mean: &mut rm,
         var: &mut rv,
         num_batches_tracked: &mut nbt,
-        momentum,
     };
-    let [y, mean, rstd] = k.train_forward(s, &inp.x, aff, EPS, Some(running), par);
+    let [y, mean, rstd] = k.train_forward(&norm, s, &inp.x, aff, Some(running), par);
 
     let x64 = f64s(&inp.x);
     let (g64, b64) = (f64s(&inp.gamma), f64s(&inp.beta));
@@ -239,7 +298,8 @@ pub fn check_train(
     );
 
     let gamma = affine.then_some(&inp.gamma[..]);
-    let [dx, dg, db] = k.train_backward(s, &inp.x, &inp.dy, &mean, &rstd, gamma, par);
+    let saved = stats(&mean, &rstd);
+    let [dx, dg, db] = k.train_backward(&norm, s, (&inp.x, &inp.dy), saved, gamma, par);
     let want = (k.ref_backward_train)(s, &x64, &f64s(&inp.dy), g, EPS as f64);
     assert_close("dx", &dx, &want.dx, 1e-4);
     let count = s.n * s.hw();
@@ -248,39 +308,30 @@ pub fn check_train(
 }
 
 /// The eval forward and backward of the kernel against the reference.
-pub fn check_eval(k: &Norm, s: Nchw, seed: u64, affine: bool, shift: f32, par: Parallelism) {
+pub fn check_eval<S>(
+    k: &Kernels<S>,
+    s: Nchw,
+    seed: u64,
+    affine: bool,
+    shift: f32,
+    par: Parallelism,
+) {
     let inp = inputs(s, seed, shift);
+    let norm = k.norm(EPS, MOMENTUM, affine, true);
     let aff = affine.then_some(Affine {
         gamma: &inp.gamma,
         beta: &inp.beta,
     });
-    let mut y = vec![0.0; s.len()];
-    (k.forward_eval)(s, &inp.x, &inp.rm, &inp.rv, aff, EPS, &mut y, par).unwrap();
+    let run = running(&inp.rm, &inp.rv);
+    let y = k.eval_forward(&norm, s, &inp.x, aff, run, par);
     let (x64, rm64, rv64) = (f64s(&inp.x), f64s(&inp.rm), f64s(&inp.rv));
     let (g64, b64) = (f64s(&inp.gamma), f64s(&inp.beta));
     let (g, b) = ref_affine(affine, &g64, &b64);
     let want = (k.ref_forward_eval)(s, &x64, &rm64, &rv64, g, b, EPS as f64);
     assert_close("y_eval", &y, &want, 2e-5);
 
-    let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
     let gamma = affine.then_some(&inp.gamma[..]);
-    (k.backward_eval)(
-        s,
-        &inp.x,
-        &inp.dy,
-        &inp.rm,
-        &inp.rv,
-        gamma,
-        EPS,
-        &mut dx,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let [dx, dg, db] = k.eval_backward(&norm, s, (&inp.x, &inp.dy), run, gamma, par);
     let want = (k.ref_backward_eval)(s, &x64, &f64s(&inp.dy), &rm64, &rv64, g, EPS as f64);
     assert_close("dx_eval", &dx, &want.dx, 1e-5);
     let count = s.n * s.hw();
@@ -289,7 +340,7 @@ pub fn check_eval(k: &Norm, s: Nchw, seed: u64, affine: bool, shift: f32, par: P
 }
 
 /// Few channels and planes longer than one 64 Ki-element work unit: the nested split path.
-pub fn check_few_channels_long_planes(k: &Norm) {
+pub fn check_few_channels_long_planes<S>(k: &Kernels<S>) {
     let s = Nchw::new(2, 3, 200, 333);
     let (momentum, par) = (Momentum::Exponential(0.3), Parallelism::Rayon);
     check_train(k, s, 7, true, 1000.0, momentum, par);
@@ -312,7 +363,7 @@ fn check_fd(
 }
 
 /// Asserts the kernel's gradients equal the analytic ones within 1e-5.
-fn assert_kernel_grads(dx: &[f32], dg: &[f32], db: &[f32], an: &ChannelGrads) {
+fn assert_kernel_grads([dx, dg, db]: &[Vec<f32>; 3], an: &ChannelGrads) {
     assert_close("kernel dx", dx, &an.dx, 1e-5);
     assert_close("kernel dgamma", dg, &an.dgamma, 1e-5);
     assert_close("kernel dbeta", db, &an.dbeta, 1e-5);
@@ -320,7 +371,7 @@ fn assert_kernel_grads(dx: &[f32], dg: &[f32], db: &[f32], an: &ChannelGrads) {
 
 /// The train reference backward against finite differences (with and without affine), and the
 /// f32 kernel against it.
-pub fn check_train_fd(k: &Norm) {
+pub fn check_train_fd<S>(k: &Kernels<S>) {
     let s = Nchw::new(2, 3, 3, 5);
     let inp = inputs(s, 11, 0.0);
     let (x, dy, g, b) = (
@@ -342,25 +393,25 @@ pub fn check_train_fd(k: &Norm) {
     assert_close64("dx (no affine)", &plain.dx, &num, 1e-6);
 
     // The f32 kernel agrees with the analytic gradient.
+    let norm = k.norm(1e-5, MOMENTUM, true, false);
     let aff = Some(Affine {
         gamma: &inp.gamma,
         beta: &inp.beta,
     });
-    let [_, mean, rstd] = k.train_forward(s, &inp.x, aff, 1e-5, None, Parallelism::None);
-    let [dx, dg, db] = k.train_backward(
+    let [_, mean, rstd] = k.train_forward(&norm, s, &inp.x, aff, None, Parallelism::None);
+    let grads = k.train_backward(
+        &norm,
         s,
-        &inp.x,
-        &inp.dy,
-        &mean,
-        &rstd,
+        (&inp.x, &inp.dy),
+        stats(&mean, &rstd),
         Some(&inp.gamma),
         Parallelism::Rayon,
     );
-    assert_kernel_grads(&dx, &dg, &db, &an);
+    assert_kernel_grads(&grads, &an);
 }
 
 /// The eval reference backward against finite differences, and the f32 kernel against it.
-pub fn check_eval_fd(k: &Norm) {
+pub fn check_eval_fd<S>(k: &Kernels<S>) {
     let s = Nchw::new(2, 3, 3, 5);
     let inp = inputs(s, 12, 0.0);
     let (x, dy, g, b) = (
@@ -379,34 +430,28 @@ pub fn check_eval_fd(k: &Norm) {
         )
     });
 
-    let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
-    (k.backward_eval)(
+    let norm = k.norm(1e-5, MOMENTUM, true, true);
+    let grads = k.eval_backward(
+        &norm,
         s,
-        &inp.x,
-        &inp.dy,
-        &inp.rm,
-        &inp.rv,
+        (&inp.x, &inp.dy),
+        running(&inp.rm, &inp.rv),
         Some(&inp.gamma),
-        1e-5,
-        &mut dx,
-        Some(grads),
         Parallelism::None,
-    )
-    .unwrap();
-    assert_kernel_grads(&dx, &dg, &db, &an);
+    );
+    assert_kernel_grads(&grads, &an);
 }
 
 /// `gamma = None` with `grads`: dx of the plain normalisation, and the gradients of a unit scale
 /// and zero shift — the same dgamma/dbeta as with any gamma.
-pub fn check_no_affine_still_writes_grads(k: &Norm) {
+pub fn check_no_affine_still_writes_grads<S>(k: &Kernels<S>) {
     let s = Nchw::new(3, 4, 5, 3);
     let inp = inputs(s, 13, 0.0);
-    let [_, mean, rstd] = k.train_forward(s, &inp.x, None, EPS, None, Parallelism::None);
-    let [dx, dg, db] = k.train_backward(s, &inp.x, &inp.dy, &mean, &rstd, None, Parallelism::None);
+    let norm = k.norm(EPS, MOMENTUM, false, false);
+    let p = Parallelism::None;
+    let [_, mean, rstd] = k.train_forward(&norm, s, &inp.x, None, None, p);
+    let saved = stats(&mean, &rstd);
+    let [dx, dg, db] = k.train_backward(&norm, s, (&inp.x, &inp.dy), saved, None, p);
     let (x64, dy64) = (f64s(&inp.x), f64s(&inp.dy));
     let want = (k.ref_backward_train)(s, &x64, &dy64, None, EPS as f64);
     assert_close("dx", &dx, &want.dx, 1e-5);
@@ -417,7 +462,7 @@ pub fn check_no_affine_still_writes_grads(k: &Norm) {
 
 /// The PyTorch fixtures of `norm`: train forward and backward; with `track_running`, also the
 /// running statistics (from 0 and 1) and the eval forward of `x_eval` with them.
-pub fn check_fixtures(k: &Norm, norm: &str, track_running: bool) {
+pub fn check_fixtures<S>(k: &Kernels<S>, norm: &str, track_running: bool) {
     for case in super::cases(Some(norm)) {
         let [n, c, h, w] = case.shape;
         let s = Nchw::new(n, c, h, w);
@@ -435,14 +480,15 @@ pub fn check_fixtures(k: &Norm, norm: &str, track_running: bool) {
         let momentum = case
             .momentum
             .map_or(Momentum::CumulativeAverage, Momentum::Exponential);
+        let settings = k.norm(case.eps, momentum, case.affine, track_running);
         let (mut rm, mut rv, mut nbt) = (vec![0.0; c], vec![1.0; c], 0u64);
-        let running = track_running.then_some(RunningStats {
+        let running_stats = track_running.then_some(RunningStats {
             mean: &mut rm,
             var: &mut rv,
             num_batches_tracked: &mut nbt,
-            momentum,
         });
-        let [y, mean, rstd] = k.train_forward(s, &x, aff, case.eps, running, Parallelism::Rayon);
+        let par = Parallelism::Rayon;
+        let [y, mean, rstd] = k.train_forward(&settings, s, &x, aff, running_stats, par);
         let name = &case.name;
         let check = |what: &str, got: &[f32]| {
             let e = super::max_err(got, &case.load(what));
@@ -455,7 +501,8 @@ pub fn check_fixtures(k: &Norm, norm: &str, track_running: bool) {
         }
 
         let g = case.affine.then_some(&gamma[..]);
-        let [dx, dg, db] = k.train_backward(s, &x, &dy, &mean, &rstd, g, Parallelism::Rayon);
+        let saved = stats(&mean, &rstd);
+        let [dx, dg, db] = k.train_backward(&settings, s, (&x, &dy), saved, g, par);
         check("dx", &dx);
         if case.affine {
             check("dweight", &dg);
@@ -464,18 +511,7 @@ pub fn check_fixtures(k: &Norm, norm: &str, track_running: bool) {
 
         if track_running {
             let x_eval = case.load("x_eval");
-            let mut y_eval = vec![0.0; x_eval.len()];
-            (k.forward_eval)(
-                s,
-                &x_eval,
-                &rm,
-                &rv,
-                aff,
-                case.eps,
-                &mut y_eval,
-                Parallelism::Rayon,
-            )
-            .unwrap();
+            let y_eval = k.eval_forward(&settings, s, &x_eval, aff, running(&rm, &rv), par);
             check("y_eval", &y_eval);
         }
     }
@@ -485,51 +521,34 @@ pub fn check_fixtures(k: &Norm, norm: &str, track_running: bool) {
 /// eval forward and eval backward (with the updated running stats), all with affine, in the
 /// order `y, mean, rstd, running_mean, running_var, dx, dgamma, dbeta, y_eval, dx_eval,
 /// dgamma_eval, dbeta_eval`.
-fn all_outputs(k: &Norm, s: Nchw, inp: &Inputs, par: Parallelism) -> [Vec<f32>; 12] {
+fn all_outputs<S>(k: &Kernels<S>, s: Nchw, inp: &Inputs, par: Parallelism) -> [Vec<f32>; 12] {
+    let norm = k.norm(EPS, MOMENTUM, true, true);
     let aff = Some(Affine {
         gamma: &inp.gamma,
         beta: &inp.beta,
     });
     let (mut rm, mut rv, mut nbt) = (inp.rm.clone(), inp.rv.clone(), 0u64);
-    let running = RunningStats {
+    let running_stats = RunningStats {
         mean: &mut rm,
         var: &mut rv,
         num_batches_tracked: &mut nbt,
-        momentum: Momentum::Exponential(0.1),
     };
-    let [y, mean, rstd] = k.train_forward(s, &inp.x, aff, EPS, Some(running), par);
-    let [dx, dg, db] = k.train_backward(s, &inp.x, &inp.dy, &mean, &rstd, Some(&inp.gamma), par);
-    let mut ye = vec![0.0; s.len()];
-    (k.forward_eval)(s, &inp.x, &rm, &rv, aff, EPS, &mut ye, par).unwrap();
-    let (mut dxe, mut dge, mut dbe) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
-    let grads = AffineGrads {
-        dgamma: &mut dge,
-        dbeta: &mut dbe,
-    };
-    (k.backward_eval)(
-        s,
-        &inp.x,
-        &inp.dy,
-        &rm,
-        &rv,
-        Some(&inp.gamma),
-        EPS,
-        &mut dxe,
-        Some(grads),
-        par,
-    )
-    .unwrap();
+    let [y, mean, rstd] = k.train_forward(&norm, s, &inp.x, aff, Some(running_stats), par);
+    let (x_dy, gamma) = ((&inp.x[..], &inp.dy[..]), Some(&inp.gamma[..]));
+    let [dx, dg, db] = k.train_backward(&norm, s, x_dy, stats(&mean, &rstd), gamma, par);
+    let ye = k.eval_forward(&norm, s, &inp.x, aff, running(&rm, &rv), par);
+    let [dxe, dge, dbe] = k.eval_backward(&norm, s, x_dy, running(&rm, &rv), gamma, par);
     [y, mean, rstd, rm, rv, dx, dg, db, ye, dxe, dge, dbe]
 }
 
 /// All outputs of every entry point, as bits.
-fn all_bits(k: &Norm, s: Nchw, par: Parallelism) -> Vec<u32> {
+fn all_bits<S>(k: &Kernels<S>, s: Nchw, par: Parallelism) -> Vec<u32> {
     let out = all_outputs(k, s, &inputs(s, 21, 3.0), par);
     out.iter().flat_map(|v| bits(v)).collect()
 }
 
 /// Bit-identical outputs with rayon on 1, 2 and 4 threads and without rayon.
-pub fn check_bit_identical_for_any_thread_count(k: &Norm) {
+pub fn check_bit_identical_for_any_thread_count<S: Sync>(k: &Kernels<S>) {
     // Many channels (one task each) and few channels with planes split into work units.
     for s in [Nchw::new(4, 24, 40, 41), Nchw::new(2, 3, 300, 301)] {
         let one = in_pool(1, || all_bits(k, s, Parallelism::Rayon));
@@ -547,7 +566,7 @@ pub fn check_bit_identical_for_any_thread_count(k: &Norm) {
 /// The errors every entry point gives for zero dimensions, each buffer one element short, bad
 /// eps and bad running statistics (not the train-only "one value per statistic" check, whose
 /// shape and error differ between the norms).
-pub fn check_errors(k: &Norm) {
+pub fn check_errors<S>(k: &Kernels<S>) {
     let s = Nchw::new(2, 3, 4, 5);
     let inp = inputs(s, 1, 0.0);
     let p = Parallelism::None;
@@ -560,6 +579,17 @@ pub fn check_errors(k: &Norm) {
     };
     let zero = Nchw::new(2, 0, 4, 5);
     let zero_c = |op| Err(NormError::ZeroDim { op, dim: "c" });
+    // The settings of a call with affine parameters, without running statistics; and of one
+    // with neither, for the zero shapes' empty calls.
+    let affine = |eps| k.norm(eps, MOMENTUM, true, false);
+    let plain = k.norm(EPS, MOMENTUM, false, false);
+    let empty = || Output {
+        y: &mut [],
+        stats: StatsMut {
+            mean: &mut [],
+            rstd: &mut [],
+        },
+    };
 
     // Forward train: x, y, mean, rstd, gamma, beta of the given lengths.
     let ft = k.op("forward_train");
@@ -569,20 +599,17 @@ pub fn check_errors(k: &Norm) {
             gamma: &inp.gamma[..lg],
             beta: &inp.beta[..lb],
         });
-        (k.forward_train)(
-            s,
-            &inp.x[..lx],
-            aff,
-            eps,
-            None,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-            p,
-        )
+        let out = Output {
+            y: &mut y,
+            stats: StatsMut {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            },
+        };
+        (k.forward_train)(&affine(eps), s, &inp.x[..lx], aff, None, out, p)
     };
     assert_eq!(
-        (k.forward_train)(zero, &[], None, EPS, None, &mut [], &mut [], &mut [], p),
+        (k.forward_train)(&plain, zero, &[], None, None, empty(), p),
         zero_c(ft)
     );
     let full = [s.len(), s.len(), st, st, s.c, s.c];
@@ -617,29 +644,26 @@ pub fn check_errors(k: &Norm) {
         ),
     ] {
         let (mut rm, mut rv) = (vec![0.0; lm], vec![1.0; lv]);
-        let running = RunningStats {
+        let running_stats = RunningStats {
             mean: &mut rm,
             var: &mut rv,
             num_batches_tracked: &mut nbt,
-            momentum: Momentum::Exponential(momentum),
         };
         let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st], vec![0.0; st]);
         let aff = Some(Affine {
             gamma: &inp.gamma,
             beta: &inp.beta,
         });
+        let out = Output {
+            y: &mut y,
+            stats: StatsMut {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            },
+        };
+        let norm = k.norm(EPS, Momentum::Exponential(momentum), true, true);
         assert_eq!(
-            (k.forward_train)(
-                s,
-                &inp.x,
-                aff,
-                EPS,
-                Some(running),
-                &mut y,
-                &mut mean,
-                &mut rstd,
-                p
-            ),
+            (k.forward_train)(&norm, s, &inp.x, aff, Some(running_stats), out, p),
             Err(want)
         );
     }
@@ -647,29 +671,32 @@ pub fn check_errors(k: &Norm) {
 
     // Forward eval.
     let fe = k.op("forward_eval");
+    let eval = |eps| k.norm(eps, MOMENTUM, true, true);
     let aff = Some(Affine {
         gamma: &inp.gamma,
         beta: &inp.beta,
     });
     let mut y = vec![0.0; s.len()];
+    let plain_eval = k.norm(EPS, MOMENTUM, false, true);
     assert_eq!(
-        (k.forward_eval)(zero, &[], &[], &[], None, EPS, &mut [], p),
+        (k.forward_eval)(&plain_eval, zero, &[], None, running(&[], &[]), &mut [], p),
         zero_c(fe)
     );
+    let (rm, rv) = (&inp.rm[..], &inp.rv[..]);
     assert_eq!(
-        (k.forward_eval)(s, &inp.x, &inp.rm[1..], &inp.rv, aff, EPS, &mut y, p),
+        (k.forward_eval)(&eval(EPS), s, &inp.x, aff, running(&rm[1..], rv), &mut y, p),
         Err(len(fe, "running_mean", 3))
     );
     assert_eq!(
-        (k.forward_eval)(s, &inp.x, &inp.rm, &inp.rv[1..], aff, EPS, &mut y, p),
+        (k.forward_eval)(&eval(EPS), s, &inp.x, aff, running(rm, &rv[1..]), &mut y, p),
         Err(len(fe, "running_var", 3))
     );
     assert_eq!(
-        (k.forward_eval)(s, &inp.x, &inp.rm, &inp.rv, aff, EPS, &mut y[1..], p),
+        (k.forward_eval)(&eval(EPS), s, &inp.x, aff, running(rm, rv), &mut y[1..], p),
         Err(len(fe, "y", 120))
     );
     assert!(matches!(
-        (k.forward_eval)(s, &inp.x, &inp.rm, &inp.rv, aff, -1.0, &mut y, p),
+        (k.forward_eval)(&eval(-1.0), s, &inp.x, aff, running(rm, rv), &mut y, p),
         Err(NormError::Eps { op, .. }) if op == fe
     ));
 
@@ -679,25 +706,30 @@ pub fn check_errors(k: &Norm) {
     let backward_train = |[lx, ldy, ldx, lm, lr, lg, ldg, ldb]: [usize; 8], with_grads: bool| {
         let (mean, rstd) = (vec![0.0; lm], vec![0.0; lr]);
         let (mut dx, mut dg, mut db) = (vec![0.0; ldx], vec![0.0; ldg], vec![0.0; ldb]);
-        let grads = with_grads.then_some(AffineGrads {
-            dgamma: &mut dg,
-            dbeta: &mut db,
-        });
+        let grads = Grads {
+            dx: &mut dx,
+            affine: with_grads.then_some(AffineGrads {
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            }),
+        };
         let g = Some(&inp.gamma[..lg]);
-        (k.backward_train)(
-            s,
-            &inp.x[..lx],
-            &inp.dy[..ldy],
-            &mean,
-            &rstd,
-            g,
-            &mut dx,
-            grads,
-            p,
-        )
+        let saved = Saved {
+            x: &inp.x[..lx],
+            stats: stats(&mean, &rstd),
+        };
+        (k.backward_train)(&affine(EPS), s, saved, &inp.dy[..ldy], g, grads, p)
+    };
+    let no_grads = || Grads {
+        dx: &mut [],
+        affine: None,
+    };
+    let empty_saved = Saved {
+        x: &[],
+        stats: stats(&[], &[]),
     };
     assert_eq!(
-        (k.backward_train)(zero, &[], &[], &[], &[], None, &mut [], None, p),
+        (k.backward_train)(&plain, zero, empty_saved, &[], None, no_grads(), p),
         zero_c(bt)
     );
     let full = [s.len(), s.len(), s.len(), st, st, s.c, s.c, s.c];
@@ -723,25 +755,26 @@ pub fn check_errors(k: &Norm) {
     let backward_eval =
         |[lx, ldy, lm, lv, lg, ldx, ldg, ldb]: [usize; 8], eps: f32, with_grads: bool| {
             let (mut dx, mut dg, mut db) = (vec![0.0; ldx], vec![0.0; ldg], vec![0.0; ldb]);
-            let grads = with_grads.then_some(AffineGrads {
-                dgamma: &mut dg,
-                dbeta: &mut db,
-            });
-            (k.backward_eval)(
-                s,
-                &inp.x[..lx],
-                &inp.dy[..ldy],
-                &inp.rm[..lm],
-                &inp.rv[..lv],
-                Some(&inp.gamma[..lg]),
-                eps,
-                &mut dx,
-                grads,
-                p,
-            )
+            let grads = Grads {
+                dx: &mut dx,
+                affine: with_grads.then_some(AffineGrads {
+                    dgamma: &mut dg,
+                    dbeta: &mut db,
+                }),
+            };
+            let saved = Saved {
+                x: &inp.x[..lx],
+                stats: running(&inp.rm[..lm], &inp.rv[..lv]),
+            };
+            let g = Some(&inp.gamma[..lg]);
+            (k.backward_eval)(&eval(eps), s, saved, &inp.dy[..ldy], g, grads, p)
         };
+    let empty_saved = Saved {
+        x: &[],
+        stats: running(&[], &[]),
+    };
     assert_eq!(
-        (k.backward_eval)(zero, &[], &[], &[], &[], None, EPS, &mut [], None, p),
+        (k.backward_eval)(&plain_eval, zero, empty_saved, &[], None, no_grads(), p),
         zero_c(be)
     );
     let full = [s.len(), s.len(), s.c, s.c, s.c, s.len(), s.c, s.c];
@@ -763,9 +796,160 @@ pub fn check_errors(k: &Norm) {
     ));
 }
 
+/// The texts of [`NormError::Settings`].
+pub const AFFINE_MISSING: &str = "settings say affine = true, but no gamma/beta were given";
+pub const AFFINE_UNEXPECTED: &str = "settings say affine = false, but gamma/beta were given";
+pub const RUNNING_MISSING: &str =
+    "settings say track_running_stats = true, but no running statistics were given";
+pub const RUNNING_UNEXPECTED: &str =
+    "settings say track_running_stats = false, but running statistics were given";
+
+/// Every entry point rejects a call whose affine parameters or running statistics disagree with
+/// the settings (`NormError::Settings`), before touching any output or the running statistics.
+pub fn check_settings_errors<S>(k: &Kernels<S>) {
+    let s = Nchw::new(2, 3, 4, 5);
+    let inp = inputs(s, 1, 0.0);
+    let p = Parallelism::None;
+    let st = (k.stats_len)(s);
+    let settings = |op, what| Err(NormError::Settings { op, what });
+    let aff = Some(Affine {
+        gamma: &inp.gamma,
+        beta: &inp.beta,
+    });
+
+    // Forward train: (affine in the settings, affine given, tracking, running given, error).
+    let ft = k.op("forward_train");
+    for (affine, given, track, with_running, what) in [
+        (false, true, false, false, AFFINE_UNEXPECTED),
+        (true, false, false, false, AFFINE_MISSING),
+        (true, true, true, false, RUNNING_MISSING),
+        (true, true, false, true, RUNNING_UNEXPECTED),
+    ] {
+        let (mut rm, mut rv, mut nbt) = (inp.rm.clone(), inp.rv.clone(), 4u64);
+        let running_stats = with_running.then_some(RunningStats {
+            mean: &mut rm,
+            var: &mut rv,
+            num_batches_tracked: &mut nbt,
+        });
+        let (mut y, mut mean, mut rstd) = (vec![7.0; s.len()], vec![7.0; st], vec![7.0; st]);
+        let out = Output {
+            y: &mut y,
+            stats: StatsMut {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            },
+        };
+        let norm = k.norm(EPS, MOMENTUM, affine, track);
+        let a = if given { aff } else { None };
+        assert_eq!(
+            (k.forward_train)(&norm, s, &inp.x, a, running_stats, out, p),
+            settings(ft, what),
+            "affine {affine} given {given} track {track} running {with_running}"
+        );
+        assert!(y.iter().chain(&mean).chain(&rstd).all(|&v| v == 7.0));
+        assert_eq!((nbt, &rm, &rv), (4, &inp.rm, &inp.rv));
+    }
+
+    // Backward train: (affine in the settings, gamma given, error).
+    let bt = k.op("backward_train");
+    let (mean, rstd) = (vec![0.0; st], vec![1.0; st]);
+    for (affine, given, what) in [
+        (false, true, AFFINE_UNEXPECTED),
+        (true, false, AFFINE_MISSING),
+    ] {
+        let (mut dx, mut dg, mut db) = (vec![7.0; s.len()], vec![7.0; s.c], vec![7.0; s.c]);
+        let grads = Grads {
+            dx: &mut dx,
+            affine: Some(AffineGrads {
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            }),
+        };
+        let saved = Saved {
+            x: &inp.x,
+            stats: stats(&mean, &rstd),
+        };
+        let g = given.then_some(&inp.gamma[..]);
+        let norm = k.norm(EPS, MOMENTUM, affine, false);
+        assert_eq!(
+            (k.backward_train)(&norm, s, saved, &inp.dy, g, grads, p),
+            settings(bt, what),
+            "affine {affine} given {given}"
+        );
+        assert!(dx.iter().chain(&dg).chain(&db).all(|&v| v == 7.0));
+    }
+
+    // Forward eval and backward eval: the affine flag.
+    let (fe, be) = (k.op("forward_eval"), k.op("backward_eval"));
+    let run = running(&inp.rm, &inp.rv);
+    for (affine, given, what) in [
+        (false, true, AFFINE_UNEXPECTED),
+        (true, false, AFFINE_MISSING),
+    ] {
+        let norm = k.norm(EPS, MOMENTUM, affine, true);
+        let mut y = vec![7.0; s.len()];
+        let a = if given { aff } else { None };
+        assert_eq!(
+            (k.forward_eval)(&norm, s, &inp.x, a, run, &mut y, p),
+            settings(fe, what),
+            "forward eval: affine {affine} given {given}"
+        );
+        let mut dx = vec![7.0; s.len()];
+        let grads = Grads {
+            dx: &mut dx,
+            affine: None,
+        };
+        let saved = Saved {
+            x: &inp.x,
+            stats: run,
+        };
+        let g = given.then_some(&inp.gamma[..]);
+        assert_eq!(
+            (k.backward_eval)(&norm, s, saved, &inp.dy, g, grads, p),
+            settings(be, what),
+            "backward eval: affine {affine} given {given}"
+        );
+        assert!(y.iter().chain(&dx).all(|&v| v == 7.0));
+    }
+}
+
+/// The eval entry points normalise with running statistics, so settings without
+/// `track_running_stats` contradict them: `NormError::Settings`.
+pub fn check_eval_needs_tracking<S>(k: &Kernels<S>) {
+    let s = Nchw::new(2, 3, 4, 5);
+    let inp = inputs(s, 1, 0.0);
+    let p = Parallelism::None;
+    let norm = k.norm(EPS, MOMENTUM, false, false);
+    let run = running(&inp.rm, &inp.rv);
+    let want = |op| {
+        Err(NormError::Settings {
+            op,
+            what: RUNNING_UNEXPECTED,
+        })
+    };
+    let mut y = vec![0.0; s.len()];
+    assert_eq!(
+        (k.forward_eval)(&norm, s, &inp.x, None, run, &mut y, p),
+        want(k.op("forward_eval"))
+    );
+    let mut dx = vec![0.0; s.len()];
+    let grads = Grads {
+        dx: &mut dx,
+        affine: None,
+    };
+    let saved = Saved {
+        x: &inp.x,
+        stats: run,
+    };
+    assert_eq!(
+        (k.backward_eval)(&norm, s, saved, &inp.dy, None, grads, p),
+        want(k.op("backward_eval"))
+    );
+}
+
 /// The text of the snapshot test: a train step (affine, running stats from 0 and 1, momentum
 /// 0.1) and an eval forward with the updated running stats on a 2x3x2x3 input, 4 decimals.
-pub fn snapshot_small_case(k: &Norm) -> String {
+pub fn snapshot_small_case<S>(k: &Kernels<S>) -> String {
     let s = Nchw::new(2, 3, 2, 3);
     let mut inp = inputs(s, 2024, 0.0);
     (inp.rm, inp.rv) = (vec![0.0; 3], vec![1.0; 3]);

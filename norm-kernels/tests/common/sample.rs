@@ -3,7 +3,7 @@
 //! calls as closures; `tests/{group,layer}_norm.rs` hold what differs.
 
 use super::check::*;
-use norm_kernels::{Affine, NormError, Parallelism};
+use norm_kernels::{Affine, AffineGrads, Grads, NormError, Output, Parallelism, Stats, StatsMut};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -125,7 +125,9 @@ pub fn check_against_reference(
 
     let (m64, r64) = (f64s(&out.mean), f64s(&out.rstd));
     let gamma = aff.as_ref().map(|(g, _)| &g[..]);
-    let [want_dx, want_dg, want_db] = backward(&m64, &r64);
+    // The saved mean is only the pivot of the backward, which corrects its f32 rounding from
+    // the data (`mean = m + Σ(x - m)/M`): the oracle is the backward at the exact mean.
+    let [want_dx, want_dg, want_db] = backward(fwd_mean, &r64);
     let mut gdy_max = vec![0.0f64; spread.len()];
     let mut xh_max = vec![0.0f64; spread.len()];
     let params = out.dgamma.len();
@@ -265,5 +267,69 @@ pub fn check_buffer_len_errors<const N: usize>(
                 actual: lens[k]
             })
         );
+    }
+}
+
+/// Forward and backward (`ops`) reject `gamma`/`beta` the settings do not announce, and missing
+/// ones they do, with `NormError::Settings`, writing nothing. `inp` is affine; `forward(affine,
+/// inputs, out)` and `backward(affine, inputs, stats, grads)` call the kernels with settings
+/// saying `affine` and the affine parameters of `inputs`; `stats` and `params` are the lengths of
+/// the saved statistics and of gamma.
+pub fn check_settings_errors(
+    ops: [&'static str; 2],
+    inp: &Inputs,
+    (stats, params): (usize, usize),
+    forward: impl Fn(bool, &Inputs, Output<'_>) -> Result<(), NormError>,
+    backward: impl Fn(bool, &Inputs, Stats<'_>, Grads<'_>) -> Result<(), NormError>,
+) {
+    let [op_f, op_b] = ops;
+    for (affine, given, what) in [
+        (
+            false,
+            true,
+            "settings say affine = false, but gamma/beta were given",
+        ),
+        (
+            true,
+            false,
+            "settings say affine = true, but no gamma/beta were given",
+        ),
+    ] {
+        let case = Inputs {
+            x: inp.x.clone(),
+            dy: inp.dy.clone(),
+            affine: if given { inp.affine.clone() } else { None },
+        };
+        let (mut y, mut mean, mut rstd) =
+            (vec![7.0; inp.x.len()], vec![7.0; stats], vec![7.0; stats]);
+        let out = Output {
+            y: &mut y,
+            stats: StatsMut {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            },
+        };
+        let err = Err(NormError::Settings { op: op_f, what });
+        assert_eq!(forward(affine, &case, out), err, "forward: affine {affine}");
+        assert!(y.iter().chain(&mean).chain(&rstd).all(|&v| v == 7.0));
+
+        let (m, r) = (vec![0.0; stats], vec![1.0; stats]);
+        let (mut dx, mut dg, mut db) =
+            (vec![7.0; inp.x.len()], vec![7.0; params], vec![7.0; params]);
+        let grads = Grads {
+            dx: &mut dx,
+            affine: Some(AffineGrads {
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            }),
+        };
+        let saved = Stats { mean: &m, rstd: &r };
+        let err = Err(NormError::Settings { op: op_b, what });
+        assert_eq!(
+            backward(affine, &case, saved, grads),
+            err,
+            "backward: affine {affine}"
+        );
+        assert!(dx.iter().chain(&dg).chain(&db).all(|&v| v == 7.0));
     }
 }

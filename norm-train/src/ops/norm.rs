@@ -1,37 +1,31 @@
-//! The normalisation layers as one tape op over the `norm-kernels` kernels.
-//!
-//! | kind     | statistics over        | affine          | eval mode              |
-//! |----------|------------------------|-----------------|------------------------|
-//! | batch    | `(N, H, W)` per channel | `[C]`           | running mean/var       |
-//! | layer    | `(C, H, W)` per sample  | `[C·H·W]`       | same as train          |
-//! | instance | `(H, W)` per (n, c)     | `[C]`           | same as train (no running statistics, PyTorch's `track_running_stats=False`) |
-//! | group    | `(C/G, H, W)` per (n, g)| `[C]`           | same as train          |
-//! | none     | —                      | —               | identity               |
+//! The normalisation layers as one tape op over the `norm-kernels` descriptor
+//! [`Norm`](norm_kernels::Norm): what each norm normalises over, its affine shape, its running
+//! statistics and how train and eval differ are the descriptor's facts, not this op's.
 //!
 //! [`Post`] fuses what follows the norm in the model — a ReLU, or a ReLU and a 2×2 max pool —
 //! into the same op: that saves one or two tensors per block (each an output, a gradient and a
-//! copy in and out of dfdx). With `none` the op is then a plain ReLU (+ pool).
+//! copy in and out of dfdx). Without a norm the op is then a plain ReLU (+ pool).
 //!
-//! Train-mode BatchNorm updates the running statistics in place with PyTorch's momentum 0.1 and
-//! unbiased variance. The kernels' backward overwrites; this op accumulates into dfdx's gradients.
+//! A train-mode forward of a norm with running statistics updates them in place (PyTorch's
+//! momentum and unbiased variance). The kernels' backward overwrites; this op accumulates into
+//! dfdx's gradients.
 
 use dfdx::shapes::HasShape;
 use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
-use norm_kernels::{Affine, AffineGrads, Momentum, Nchw, Parallelism, RunningStats};
+use norm_kernels::{
+    Affine, AffineGrads, Backward, Forward, Grads, Mode, Nchw, Norm, Parallelism, RunningStats,
+};
 
 use rayon::prelude::*;
 
 use super::{
-    BufferPool, ELEMENTWISE_CHUNK, Pooled, Shape1, Shape4, acc_grad,
+    BufferPool, ELEMENTWISE_CHUNK, Shape1, Shape4, acc_grad,
     pool::{max_pool2_backward, max_pool2_forward},
     put_grad, read, take_grad, write,
 };
-use crate::{NormKind, TrainError};
+use crate::TrainError;
 
-/// PyTorch's BatchNorm2d default momentum.
-pub const BN_MOMENTUM: f32 = 0.1;
-
-/// Running statistics of a BatchNorm layer (PyTorch's buffers).
+/// Running statistics of a norm layer (PyTorch's buffers).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Running {
     /// `running_mean`, `[C]`, starts at 0.
@@ -53,6 +47,47 @@ impl Running {
     }
 }
 
+/// One norm layer of a model: its settings and, exactly when the settings track them, its
+/// running statistics — so a norm whose eval mode needs running statistics always has them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormLayer {
+    norm: Norm,
+    running: Option<Running>,
+}
+
+impl NormLayer {
+    /// A layer of `norm` over `c` channels, with fresh running statistics if it tracks them.
+    pub fn new(norm: Norm, c: usize) -> Self {
+        Self {
+            norm,
+            running: norm.tracks_running().then(|| Running::new(c)),
+        }
+    }
+
+    /// The settings.
+    pub fn norm(&self) -> &Norm {
+        &self.norm
+    }
+
+    /// Replaces the settings by `norm` of the same kind (a ramped BatchRenorm, say); the
+    /// running statistics stay.
+    pub fn set_norm(&mut self, norm: Norm) {
+        debug_assert_eq!(norm.kind(), self.norm.kind());
+        debug_assert_eq!(norm.tracks_running(), self.norm.tracks_running());
+        self.norm = norm;
+    }
+
+    /// The running statistics, if the norm tracks them.
+    pub fn running(&self) -> Option<&Running> {
+        self.running.as_ref()
+    }
+
+    /// The running statistics, mutable.
+    pub fn running_mut(&mut self) -> Option<&mut Running> {
+        self.running.as_mut()
+    }
+}
+
 /// `(gamma, beta)` as flat tensors on tape `T`.
 pub type AffineTensors<T> = (Tensor<Shape1, f32, Cpu, T>, Tensor<Shape1, f32, Cpu, T>);
 
@@ -67,64 +102,19 @@ pub enum Post {
     ReluMaxPool2,
 }
 
-/// Which norm and its settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct NormSpec {
-    /// The layer.
-    pub kind: NormKind,
-    /// GroupNorm's groups.
-    pub groups: usize,
-    /// `eps`.
-    pub eps: f32,
-}
-
-impl NormSpec {
-    /// Length of one affine parameter for channels `c` over `h × w` planes (0 for `none`).
-    pub fn affine_len(&self, c: usize, h: usize, w: usize) -> usize {
-        match self.kind {
-            NormKind::Batch | NormKind::Instance | NormKind::Group => c,
-            NormKind::Layer => c * h * w,
-            NormKind::None => 0,
-        }
-    }
-
-    /// Number of (mean, rstd) pairs the forward saves.
-    fn stats_len(&self, s: Nchw) -> usize {
-        match self.kind {
-            NormKind::Batch => s.c,
-            NormKind::Instance => s.n * s.c,
-            NormKind::Layer => s.n,
-            NormKind::Group => s.n * self.groups,
-            NormKind::None => 0,
-        }
-    }
-}
-
-/// What backward needs besides the output gradient.
-enum Saved {
-    /// Batch statistics (mean, rstd) of a train-mode forward.
-    Stats(Pooled<f32>, Pooled<f32>),
-    /// Running statistics (mean, var) used by an eval-mode BatchNorm forward.
-    Running(Pooled<f32>, Pooled<f32>),
-}
-
-/// The tape op. `affine` is `(gamma, beta)` of length [`NormSpec::affine_len`]; `training`
-/// selects BatchNorm's mode (the other norms behave the same in both); `running` is BatchNorm's
-/// statistics (required for `batch`, ignored otherwise); `post` appends a ReLU, or a ReLU and a
-/// 2×2 max pool.
-#[allow(clippy::too_many_arguments)]
+/// The tape op: `layer`'s norm (or none) in `mode`, then `post`. `affine` is `(gamma, beta)` of
+/// the descriptor's affine length, present exactly when the norm is affine.
 pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
     x: Tensor<Shape4, f32, Cpu, T>,
     affine: Option<AffineTensors<T>>,
-    spec: NormSpec,
-    training: bool,
-    running: Option<&mut Running>,
+    layer: Option<&mut NormLayer>,
+    mode: Mode,
     post: Post,
-    pool: &BufferPool<f32>,
-    index_pool: &BufferPool<u8>,
+    pools: (&BufferPool<f32>, &BufferPool<u8>),
 ) -> Result<Tensor<Shape4, f32, Cpu, T>, TrainError> {
+    let (pool, index_pool) = pools;
     let relu = post != Post::Identity;
-    if spec.kind == NormKind::None && !relu {
+    if layer.is_none() && !relu {
         return Ok(x);
     }
     let (n, c, h, w) = *x.shape();
@@ -142,76 +132,36 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
         }
         None => (None, None, None),
     };
-    let aff = match (&gs, &bs) {
-        (Some(g), Some(b)) => Some(Affine { gamma: g, beta: b }),
-        _ => None,
-    };
     let par = Parallelism::Rayon;
     let mut ys = pool.take(shape.len());
-    let sl = spec.stats_len(shape);
-    let (mut mean, mut rstd) = (pool.take(sl), pool.take(sl));
-    let saved = match spec.kind {
-        NormKind::Batch => {
-            let r = running.expect("norm: BatchNorm needs running statistics");
-            if training {
-                let rs = RunningStats {
-                    mean: &mut r.mean,
-                    var: &mut r.var,
-                    num_batches_tracked: &mut r.num_batches_tracked,
-                    momentum: Momentum::Exponential(BN_MOMENTUM),
-                };
-                norm_kernels::batch_norm_forward_train(
-                    shape,
-                    &xs,
-                    aff,
-                    spec.eps,
-                    Some(rs),
-                    &mut ys,
-                    &mut mean,
-                    &mut rstd,
-                    par,
-                )?;
-                Saved::Stats(mean, rstd)
-            } else {
-                norm_kernels::batch_norm_forward_eval(
-                    shape, &xs, &r.mean, &r.var, aff, spec.eps, &mut ys, par,
-                )?;
-                let (mut rm, mut rv) = (pool.take(c), pool.take(c));
-                rm.copy_from_slice(&r.mean);
-                rv.copy_from_slice(&r.var);
-                Saved::Running(rm, rv)
-            }
-        }
-        NormKind::Instance => {
-            norm_kernels::instance_norm_forward_train(
-                shape, &xs, aff, spec.eps, None, &mut ys, &mut mean, &mut rstd, par,
-            )?;
-            Saved::Stats(mean, rstd)
-        }
-        NormKind::Layer => {
-            norm_kernels::layer_norm_forward(
-                shape, &xs, aff, spec.eps, &mut ys, &mut mean, &mut rstd, par,
-            )?;
-            Saved::Stats(mean, rstd)
-        }
-        NormKind::Group => {
-            norm_kernels::group_norm_forward(
+    let spec = layer.as_ref().map(|l| l.norm);
+    let saved = match layer {
+        Some(layer) => {
+            let mut saved = pool.take(layer.norm.saved_len(shape, mode));
+            let affine = match (&gs, &bs) {
+                (Some(g), Some(b)) => Some(Affine { gamma: g, beta: b }),
+                _ => None,
+            };
+            let running = layer.running.as_mut().map(|r| RunningStats {
+                mean: &mut r.mean,
+                var: &mut r.var,
+                num_batches_tracked: &mut r.num_batches_tracked,
+            });
+            let fwd = Forward {
                 shape,
-                spec.groups,
-                &xs,
-                aff,
-                spec.eps,
-                &mut ys,
-                &mut mean,
-                &mut rstd,
-                par,
-            )?;
-            Saved::Stats(mean, rstd)
+                x: &xs,
+                affine,
+                running,
+                y: &mut ys,
+                saved: &mut saved,
+            };
+            layer.norm.forward(mode, fwd, par)?;
+            Some(saved)
         }
-        NormKind::None => {
+        None => {
             // The output starts as the input: take its buffer instead of copying.
             std::mem::swap(&mut ys, &mut xs);
-            Saved::Stats(mean, rstd)
+            None
         }
     };
     if relu {
@@ -255,11 +205,11 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
                 d
             });
             let dy: &[f32] = masked.as_deref().unwrap_or(dy_full);
-            if spec.kind == NormKind::None {
+            let (Some(spec), Some(saved)) = (spec, &saved) else {
                 acc_grad!(grads, x_g, dy);
                 put_grad!(grads, out_g, dy_out);
                 return Ok(());
-            }
+            };
             let mut dx = pool.take(shape.len());
             let al = gs.as_ref().map_or(0, |g| g.len());
             let (mut dg, mut db) = (pool.take(al), pool.take(al));
@@ -267,38 +217,21 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
                 dgamma: &mut dg,
                 dbeta: &mut db,
             });
-            let gamma = gs.as_deref();
-            let res = match (&saved, spec.kind) {
-                (Saved::Stats(m, r), NormKind::Batch) => norm_kernels::batch_norm_backward_train(
-                    shape, &xs, dy, m, r, gamma, &mut dx, ag, par,
-                ),
-                (Saved::Running(m, v), NormKind::Batch) => norm_kernels::batch_norm_backward_eval(
-                    shape, &xs, dy, m, v, gamma, spec.eps, &mut dx, ag, par,
-                ),
-                (Saved::Stats(m, r), NormKind::Instance) => {
-                    norm_kernels::instance_norm_backward_train(
-                        shape, &xs, dy, m, r, gamma, &mut dx, ag, par,
-                    )
-                }
-                (Saved::Stats(m, r), NormKind::Layer) => {
-                    norm_kernels::layer_norm_backward(shape, &xs, dy, m, r, gamma, &mut dx, ag, par)
-                }
-                (Saved::Stats(m, r), NormKind::Group) => norm_kernels::group_norm_backward(
-                    shape,
-                    spec.groups,
-                    &xs,
-                    dy,
-                    m,
-                    r,
-                    gamma,
-                    &mut dx,
-                    ag,
-                    par,
-                ),
-                _ => unreachable!("saved state matches the kind"),
+            let bwd = Backward {
+                shape,
+                x: &xs,
+                dy,
+                saved,
+                gamma: gs.as_deref(),
+                grads: Grads {
+                    dx: &mut dx,
+                    affine: ag,
+                },
             };
-            // The forward validated the same shapes and buffers, so backward cannot reject them.
-            res.expect("norm backward: shapes validated by the forward");
+            // The forward validated the same shapes and buffers, so the kernels accept them;
+            // were that broken, a buffer length is what would be wrong.
+            spec.backward(mode, bwd, par)
+                .map_err(|_| dfdx::tensor::CpuError::WrongNumElements)?;
             acc_grad!(grads, x_g, &dx);
             if let Some((g_g, b_g)) = &ab_g {
                 acc_grad!(grads, *g_g, &dg);
