@@ -9,31 +9,33 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::font;
-use norm_train::NormChoice;
+use norm_train::{NormChoice, NormKind};
 
 use crate::summary::Summary;
 
 /// Pixel size of both renderings.
 pub const SIZE: (u32, u32) = (800, 520);
 
-/// A norm's colour, fixed by its place among all norms (so it is the same in every plot).
+/// A norm's colour, fixed by its place among all norms (so it is the same in every plot); no
+/// norm is grey.
 fn colour(norm: NormChoice) -> RGBColor {
-    const COLOURS: [RGBColor; 5] = [
+    const COLOURS: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
         RGBColor(44, 160, 44),
         RGBColor(255, 127, 14),
         RGBColor(214, 39, 40),
-        RGBColor(127, 127, 127),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(23, 190, 207),
     ];
-    let all = NormChoice::all();
-    let i = all.iter().position(|&n| n == norm).unwrap_or(0);
-    if norm == NormChoice::None {
-        return COLOURS[4];
+    match norm {
+        NormChoice::None => RGBColor(127, 127, 127),
+        NormChoice::Norm(k) => {
+            let i = NormKind::ALL.iter().position(|&n| n == k).unwrap_or(0);
+            COLOURS[i % COLOURS.len()]
+        }
     }
-    COLOURS.get(i).copied().unwrap_or_else(|| {
-        let p = Palette99::pick(i).to_rgba();
-        RGBColor(p.0, p.1, p.2)
-    })
 }
 
 /// One line of the plot: `(batch, mean error %, std %)` per point.
