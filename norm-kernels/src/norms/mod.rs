@@ -6,11 +6,13 @@
 use std::{fmt, str::FromStr};
 
 pub mod batch_norm;
+pub mod batch_renorm;
 pub mod group_norm;
 pub mod instance_norm;
 pub mod layer_norm;
 
 pub use batch_norm::*;
+pub use batch_renorm::*;
 pub use group_norm::*;
 pub use instance_norm::*;
 pub use layer_norm::*;
@@ -31,6 +33,8 @@ pub enum NormKind {
     Instance,
     /// GroupNorm.
     Group,
+    /// Batch Renormalization.
+    BatchRenorm,
 }
 
 impl NormKind {
@@ -40,6 +44,7 @@ impl NormKind {
         NormKind::Layer,
         NormKind::Instance,
         NormKind::Group,
+        NormKind::BatchRenorm,
     ];
 
     /// The lowercase name of the command line, `Display`, `FromStr` and serde.
@@ -49,6 +54,7 @@ impl NormKind {
             NormKind::Layer => "layer",
             NormKind::Instance => "instance",
             NormKind::Group => "group",
+            NormKind::BatchRenorm => "renorm",
         }
     }
 
@@ -59,6 +65,7 @@ impl NormKind {
             NormKind::Layer => "LayerNorm",
             NormKind::Instance => "InstanceNorm",
             NormKind::Group => "GroupNorm",
+            NormKind::BatchRenorm => "BatchRenorm",
         }
     }
 
@@ -69,13 +76,16 @@ impl NormKind {
             NormKind::Layer => "LayerNorm: per sample over (C, H, W); per-element affine",
             NormKind::Instance => "InstanceNorm: per sample and channel over (H, W)",
             NormKind::Group => "GroupNorm: per sample over groups of C/G channels and (H, W)",
+            NormKind::BatchRenorm => {
+                "BatchRenorm: BatchNorm corrected towards its running statistics (r_max, d_max)"
+            }
         }
     }
 
     /// Whether its batch statistics mix samples, so that splitting a batch over workers changes
     /// the result.
     pub const fn mixes_samples(self) -> bool {
-        matches!(self, NormKind::Batch)
+        matches!(self, NormKind::Batch | NormKind::BatchRenorm)
     }
 
     /// Every name, comma-separated, for error messages.
@@ -133,6 +143,8 @@ pub enum Norm {
     Instance(InstanceNorm),
     /// GroupNorm.
     Group(GroupNorm),
+    /// Batch Renormalization.
+    BatchRenorm(BatchRenorm),
 }
 
 /// Everything a forward through the descriptor reads and writes.
@@ -177,6 +189,7 @@ impl Norm {
             NormKind::Layer => Norm::Layer(LayerNorm::default()),
             NormKind::Instance => Norm::Instance(InstanceNorm::default()),
             NormKind::Group => Norm::Group(GroupNorm::new(32)),
+            NormKind::BatchRenorm => Norm::BatchRenorm(BatchRenorm::default()),
         }
     }
 
@@ -187,6 +200,7 @@ impl Norm {
             Norm::Layer(_) => NormKind::Layer,
             Norm::Instance(_) => NormKind::Instance,
             Norm::Group(_) => NormKind::Group,
+            Norm::BatchRenorm(_) => NormKind::BatchRenorm,
         }
     }
 
@@ -198,6 +212,7 @@ impl Norm {
             }
             Norm::Layer(_) => &["eps", "affine"],
             Norm::Group(_) => &["groups", "eps", "affine"],
+            Norm::BatchRenorm(_) => &["eps", "momentum", "affine", "r_max", "d_max"],
         }
     }
 
@@ -215,6 +230,9 @@ impl Norm {
             (Norm::Batch(s), "track_running_stats") => s.track_running_stats.to_string(),
             (Norm::Instance(s), "track_running_stats") => s.track_running_stats.to_string(),
             (Norm::Group(s), "groups") => s.groups.to_string(),
+            (Norm::BatchRenorm(s), "momentum") => momentum(s.momentum),
+            (Norm::BatchRenorm(s), "r_max") => s.r_max.to_string(),
+            (Norm::BatchRenorm(s), "d_max") => s.d_max.to_string(),
             _ => return None,
         })
     }
@@ -238,6 +256,11 @@ impl Norm {
             (Norm::Layer(s), "eps") => s.eps = num()?,
             (Norm::Instance(s), "eps") => s.eps = num()?,
             (Norm::Group(s), "eps") => s.eps = num()?,
+            (Norm::BatchRenorm(s), "eps") => s.eps = num()?,
+            (Norm::BatchRenorm(s), "affine") => s.affine = flag()?,
+            (Norm::BatchRenorm(s), "momentum") => s.momentum = momentum()?,
+            (Norm::BatchRenorm(s), "r_max") => s.r_max = num()?,
+            (Norm::BatchRenorm(s), "d_max") => s.d_max = num()?,
             (Norm::Batch(s), "affine") => s.affine = flag()?,
             (Norm::Layer(s), "affine") => s.affine = flag()?,
             (Norm::Instance(s), "affine") => s.affine = flag()?,
@@ -287,6 +310,7 @@ impl Norm {
             Norm::Layer(s) => s.eps,
             Norm::Instance(s) => s.eps,
             Norm::Group(s) => s.eps,
+            Norm::BatchRenorm(s) => s.eps,
         }
     }
 
@@ -297,6 +321,7 @@ impl Norm {
             Norm::Layer(s) => s.affine,
             Norm::Instance(s) => s.affine,
             Norm::Group(s) => s.affine,
+            Norm::BatchRenorm(s) => s.affine,
         }
     }
 
@@ -307,6 +332,7 @@ impl Norm {
             Norm::Batch(s) => s.track_running_stats,
             Norm::Instance(s) => s.track_running_stats,
             Norm::Layer(_) | Norm::Group(_) => false,
+            Norm::BatchRenorm(_) => true,
         }
     }
 
@@ -331,7 +357,7 @@ impl Norm {
     /// Normalisation groups of a train forward: one `(mean, rstd)` each.
     pub fn stats_len(&self, shape: Nchw) -> usize {
         match self {
-            Norm::Batch(_) => shape.c,
+            Norm::Batch(_) | Norm::BatchRenorm(_) => shape.c,
             Norm::Layer(_) => shape.n,
             Norm::Instance(_) => shape.n * shape.c,
             Norm::Group(s) => shape.n * s.groups,
@@ -343,6 +369,8 @@ impl Norm {
     pub fn saved_len(&self, shape: Nchw, mode: Mode) -> usize {
         if mode == Mode::Eval && self.tracks_running() {
             2 * shape.c
+        } else if let Norm::BatchRenorm(_) = self {
+            4 * shape.c
         } else {
             2 * self.stats_len(shape)
         }
@@ -356,13 +384,24 @@ impl Norm {
         if let Norm::Group(s) = self {
             s.channels_per_group(op, shape.c)?;
         }
+        if let Norm::BatchRenorm(s) = self {
+            s.check_limits(op)?;
+        }
         Ok(())
     }
 
     /// The settings at progress `t` (0 to 1) of a warm-up of the settings themselves; the
     /// identity for norms without one.
-    pub fn ramped(&self, _t: f32) -> Norm {
-        *self
+    pub fn ramped(&self, t: f32) -> Norm {
+        match self {
+            // The paper's warm-up: r_max from 1 and d_max from 0, linearly.
+            Norm::BatchRenorm(s) => Norm::BatchRenorm(BatchRenorm {
+                r_max: 1.0 + (s.r_max - 1.0) * t.clamp(0.0, 1.0),
+                d_max: s.d_max * t.clamp(0.0, 1.0),
+                ..*s
+            }),
+            _ => *self,
+        }
     }
 
     /// Forward in `mode`, dispatched to the norm's kernel.
@@ -390,8 +429,20 @@ impl Norm {
             return match self {
                 Norm::Batch(s) => batch_norm_forward_eval(s, shape, x, affine, run, y, par),
                 Norm::Instance(s) => instance_norm_forward_eval(s, shape, x, affine, run, y, par),
+                Norm::BatchRenorm(s) => batch_renorm_forward_eval(s, shape, x, affine, run, y, par),
                 Norm::Layer(_) | Norm::Group(_) => unreachable!("tracks no running statistics"),
             };
+        }
+        if let Norm::BatchRenorm(s) = self {
+            let Some(running) = running else {
+                unreachable!("tracks running statistics: checked above");
+            };
+            let (mean, rest) = saved.split_at_mut(shape.c);
+            let (rstd, rest) = rest.split_at_mut(shape.c);
+            let (r, d) = rest.split_at_mut(shape.c);
+            let stats = RenormStatsMut { mean, rstd, r, d };
+            let out = Output { y, stats };
+            return batch_renorm_forward_train(s, shape, x, affine, running, out, par);
         }
         let (mean, rstd) = saved.split_at_mut(saved.len() / 2);
         let out = Output {
@@ -405,6 +456,7 @@ impl Norm {
             }
             Norm::Layer(s) => layer_norm_forward(s, shape, x, affine, out, par),
             Norm::Group(s) => group_norm_forward(s, shape, x, affine, out, par),
+            Norm::BatchRenorm(_) => unreachable!("handled above"),
         }
     }
 
@@ -434,8 +486,22 @@ impl Norm {
                 Norm::Instance(s) => {
                     instance_norm_backward_eval(s, shape, saved, dy, gamma, grads, par)
                 }
+                Norm::BatchRenorm(s) => {
+                    batch_renorm_backward_eval(s, shape, saved, dy, gamma, grads, par)
+                }
                 Norm::Layer(_) | Norm::Group(_) => unreachable!("tracks no running statistics"),
             };
+        }
+        if let Norm::BatchRenorm(s) = self {
+            let c = shape.c;
+            let stats = RenormStats {
+                mean: &saved[..c],
+                rstd: &saved[c..2 * c],
+                r: &saved[2 * c..3 * c],
+                d: &saved[3 * c..],
+            };
+            let saved = Saved { x, stats };
+            return batch_renorm_backward_train(s, shape, saved, dy, gamma, grads, par);
         }
         let saved = Saved {
             x,
@@ -451,6 +517,7 @@ impl Norm {
             }
             Norm::Layer(s) => layer_norm_backward(s, shape, saved, dy, gamma, grads, par),
             Norm::Group(s) => group_norm_backward(s, shape, saved, dy, gamma, grads, par),
+            Norm::BatchRenorm(_) => unreachable!("handled above"),
         }
     }
 }
