@@ -58,10 +58,9 @@ pub fn print_setup() {
     );
 }
 
+/// The size of rayon's global pool (`RAYON_NUM_THREADS`, else all cores).
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    rayon::current_num_threads()
 }
 
 /// The buffers of one forward + backward call with affine parameters.
