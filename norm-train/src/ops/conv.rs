@@ -333,6 +333,17 @@ mod lanes {
         unsafe { V(_mm256_loadu_ps(s.as_ptr().add(at))) }
     }
 
+    /// `s[at]` in every lane, loaded by the broadcast itself (a load, not a shuffle).
+    ///
+    /// # Safety
+    /// `at < s.len()`.
+    #[inline(always)]
+    pub(super) unsafe fn broadcast(s: &[f32], at: usize) -> V {
+        debug_assert!(at < s.len());
+        // SAFETY: in bounds by the caller's contract.
+        unsafe { V(_mm256_broadcast_ss(&*s.as_ptr().add(at))) }
+    }
+
     /// `a·b + c`, fused.
     #[inline(always)]
     pub(super) fn fma(a: V, b: V, c: V) -> V {
@@ -377,6 +388,13 @@ mod lanes {
     #[inline(always)]
     pub(super) unsafe fn load(s: &[f32], at: usize) -> V {
         V(s[at..at + L].try_into().unwrap())
+    }
+
+    /// # Safety
+    /// `at < s.len()` (checked here all the same).
+    #[inline(always)]
+    pub(super) unsafe fn broadcast(s: &[f32], at: usize) -> V {
+        V([s[at]; L])
     }
 
     /// `a·b + c` (not fused: without FMA in the build `mul_add` is a library call).
@@ -569,9 +587,15 @@ fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], dst: &mut [
         if c8 != c_out {
             d.fill(0.0);
         }
-        for (o, plane) in src.chunks_exact(hw).enumerate() {
-            for (px, &v) in d.chunks_exact_mut(c8).zip(plane) {
-                px[o] = v;
+        // 16 pixels (one cache line of each source plane) at a time, so the destination block
+        // (16 pixels × c8) stays in L1 while every channel is scattered into it.
+        for p0 in (0..hw).step_by(16) {
+            let pn = 16.min(hw - p0);
+            let block = &mut d[p0 * c8..(p0 + pn) * c8];
+            for (o, plane) in src.chunks_exact(hw).enumerate() {
+                for (px, &v) in block.chunks_exact_mut(c8).zip(&plane[p0..p0 + pn]) {
+                    px[o] = v;
+                }
             }
         }
     }
@@ -614,7 +638,9 @@ fn weight_grad_chunk(
                         for (ky, row) in rows.iter().enumerate() {
                             for kx in 0..3 {
                                 let a = &mut acc[ky * 3 + kx];
-                                *a = lanes::fma(d, lanes::splat(row[ox + kx]), *a);
+                                // SAFETY: ox + kx <= w + 1 < row.len().
+                                let xv = unsafe { lanes::broadcast(row, ox + kx) };
+                                *a = lanes::fma(d, xv, *a);
                             }
                         }
                     }
