@@ -153,14 +153,15 @@ fn median(v: &mut [f64]) -> f64 {
 /// The models the harness knows; a new architecture plugs in here (and in `torch_peer.py`).
 fn build_model(case: &str, model: &str, norm: NormKind) -> Result<Model, BoxError> {
     match model {
-        "cnn" => {
+        // `plain` is the name norm-train's `Arch` gives this model once the ResNets land.
+        "cnn" | "plain" => {
             let cfg = ModelConfig {
                 norm,
                 ..ModelConfig::default()
             };
             Ok(Model::new(&cfg, 0)?)
         }
-        _ => Err(format!("{case}: unknown model `{model}` (known: cnn)").into()),
+        _ => Err(format!("{case}: unknown model `{model}` (known: cnn, alias plain)").into()),
     }
 }
 

@@ -155,7 +155,9 @@ class Cnn(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
-MODELS = {"cnn": Cnn}
+# "plain" is the name norm-train's Arch gives the CNN once the ResNets land; their PyTorch
+# twins (tools/torch_twin.py on that branch) plug in here by name.
+MODELS = {"cnn": Cnn, "plain": Cnn}
 
 
 def train_case(model, norm, batch):
