@@ -1,83 +1,43 @@
 //! InstanceNorm2d, train mode (PyTorch's default `track_running_stats = False`): forward, and
-//! forward + backward, on the kernel shapes. Reference twin (f64, one thread) vs SIMD on the
-//! calling thread vs SIMD + rayon (see `normlab_benches::bench_shape` for the groups and the
-//! throughput).
+//! forward + backward, over `normlab_benches::shapes()` (the fixed shapes and this machine's
+//! DRAM-resident one). Reference twin (f64, one thread) vs SIMD on the calling thread vs
+//! SIMD + rayon (see `normlab_benches::bench_shape` for the groups and the throughput). The
+//! calls are `normlab_benches::kernels::Case`'s.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use norm_kernels::{
-    Affine, AffineGrads, Grads, InstanceNorm, Momentum, Output, Parallelism, Saved, Stats,
-    StatsMut, instance_norm_backward_train, instance_norm_forward_train, reference,
-};
-use normlab_benches::{Buffers, SHAPES, bench_shape, print_setup};
+use norm_kernels::reference;
+use normlab_benches::kernels::{Case, EPS, Norm};
+use normlab_benches::{bench_shape, print_setup, shapes};
 use std::hint::black_box;
-
-/// Affine, without running statistics (PyTorch's default `track_running_stats = False`).
-const NORM: InstanceNorm = InstanceNorm {
-    eps: 1e-5,
-    momentum: Momentum::Exponential(0.1),
-    affine: true,
-    track_running_stats: false,
-};
-
-fn forward(b: &mut Buffers, par: Parallelism) {
-    let affine = Some(Affine {
-        gamma: &b.gamma,
-        beta: &b.beta,
-    });
-    let out = Output {
-        y: &mut b.y,
-        stats: StatsMut {
-            mean: &mut b.mean,
-            rstd: &mut b.rstd,
-        },
-    };
-    instance_norm_forward_train(&NORM, b.shape, &b.x, affine, None, out, par).unwrap();
-}
-
-fn backward(b: &mut Buffers, par: Parallelism) {
-    let grads = Grads {
-        dx: &mut b.dx,
-        affine: Some(AffineGrads {
-            dgamma: &mut b.dgamma,
-            dbeta: &mut b.dbeta,
-        }),
-    };
-    let saved = Saved {
-        x: &b.x,
-        stats: Stats {
-            mean: &b.mean,
-            rstd: &b.rstd,
-        },
-    };
-    instance_norm_backward_train(&NORM, b.shape, saved, &b.dy, Some(&b.gamma), grads, par).unwrap();
-}
 
 fn bench(c: &mut Criterion) {
     print_setup();
-    for s in SHAPES {
-        let mut b = Buffers::new(s, s.c, s.n * s.c);
-        let [x, dy, g, bt] = b.inputs64();
+    for s in shapes() {
+        let mut case = Case::new(Norm::Instance, s);
+        let [x, dy, g, bt] = case.b.inputs64();
+        let eps = EPS as f64;
         let reference = |with_backward| {
-            let out = reference::instance_norm_forward_train(s, &x, Some(&g), Some(&bt), 1e-5);
+            let out = reference::instance_norm_forward_train(s, &x, Some(&g), Some(&bt), eps);
             if with_backward {
                 black_box(reference::instance_norm_backward_train(
                     s,
                     &x,
                     &dy,
                     Some(&g),
-                    1e-5,
+                    eps,
                 ));
             }
             black_box(out);
         };
+        let name = Norm::Instance.bench_name();
         bench_shape(
             c,
-            "instance_norm_train",
+            name,
             s,
             reference,
-            &mut b,
-            forward,
-            backward,
+            &mut case,
+            Case::forward,
+            Case::backward,
         );
     }
 }

@@ -2,16 +2,30 @@
 //! deterministic inputs, the buffers of one kernel call and the registration of its variants.
 //! Run with `cargo bench -p normlab-benches`.
 
+pub mod floor;
+pub mod kernels;
+pub mod machine;
+
 use criterion::{BenchmarkId, Criterion, Throughput};
 use norm_kernels::{Nchw, Parallelism};
 use std::hint::black_box;
 
-/// The shapes every kernel bench runs: the seed's tensor, a batch-2 and a batch-32 CIFAR block.
+/// The fixed shapes every kernel bench runs: the seed's tensor, a batch-2 and a batch-32 CIFAR
+/// block.
 pub const SHAPES: [Nchw; 3] = [
     Nchw::new(8, 64, 120, 120),
     Nchw::new(2, 64, 32, 32),
     Nchw::new(32, 64, 32, 32),
 ];
+
+/// [`SHAPES`] and the DRAM-resident shape of this machine ([`machine::dram_shape`]: the seed's
+/// C, H, W with a batch whose forward working set is ≥ 4× the last-level cache detected at run
+/// time), so both regimes are measured on any machine.
+pub fn shapes() -> Vec<Nchw> {
+    let mut v = SHAPES.to_vec();
+    v.push(machine::dram_shape());
+    v
+}
 
 /// The f64 reference is skipped above this many elements (one call takes most of a second).
 pub const REFERENCE_MAX: usize = 4 << 20;
@@ -36,16 +50,17 @@ pub fn f64s(v: &[f32]) -> Vec<f64> {
 /// Prints the SIMD level and thread count once, so every bench log says what it measured.
 pub fn print_setup() {
     eprintln!(
-        "norm-kernels SIMD level: {}; rayon threads: {}",
+        "norm-kernels SIMD level: {}; rayon threads: {}; caches: {}; DRAM-resident shape: {}",
         norm_kernels::simd_level(),
-        rayon_threads()
+        rayon_threads(),
+        machine::describe_caches(),
+        machine::dram_shape()
     );
 }
 
+/// The size of rayon's global pool (`RAYON_NUM_THREADS`, else all cores).
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    rayon::current_num_threads()
 }
 
 /// The buffers of one forward + backward call with affine parameters.

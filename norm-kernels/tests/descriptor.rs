@@ -135,6 +135,7 @@ fn free(norm: &Norm, mode: Mode, shape: Nchw, inp: &Inputs, par: Parallelism) ->
             }
             Norm::Layer(s) => layer_norm_forward(s, shape, x, affine, out, par),
             Norm::Group(s) => group_norm_forward(s, shape, x, affine, out, par),
+            Norm::BatchRenorm(_) => unreachable!("BatchRenorm's own test covers it"),
         }
         .unwrap();
         let saved = Saved {
@@ -151,6 +152,7 @@ fn free(norm: &Norm, mode: Mode, shape: Nchw, inp: &Inputs, par: Parallelism) ->
             }
             Norm::Layer(s) => layer_norm_backward(s, shape, saved, dy, gamma, grads, par),
             Norm::Group(s) => group_norm_backward(s, shape, saved, dy, gamma, grads, par),
+            Norm::BatchRenorm(_) => unreachable!("BatchRenorm's own test covers it"),
         }
         .unwrap();
     }

@@ -185,8 +185,10 @@ fn gemm_strided(
     }
 }
 
-/// Forward: `y = conv(x, weight) + bias`. `weight` is `[C_out, C_in, 3, 3]`, `bias` `[C_out]`.
-pub fn conv3x3_forward(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y: &mut [f32]) {
+/// Forward as im2col + GEMM: `y = conv(x, weight) + bias`. `weight` is `[C_out, C_in, 3, 3]`,
+/// `bias` `[C_out]`. The twin of [`conv3x3_forward`] (same arguments), kept as its independent
+/// check and for the layers a direct kernel would not suit.
+pub fn conv3x3_forward_gemm(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), s.x_len());
     assert_eq!(y.len(), s.y_len());
     assert_eq!(weight.len(), s.weight_len());
@@ -214,8 +216,9 @@ type GradChunk<'a> = (
     Option<&'a mut [f32]>,
 );
 
-/// Backward. Accumulates (`+=`) into `dweight` and `dbias`, and into `dx` when given.
-pub fn conv3x3_backward(
+/// Backward as GEMMs and col2im, the twin of [`conv3x3_backward`] (same arguments).
+/// Accumulates (`+=`) into `dweight` and `dbias`, and into `dx` when given.
+pub fn conv3x3_backward_gemm(
     s: ConvShape,
     x: &[f32],
     weight: &[f32],
@@ -259,6 +262,492 @@ pub fn conv3x3_backward(
                     // dcol[k × hw] = Wᵀ[k × c_out] · dy_i[c_out × hw]
                     gemm_strided(k, hw, s.c_out, col, false, weight, (1, k), dyi, (hw, 1));
                     col2im_add(s.c_in, s.h, s.w, col, &mut dx[i * chw_in..][..chw_in]);
+                }
+            }
+        });
+    };
+    let parts = partial
+        .par_chunks_mut(wl + s.c_out)
+        .zip(x.par_chunks(per * chw_in))
+        .zip(dy.par_chunks(per * chw_out));
+    match dx {
+        Some(dx) => parts
+            .zip(dx.par_chunks_mut(per * chw_in).map(Some))
+            .for_each(chunk),
+        None => parts.map(|p| (p, None)).for_each(chunk),
+    }
+    for p in partial.chunks(wl + s.c_out) {
+        super::add_assign(dweight, &p[..wl]);
+        super::add_assign(dbias, &p[wl..]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct 3×3 kernels: the layers of the study's CNN are small (3→16 at 32×32 up to 32→64 at
+// 8×8), so per-image GEMMs spend much of their time packing operands that are used only
+// H·W times. These kernels read a zero-bordered copy of each input plane (in L1) and keep one
+// register block of outputs in flight: 4 output channels × 3 vectors of 8 pixels for the forward
+// and `dx` (the same kernel on `dy` with the flipped, transposed weights), the 9 taps of one
+// input channel × 8 output channels for `dW`. Every sum runs in an order fixed by the shape alone.
+// ---------------------------------------------------------------------------------------------
+
+/// Lanes of one vector of the direct kernels (one AVX2 register of `f32`).
+const L: usize = 8;
+/// Output channels per register block of the forward kernel: its weights are broadcast.
+const CO_BLOCK: usize = 4;
+/// Pixel vectors per register block of the forward kernel: `CO_BLOCK × PIX_BLOCK` = 12
+/// accumulators, and 3 + 1 registers for the pixel vectors and a broadcast weight.
+const PIX_BLOCK: usize = 3;
+
+/// One vector of [`L`] lanes for the direct kernels: an AVX register where the build has AVX2
+/// and FMA (x86-64-v3, `.cargo/config.toml`), an array elsewhere. Written with intrinsics: from
+/// plain loops over `[f32; 8]` LLVM rebuilds the overlapping shifted rows of a 3×3 window with
+/// shuffles instead of unaligned loads, and spills the accumulators.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod lanes {
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct V(__m256);
+
+    #[inline(always)]
+    pub(super) fn splat(v: f32) -> V {
+        // SAFETY: the build enables AVX (this module's cfg).
+        V(unsafe { _mm256_set1_ps(v) })
+    }
+
+    /// The `L` values of `s` from `at`.
+    ///
+    /// # Safety
+    /// `at + L <= s.len()`. (Checked indexing would put a panic path inside the kernels' loops,
+    /// after which LLVM stores every accumulator back to memory; each caller asserts its
+    /// bounds once, before its loops.)
+    #[inline(always)]
+    pub(super) unsafe fn load(s: &[f32], at: usize) -> V {
+        debug_assert!(at + super::L <= s.len());
+        // SAFETY: in bounds by the caller's contract; unaligned load.
+        unsafe { V(_mm256_loadu_ps(s.as_ptr().add(at))) }
+    }
+
+    /// `s[at]` in every lane, loaded by the broadcast itself (a load, not a shuffle).
+    ///
+    /// # Safety
+    /// `at < s.len()`.
+    #[inline(always)]
+    pub(super) unsafe fn broadcast(s: &[f32], at: usize) -> V {
+        debug_assert!(at < s.len());
+        // SAFETY: in bounds by the caller's contract.
+        unsafe { V(_mm256_broadcast_ss(&*s.as_ptr().add(at))) }
+    }
+
+    /// `a·b + c`, fused.
+    #[inline(always)]
+    pub(super) fn fma(a: V, b: V, c: V) -> V {
+        // SAFETY: the build enables FMA (this module's cfg).
+        V(unsafe { _mm256_fmadd_ps(a.0, b.0, c.0) })
+    }
+
+    #[inline(always)]
+    pub(super) fn add(a: V, b: V) -> V {
+        // SAFETY: the build enables AVX (this module's cfg).
+        V(unsafe { _mm256_add_ps(a.0, b.0) })
+    }
+
+    #[inline(always)]
+    pub(super) fn to_array(v: V) -> [f32; super::L] {
+        let mut out = [0.0f32; super::L];
+        // SAFETY: `out` holds 8 f32; unaligned store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v.0) };
+        out
+    }
+}
+
+/// The portable twin of the AVX2 `lanes` (same operations lane by lane).
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+mod lanes {
+    use super::L;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct V([f32; L]);
+
+    #[inline(always)]
+    pub(super) fn splat(v: f32) -> V {
+        V([v; L])
+    }
+
+    /// # Safety
+    /// `at + L <= s.len()` (checked here all the same).
+    #[inline(always)]
+    pub(super) unsafe fn load(s: &[f32], at: usize) -> V {
+        V(s[at..at + L].try_into().unwrap())
+    }
+
+    /// # Safety
+    /// `at < s.len()` (checked here all the same).
+    #[inline(always)]
+    pub(super) unsafe fn broadcast(s: &[f32], at: usize) -> V {
+        V([s[at]; L])
+    }
+
+    /// `a·b + c` (not fused: without FMA in the build `mul_add` is a library call).
+    #[inline(always)]
+    pub(super) fn fma(a: V, b: V, c: V) -> V {
+        V(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+
+    #[inline(always)]
+    pub(super) fn add(a: V, b: V) -> V {
+        V(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+
+    #[inline(always)]
+    pub(super) fn to_array(v: V) -> [f32; L] {
+        v.0
+    }
+}
+
+use lanes::V;
+
+/// The zero-bordered layout of one `h × w` plane: `h + 2` rows of `pitch` values, the pixel
+/// `(y, x)` at `(y + 1)·pitch + x + 1`. `pitch` leaves room for a full vector read at the last
+/// column block; those extra columns are zero too.
+#[derive(Clone, Copy, Debug)]
+struct Padded {
+    h: usize,
+    w: usize,
+    pitch: usize,
+}
+
+impl Padded {
+    fn new(h: usize, w: usize) -> Self {
+        Self {
+            h,
+            w,
+            pitch: w.next_multiple_of(L) + 2,
+        }
+    }
+    const fn plane(&self) -> usize {
+        (self.h + 2) * self.pitch
+    }
+    /// Copies `planes` planes of `h × w` from `src` into `dst` (`planes · plane()` values),
+    /// borders and tails zero.
+    fn fill(&self, planes: usize, src: &[f32], dst: &mut [f32]) {
+        let (h, w, pitch) = (self.h, self.w, self.pitch);
+        debug_assert_eq!(src.len(), planes * h * w);
+        debug_assert_eq!(dst.len(), planes * self.plane());
+        for (d, s) in dst
+            .chunks_exact_mut(self.plane())
+            .zip(src.chunks_exact(h * w))
+        {
+            d[..pitch].fill(0.0);
+            d[(h + 1) * pitch..].fill(0.0);
+            for (drow, srow) in d[pitch..(h + 1) * pitch]
+                .chunks_exact_mut(pitch)
+                .zip(s.chunks_exact(w))
+            {
+                drow[0] = 0.0;
+                drow[1..w + 1].copy_from_slice(srow);
+                drow[w + 1..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Weights regrouped for the forward kernel: per block of [`CO_BLOCK`] output channels, per
+/// input channel and tap, the block's weights side by side (zero past the last channel).
+/// `get(o, i, tap)` gives the weight of output `o`, input `i`, tap `ky·3 + kx`.
+fn pack_weights(c_out: usize, c_in: usize, get: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+    let mut p = vec![0.0f32; c_out.div_ceil(CO_BLOCK) * c_in * 9 * CO_BLOCK];
+    for (b, block) in p.chunks_exact_mut(c_in * 9 * CO_BLOCK).enumerate() {
+        for (ci, taps) in block.chunks_exact_mut(9 * CO_BLOCK).enumerate() {
+            for (tap, lane) in taps.chunks_exact_mut(CO_BLOCK).enumerate() {
+                for (j, v) in lane.iter_mut().enumerate() {
+                    let o = b * CO_BLOCK + j;
+                    if o < c_out {
+                        *v = get(o, ci, tap);
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// How the forward kernel starts each output and what it does with the sum.
+#[derive(Clone, Copy)]
+enum Init<'a> {
+    /// `y = bias[o] + Σ` (overwrites `y`).
+    Bias(&'a [f32]),
+    /// `y += Σ` (the sum starts from zero and is added once at the end).
+    Add,
+}
+
+/// One image of the direct convolution: `y[o, oy, ox] (init) Σ_{i, ky, kx}
+/// w[o, i, ky, kx] · xp[i, oy + ky, ox + kx]` over the padded input `xp` (`c_in` planes of
+/// `pad`), for `c_out` output planes of `pad.h × pad.w` in `y`. `packed` is [`pack_weights`].
+///
+/// The image's vectors of [`L`] pixels (row by row, the last of a row partly past its end) are
+/// taken [`PIX_BLOCK`] at a time; each weight broadcast feeds `PIX_BLOCK` multiply-adds and each
+/// pixel vector [`CO_BLOCK`], as in a GEMM micro-kernel.
+fn direct_image(
+    pad: Padded,
+    c_in: usize,
+    c_out: usize,
+    xp: &[f32],
+    packed: &[f32],
+    init: Init<'_>,
+    y: &mut [f32],
+) {
+    let (h, w, pitch, plane) = (pad.h, pad.w, pad.pitch, pad.plane());
+    debug_assert_eq!(xp.len(), c_in * plane);
+    debug_assert_eq!(y.len(), c_out * h * w);
+    // (offset in a padded plane of the vector's top-left tap, offset in an output plane, lanes).
+    let vectors: Vec<(usize, usize, usize)> = (0..h)
+        .flat_map(|oy| {
+            (0..w)
+                .step_by(L)
+                .map(move |ox| (oy * pitch + ox, oy * w + ox, L.min(w - ox)))
+        })
+        .collect();
+    assert!(
+        xp.len() >= c_in * plane && packed.len() >= c_out.div_ceil(CO_BLOCK) * c_in * 9 * CO_BLOCK
+    );
+    assert!(vectors.iter().all(|v| v.0 + 2 * pitch + 2 + L <= plane));
+    let block_len = c_in * 9 * CO_BLOCK;
+    for (b, wb) in packed
+        .chunks_exact(block_len.max(1))
+        .enumerate()
+        .take(c_out.div_ceil(CO_BLOCK))
+    {
+        let o0 = b * CO_BLOCK;
+        let n_o = CO_BLOCK.min(c_out - o0);
+        let mut start = [0.0f32; CO_BLOCK];
+        if let Init::Bias(bias) = init {
+            start[..n_o].copy_from_slice(&bias[o0..o0 + n_o]);
+        }
+        for group in vectors.chunks(PIX_BLOCK) {
+            // A short last group repeats its first vector; the repeats are not stored.
+            let offs: [usize; PIX_BLOCK] =
+                std::array::from_fn(|p| group.get(p).unwrap_or(&group[0]).0);
+            let mut acc: [[V; PIX_BLOCK]; CO_BLOCK] =
+                std::array::from_fn(|o| [lanes::splat(start[o]); PIX_BLOCK]);
+            for (ci, wci) in wb.chunks_exact(9 * CO_BLOCK).enumerate() {
+                let xc = &xp[ci * plane..][..plane];
+                let wci: &[f32; 9 * CO_BLOCK] = wci.try_into().unwrap();
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let t = ky * pitch + kx;
+                        // SAFETY: offs[p] + t + L <= offs[p] + 2·pitch + 2 + L <= plane = xc.len()
+                        // (asserted for every vector above).
+                        let xv: [V; PIX_BLOCK] =
+                            std::array::from_fn(|p| unsafe { lanes::load(xc, offs[p] + t) });
+                        let wv = &wci[(ky * 3 + kx) * CO_BLOCK..][..CO_BLOCK];
+                        for (a, &wo) in acc.iter_mut().zip(wv) {
+                            let wo = lanes::splat(wo);
+                            for (ap, &xp) in a.iter_mut().zip(&xv) {
+                                *ap = lanes::fma(wo, xp, *ap);
+                            }
+                        }
+                    }
+                }
+            }
+            for (o, a) in acc.iter().enumerate().take(n_o) {
+                let yo = &mut y[(o0 + o) * h * w..][..h * w];
+                for (&(_, out, n), &v) in group.iter().zip(a) {
+                    let v = lanes::to_array(v);
+                    let dst = &mut yo[out..out + n];
+                    match init {
+                        Init::Bias(_) => dst.copy_from_slice(&v[..n]),
+                        Init::Add => dst.iter_mut().zip(v).for_each(|(d, s)| *d += s),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dy` of `images` images (`[images, c_out, hw]`) channels-last: `dst[(img·hw + p)·c8 + o]`
+/// with `c8 = c_out` rounded up to [`L`], the lanes past `c_out` zero.
+fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], dst: &mut [f32]) {
+    let c8 = c_out.next_multiple_of(L);
+    debug_assert_eq!(dy.len(), images * c_out * hw);
+    debug_assert_eq!(dst.len(), images * hw * c8);
+    for (src, d) in dy
+        .chunks_exact(c_out * hw)
+        .zip(dst.chunks_exact_mut(hw * c8))
+    {
+        if c8 != c_out {
+            d.fill(0.0);
+        }
+        // 16 pixels (one cache line of each source plane) at a time, so the destination block
+        // (16 pixels × c8) stays in L1 while every channel is scattered into it.
+        for p0 in (0..hw).step_by(16) {
+            let pn = 16.min(hw - p0);
+            let block = &mut d[p0 * c8..(p0 + pn) * c8];
+            for (o, plane) in src.chunks_exact(hw).enumerate() {
+                for (px, &v) in block.chunks_exact_mut(c8).zip(&plane[p0..p0 + pn]) {
+                    px[o] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Weight and bias gradients of the images of one chunk, added to `dw` (`[C_out, C_in, 3, 3]`)
+/// and `db`: `dW[o, i, ky, kx] += Σ_images Σ_p dy[o, p] · xp[i, p + (ky, kx)]` and
+/// `db[o] += Σ dy[o, p]`. `xp` holds the chunk's padded inputs (`c_in` planes of `pad` per
+/// image), `dyc` its output gradients channels-last ([`channels_last`]). The lanes are 8 output
+/// channels, so one `(output block, input channel)` pair keeps its 9 taps in 9 accumulators and
+/// every pixel costs one vector load of `dy`, 9 broadcasts of `x` and 9 multiply-adds; each sum
+/// runs over the chunk's images and pixels in order.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_chunk(
+    pad: Padded,
+    images: usize,
+    c_in: usize,
+    c_out: usize,
+    xp: &[f32],
+    dyc: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let (h, w, pitch, plane) = (pad.h, pad.w, pad.pitch, pad.plane());
+    let (hw, c8) = (h * w, c_out.next_multiple_of(L));
+    assert!(xp.len() >= images * c_in * plane && dyc.len() >= images * hw * c8);
+    for o0 in (0..c_out).step_by(L) {
+        let n_o = L.min(c_out - o0);
+        for ci in 0..c_in {
+            let mut acc = [lanes::splat(0.0); 9];
+            for img in 0..images {
+                let xc = &xp[(img * c_in + ci) * plane..][..plane];
+                let dc = &dyc[img * hw * c8..][..hw * c8];
+                for oy in 0..h {
+                    let rows: [&[f32]; 3] =
+                        std::array::from_fn(|ky| &xc[(oy + ky) * pitch..][..w + 2]);
+                    for ox in 0..w {
+                        // SAFETY: (oy·w + ox)·c8 + o0 + L <= hw·c8 = dc.len(), as o0 < c8.
+                        let d = unsafe { lanes::load(dc, (oy * w + ox) * c8 + o0) };
+                        for (ky, row) in rows.iter().enumerate() {
+                            for kx in 0..3 {
+                                let a = &mut acc[ky * 3 + kx];
+                                // SAFETY: ox + kx <= w + 1 < row.len().
+                                let xv = unsafe { lanes::broadcast(row, ox + kx) };
+                                *a = lanes::fma(d, xv, *a);
+                            }
+                        }
+                    }
+                }
+            }
+            for (t, &v) in acc.iter().enumerate() {
+                for (j, &g) in lanes::to_array(v).iter().enumerate().take(n_o) {
+                    dw[((o0 + j) * c_in + ci) * 9 + t] += g;
+                }
+            }
+        }
+        let mut acc = lanes::splat(0.0);
+        for p in 0..images * hw {
+            // SAFETY: p·c8 + o0 + L <= images·hw·c8 <= dyc.len(), as o0 < c8.
+            acc = lanes::add(acc, unsafe { lanes::load(dyc, p * c8 + o0) });
+        }
+        for (j, &g) in lanes::to_array(acc).iter().enumerate().take(n_o) {
+            db[o0 + j] += g;
+        }
+    }
+}
+
+/// Forward: `y = conv(x, weight) + bias`. `weight` is `[C_out, C_in, 3, 3]`, `bias` `[C_out]`.
+/// Direct kernel, images over rayon; each output is `bias + Σ_{c_in, ky, kx}` in that order.
+pub fn conv3x3_forward(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), s.x_len());
+    assert_eq!(y.len(), s.y_len());
+    assert_eq!(weight.len(), s.weight_len());
+    assert_eq!(bias.len(), s.c_out);
+    let (chw_in, chw_out) = (s.c_in * s.hw(), s.c_out * s.hw());
+    if s.n == 0 || chw_out == 0 {
+        return;
+    }
+    if s.c_in == 0 {
+        for (row, &b) in y.chunks_mut(s.hw()).zip(bias.iter().cycle()) {
+            row.fill(b);
+        }
+        return;
+    }
+    let pad = Padded::new(s.h, s.w);
+    let packed = pack_weights(s.c_out, s.c_in, |o, i, t| weight[(o * s.c_in + i) * 9 + t]);
+    y.par_chunks_mut(chw_out).enumerate().for_each(|(i, y)| {
+        with_scratch(s.c_in * pad.plane(), |xp| {
+            pad.fill(s.c_in, &x[i * chw_in..][..chw_in], xp);
+            direct_image(pad, s.c_in, s.c_out, xp, &packed, Init::Bias(bias), y);
+        });
+    });
+}
+
+/// Backward. Accumulates (`+=`) into `dweight` and `dbias`, and into `dx` when given.
+///
+/// Chunks of [`grad_chunk_images`] images run over rayon. Each chunk sums its `[dW | db]`
+/// partial (see `weight_grad_chunk`), and the partials are added in chunk order. `dx` per image
+/// is the forward kernel applied to `dy` with the weights flipped and transposed
+/// (`w'[i, o, 2-ky, 2-kx] = w[o, i, ky, kx]`), added to `dx`.
+pub fn conv3x3_backward(
+    s: ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+) {
+    assert_eq!(x.len(), s.x_len());
+    assert_eq!(dy.len(), s.y_len());
+    assert_eq!(weight.len(), s.weight_len());
+    assert_eq!(dweight.len(), s.weight_len());
+    assert_eq!(dbias.len(), s.c_out);
+    if let Some(dx) = &dx {
+        assert_eq!(dx.len(), s.x_len());
+    }
+    let (chw_in, chw_out) = (s.c_in * s.hw(), s.c_out * s.hw());
+    if s.n == 0 || chw_out == 0 || chw_in == 0 {
+        return;
+    }
+    let pad = Padded::new(s.h, s.w);
+    let per = grad_chunk_images(s.n);
+    let wl = s.weight_len();
+    // dx = conv(dy) with c_out inputs and c_in outputs: tap t of w' is tap 8 - t of w.
+    let flipped = dx.is_some().then(|| {
+        pack_weights(s.c_in, s.c_out, |i, o, t| {
+            weight[(o * s.c_in + i) * 9 + 8 - t]
+        })
+    });
+    let mut partial = vec![0.0f32; s.n.div_ceil(per) * (wl + s.c_out)];
+    let chunk = |(((part, x), dy), dx): GradChunk<'_>| {
+        let images = x.len() / chw_in;
+        let (pw, pb) = part.split_at_mut(wl);
+        let xp_len = images * s.c_in * pad.plane();
+        let dyc_len = images * s.hw() * s.c_out.next_multiple_of(L);
+        let dyp_len = if dx.is_some() {
+            images * s.c_out * pad.plane()
+        } else {
+            0
+        };
+        with_scratch(xp_len + dyc_len + dyp_len, |scratch| {
+            let (xp, rest) = scratch.split_at_mut(xp_len);
+            let (dyc, dyp) = rest.split_at_mut(dyc_len);
+            pad.fill(images * s.c_in, x, xp);
+            channels_last(images, s.c_out, s.hw(), dy, dyc);
+            weight_grad_chunk(pad, images, s.c_in, s.c_out, xp, dyc, pw, pb);
+            if let (Some(dx), Some(flipped)) = (dx, &flipped) {
+                pad.fill(images * s.c_out, dy, dyp);
+                for (img, dx) in dx.chunks_exact_mut(chw_in).enumerate() {
+                    let dyi = &dyp[img * s.c_out * pad.plane()..][..s.c_out * pad.plane()];
+                    direct_image(pad, s.c_out, s.c_in, dyi, flipped, Init::Add, dx);
                 }
             }
         });

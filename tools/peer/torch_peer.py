@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""PyTorch side of the peer harness (tools/peer/run.py): times the cases named on the command
+line and prints one JSON line per case, {"case": ..., "median_ms": ..., "samples": ...}.
+
+Cases (the same strings as benches/examples/peer.rs):
+  kernel:<norm>:<N>x<C>x<H>x<W>:<fwd|fwdbwd>  train-mode norm forward (and backward), with the
+      eps, affine, groups and momentum of benches/src/kernels.rs (norm: batch, layer, instance,
+      group). The forward runs under torch.no_grad() (PyTorch's fastest forward; the train-mode
+      statistics are computed all the same); fwdbwd runs y = m(x); y.backward(dy) with x, weight
+      and bias requiring grad, their .grad reset to None before each call.
+  floor:<shape>  not measured here (the copy floor is ours; see run.py).
+  train:<model>:<norm>:<batch>  one training step as norm-train/examples/train_step.rs: forward,
+      cross-entropy, backward, SGD (lr 0.01, momentum 0.9, weight decay 5e-4 on conv and linear
+      weights only), zero_grad(set_to_none=True); the batch is prepared outside the timing.
+      model: cnn (MODELS below; further architectures plug in there).
+
+Threads: torch.set_num_threads(PEER_THREADS or RAYON_NUM_THREADS or os.cpu_count()).
+Timing: as peer.rs -- warm-up 150 ms, samples of >= 5 ms (several calls if one is shorter)
+until 600 ms and >= 7 samples (train: per step, >= 20 steps and 1.2 s); the median per call.
+"""
+
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SAMPLE_MS = 5.0
+CASE_MS = 600.0
+MIN_SAMPLES = 7
+WARMUP_MS = 150.0
+
+GROUPS = 32
+EPS = 1e-5
+LAYER_EPS = 1e-8
+MOMENTUM = 0.1
+
+
+def threads():
+    for var in ("PEER_THREADS", "RAYON_NUM_THREADS"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return os.cpu_count() or 1
+
+
+def median(v):
+    v = sorted(v)
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
+
+
+def now_ms():
+    return time.perf_counter() * 1e3
+
+
+def time_calls(f):
+    t0 = now_ms()
+    calls = 0
+    while calls < 3 or now_ms() - t0 < WARMUP_MS:
+        f()
+        calls += 1
+    per_call = (now_ms() - t0) / calls
+    reps = max(1, int(-(-SAMPLE_MS // per_call)))
+    samples = []
+    start = now_ms()
+    while len(samples) < MIN_SAMPLES or now_ms() - start < CASE_MS:
+        t = now_ms()
+        for _ in range(reps):
+            f()
+        samples.append((now_ms() - t) / reps)
+    return median(samples), len(samples)
+
+
+def norm_module(norm, c, h, w):
+    if norm == "batch":
+        return nn.BatchNorm2d(c, eps=EPS, momentum=MOMENTUM, affine=True)
+    if norm == "layer":
+        return nn.LayerNorm([c, h, w], eps=LAYER_EPS, elementwise_affine=True)
+    if norm == "instance":
+        return nn.InstanceNorm2d(c, eps=EPS, affine=True, track_running_stats=False)
+    if norm == "group":
+        return nn.GroupNorm(GROUPS, c, eps=EPS, affine=True)
+    raise ValueError(f"unknown norm `{norm}`")
+
+
+def parse_shape(s):
+    d = [int(v) for v in s.split("x")]
+    if len(d) != 4 or min(d) <= 0:
+        raise ValueError(f"shape `{s}` is not NxCxHxW")
+    return d
+
+
+def kernel_case(norm, shape, mode):
+    n, c, h, w = parse_shape(shape)
+    m = norm_module(norm, c, h, w).train()
+    with torch.no_grad():
+        # gamma = 1 + 0.25 u for LayerNorm and GroupNorm as in the benches; values do not matter
+        # for the speed otherwise.
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-2, 2)
+    x = torch.rand(n, c, h, w) * 4 - 2
+    if mode == "fwd":
+        def f():
+            with torch.no_grad():
+                m(x)
+    elif mode == "fwdbwd":
+        x.requires_grad_(True)
+        dy = torch.rand(n, c, h, w) * 4 - 2
+
+        def f():
+            x.grad = None
+            m.weight.grad = None
+            m.bias.grad = None
+            m(x).backward(dy)
+    else:
+        raise ValueError(f"mode must be fwd or fwdbwd, not `{mode}`")
+    return time_calls(f)
+
+
+# The models of norm-train, by name. cnn = norm-train/src/model.rs: three blocks of conv3x3
+# (padding 1, bias) -> norm -> ReLU (-> 2x2 max pool after the first two), global average pool,
+# linear; widths 16/32/64; GroupNorm with 8 groups; eps 1e-5.
+def cnn_norm(norm, c, h, w):
+    if norm == "batch":
+        return nn.BatchNorm2d(c, eps=1e-5)
+    if norm == "layer":
+        return nn.LayerNorm([c, h, w], eps=1e-5)
+    if norm == "instance":
+        return nn.InstanceNorm2d(c, eps=1e-5, affine=True)
+    if norm == "group":
+        return nn.GroupNorm(8, c, eps=1e-5)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm `{norm}`")
+
+
+class Cnn(nn.Module):
+    def __init__(self, norm, widths=(16, 32, 64)):
+        super().__init__()
+        layers, c_in, size = [], 3, 32
+        for b, c in enumerate(widths):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=True), cnn_norm(norm, c, size, size),
+                       nn.ReLU(inplace=True)]
+            if b < 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+# "plain" is the name norm-train's Arch gives the CNN once the ResNets land; their PyTorch
+# twins (tools/torch_twin.py on that branch) plug in here by name.
+MODELS = {"cnn": Cnn, "plain": Cnn}
+
+
+def train_case(model, norm, batch):
+    if model not in MODELS:
+        raise ValueError(f"unknown model `{model}` (known: {', '.join(MODELS)})")
+    torch.manual_seed(0)
+    net = MODELS[model](norm).train()
+    decay = [p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    rest = [p for n, p in net.named_parameters() if not (n.endswith("weight") and p.dim() > 1)]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4},
+                           {"params": rest, "weight_decay": 0.0}], lr=0.01, momentum=0.9)
+    xs = torch.randn(512, 3, 32, 32)
+    ys = torch.randint(0, 10, (512,))
+
+    def step():
+        idx = torch.randint(0, 512, (batch,))
+        x, y = xs[idx], ys[idx]
+        t = now_ms()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        return now_ms() - t
+
+    t0, warm = now_ms(), 0
+    while warm < 5 or now_ms() - t0 < WARMUP_MS:
+        step()
+        warm += 1
+    samples, total = [], 0.0
+    while len(samples) < 20 or total < 2 * CASE_MS:
+        ms = step()
+        total += ms
+        samples.append(ms)
+    return median(samples), len(samples)
+
+
+def run(case):
+    p = case.split(":")
+    if p == ["info"]:
+        print(json.dumps({"case": "info", "threads": torch.get_num_threads(),
+                          "torch": torch.__version__,
+                          "mkldnn": torch.backends.mkldnn.is_available()}), flush=True)
+        return
+    if len(p) == 4 and p[0] == "kernel":
+        med, k = kernel_case(p[1], p[2], p[3])
+    elif len(p) == 4 and p[0] == "train":
+        med, k = train_case(p[1], p[2], int(p[3]))
+    else:
+        raise ValueError("not a case (see the module doc)")
+    print(json.dumps({"case": case, "median_ms": round(med, 6), "samples": k}), flush=True)
+
+
+def main():
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    torch.set_num_threads(threads())
+    for case in sys.argv[1:]:
+        try:
+            run(case)
+        except ValueError as e:
+            print(f"torch_peer: {case}: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
