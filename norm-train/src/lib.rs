@@ -25,9 +25,12 @@ pub mod data;
 mod error;
 mod model;
 pub mod ops;
+mod resnet;
 mod train;
 
-pub use config::{ModelConfig, NormKind, ParseNormKindError, Schedule, TrainConfig};
+pub use config::{
+    Arch, ModelConfig, NormKind, ParseNormKindError, RunningFrom, Schedule, TrainConfig,
+};
 pub use error::TrainError;
 pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct};
 pub use train::{EpochStats, Progress, Sgd, TrainOutcome, learning_rate, train};

@@ -1,21 +1,24 @@
-//! The CNN: three blocks of conv3×3 → norm → ReLU (→ 2×2 max pool after the first two), global
-//! average pooling and a linear classifier, for 3×32×32 inputs and 10 classes.
+//! The networks, for 3×32×32 inputs and 10 classes: the plain CNN — three blocks of conv3×3 →
+//! norm → ReLU (→ 2×2 max pool after the first two), global average pooling and a linear
+//! classifier — and the CIFAR ResNets ([`crate::resnet`]).
 
 use dfdx::{
     prelude::{Axes2, Axis, BroadcastTo, MeanTo, PermuteTo, ReshapeTo, TryMatMul},
     shapes::HasShape,
-    tensor::{Cache, Cpu, Merge, NoneTape, OwnedTape, Tape, Tensor, Trace},
+    tensor::{Cache, Cpu, Merge, NoneTape, OwnedTape, PutTape, SplitTape, Tape, Tensor, Trace},
     tensor_ops::Backward,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::{
-    ModelConfig, NormKind, TrainError, data,
+    Arch, ModelConfig, NormKind, RunningFrom, TrainError, data,
     ops::{
         BufferPool, Shape1, Shape4, conv,
-        norm::{self, NormSpec, Post, Running},
+        norm::{self, AffineTensors, NormSpec, Post, Running},
+        shares,
     },
+    resnet,
 };
 
 /// Input channels, height and width.
@@ -48,14 +51,28 @@ struct BlockIdx {
     norm: Option<(usize, usize)>,
 }
 
+/// Where each layer's parameters are in the parameter list.
+#[derive(Clone, Debug)]
+enum Net {
+    Plain {
+        blocks: [BlockIdx; 3],
+        fc: (usize, usize),
+    },
+    ResNet(resnet::Layout),
+}
+
 /// The network with its parameters, BatchNorm running statistics and reusable buffers.
 #[derive(Debug)]
 pub struct Model {
     cfg: ModelConfig,
     params: Vec<Param>,
-    blocks: [BlockIdx; 3],
-    fc: (usize, usize),
+    net: Net,
     running: Vec<Running>,
+    /// PyTorch name prefix of each BatchNorm layer (`norm1`, `layer2.0.shortcut.1`), parallel
+    /// to `running`.
+    running_names: Vec<String>,
+    workers: usize,
+    running_from: RunningFrom,
     training: bool,
     dev: Cpu,
     pool: BufferPool<f32>,
@@ -71,63 +88,70 @@ impl Model {
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut params = Vec::new();
-        let mut uniform = |name: String,
-                           shape: Vec<usize>,
-                           fan_in: usize,
-                           decay: bool,
-                           params: &mut Vec<Param>| {
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let len = shape.iter().product();
-            let data = (0..len).map(|_| rng.random_range(-bound..bound)).collect();
-            params.push(Param {
-                name,
-                shape,
-                data,
-                decay,
-            });
-            params.len() - 1
+        let spec = norm_spec(cfg);
+        let (net, running_names) = match cfg.arch {
+            Arch::Plain => Self::plain(cfg, spec, &mut rng, &mut params),
+            _ => {
+                let layout = resnet::Layout::new(cfg, spec, &mut rng, &mut params);
+                let names = layout.norm_names();
+                (Net::ResNet(layout), names)
+            }
         };
+        let (running, running_names) = if cfg.norm == NormKind::Batch {
+            running_names
+                .into_iter()
+                .map(|(name, c)| (Running::new(c), name))
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let dev = Cpu::default();
+        // Reuse dfdx's allocations across steps: every step allocates the same sizes.
+        dev.enable_cache();
+        Ok(Self {
+            cfg: cfg.clone(),
+            params,
+            net,
+            running,
+            running_names,
+            workers: 1,
+            running_from: RunningFrom::Worker0,
+            training: true,
+            dev,
+            pool: BufferPool::default(),
+            index_pool: BufferPool::default(),
+        })
+    }
+
+    /// The plain CNN's parameters, in order, and its norm layers' names.
+    fn plain(
+        cfg: &ModelConfig,
+        spec: NormSpec,
+        rng: &mut ChaCha8Rng,
+        params: &mut Vec<Param>,
+    ) -> (Net, Vec<(String, usize)>) {
         let (c0, mut h, mut w) = INPUT;
         let mut c_in = c0;
-        let spec = norm_spec(cfg);
         let mut blocks = Vec::new();
         for (b, &c) in cfg.widths.iter().enumerate() {
             let fan_in = c_in * 9;
             let conv_w = uniform(
+                rng,
+                params,
                 format!("conv{}.weight", b + 1),
                 vec![c, c_in, 3, 3],
                 fan_in,
                 true,
-                &mut params,
             );
             let conv_b = uniform(
+                rng,
+                params,
                 format!("conv{}.bias", b + 1),
                 vec![c],
                 fan_in,
                 false,
-                &mut params,
             );
-            let al = spec.affine_len(c, h, w);
-            let shape = if cfg.norm == NormKind::Layer {
-                vec![c, h, w]
-            } else {
-                vec![c]
-            };
-            let norm = (al > 0).then(|| {
-                params.push(Param {
-                    name: format!("norm{}.weight", b + 1),
-                    shape: shape.clone(),
-                    data: vec![1.0; al],
-                    decay: false,
-                });
-                params.push(Param {
-                    name: format!("norm{}.bias", b + 1),
-                    shape,
-                    data: vec![0.0; al],
-                    decay: false,
-                });
-                (params.len() - 2, params.len() - 1)
-            });
+            let norm = norm_params(params, spec, &format!("norm{}", b + 1), c, h, w);
             blocks.push(BlockIdx {
                 conv_w,
                 conv_b,
@@ -138,39 +162,35 @@ impl Model {
                 (h, w) = (h / 2, w / 2);
             }
         }
-        let fc_w = uniform(
-            "fc.weight".into(),
-            vec![data::NUM_CLASSES, c_in],
-            c_in,
-            true,
-            &mut params,
-        );
-        let fc_b = uniform(
-            "fc.bias".into(),
-            vec![data::NUM_CLASSES],
-            c_in,
-            false,
-            &mut params,
-        );
-        let running = if cfg.norm == NormKind::Batch {
-            cfg.widths.iter().map(|&c| Running::new(c)).collect()
-        } else {
-            Vec::new()
-        };
-        let dev = Cpu::default();
-        // Reuse dfdx's allocations across steps: every step allocates the same sizes.
-        dev.enable_cache();
-        Ok(Self {
-            cfg: cfg.clone(),
-            params,
-            blocks: [blocks[0], blocks[1], blocks[2]],
-            fc: (fc_w, fc_b),
-            running,
-            training: true,
-            dev,
-            pool: BufferPool::default(),
-            index_pool: BufferPool::default(),
-        })
+        let fc = fc_params(rng, params, c_in);
+        let names = (1..=3).map(|b| format!("norm{b}")).zip(cfg.widths).collect();
+        (
+            Net::Plain {
+                blocks: [blocks[0], blocks[1], blocks[2]],
+                fc,
+            },
+            names,
+        )
+    }
+
+    /// Sets the data-parallel split of train-mode forward passes: BatchNorm computes its
+    /// statistics per share of `workers` equal shares (the batch must divide), its running
+    /// statistics follow `running_from`. `1` is one worker, the plain computation.
+    pub fn set_workers(&mut self, workers: usize, running_from: RunningFrom) {
+        assert!(workers > 0, "workers must be at least 1");
+        self.workers = workers;
+        self.running_from = running_from;
+    }
+
+    /// The data-parallel split ([`Model::set_workers`]).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// PyTorch name prefixes of the BatchNorm layers, parallel to [`Model::running`]
+    /// (`norm1`, `layer2.0.shortcut.1`; empty for the other norms).
+    pub fn running_names(&self) -> &[String] {
+        &self.running_names
     }
 
     /// The configuration it was built with.
@@ -221,44 +241,49 @@ impl Model {
     where
         T: Tape<f32, Cpu> + Merge<T> + Merge<NoneTape>,
     {
-        let n = x.shape().0;
-        let spec = norm_spec(&self.cfg);
         let mut p: Vec<Option<Tensor<Shape1, f32, Cpu, T>>> = p.into_iter().map(Some).collect();
         let mut take = |i: usize| p[i].take().expect("each parameter is used once");
-        let blocks = self.blocks;
-        let mut h = conv::conv3x3(
-            x,
-            take(blocks[0].conv_w),
-            take(blocks[0].conv_b),
-            &self.pool,
-        )?;
-        for (b, idx) in blocks.iter().enumerate() {
-            if b > 0 {
-                h = conv::conv3x3(h, take(idx.conv_w), take(idx.conv_b), &self.pool)?;
+        let mut ctx = NormCtx {
+            spec: norm_spec(&self.cfg),
+            training: self.training,
+            workers: self.workers,
+            running_from: self.running_from,
+            running: &mut self.running,
+            pool: &self.pool,
+            index_pool: &self.index_pool,
+        };
+        let (h, fc) = match &self.net {
+            Net::Plain { blocks, fc } => {
+                let blocks = *blocks;
+                let mut h = conv::conv3x3(
+                    x,
+                    take(blocks[0].conv_w),
+                    take(blocks[0].conv_b),
+                    &self.pool,
+                )?;
+                for (b, idx) in blocks.iter().enumerate() {
+                    if b > 0 {
+                        h = conv::conv3x3(h, take(idx.conv_w), take(idx.conv_b), &self.pool)?;
+                    }
+                    let affine = idx.norm.map(|(g, be)| (take(g), take(be)));
+                    // norm → ReLU (→ 2×2 max pool), fused into one op.
+                    let post = if b < 2 {
+                        Post::ReluMaxPool2
+                    } else {
+                        Post::Relu
+                    };
+                    h = ctx.norm(h, affine, Some(b), post)?;
+                }
+                (h, *fc)
             }
-            let affine = idx.norm.map(|(g, be)| (take(g), take(be)));
-            // norm → ReLU (→ 2×2 max pool), fused into one op.
-            let post = if b < 2 {
-                Post::ReluMaxPool2
-            } else {
-                Post::Relu
-            };
-            h = norm::norm(
-                h,
-                affine,
-                spec,
-                self.training,
-                self.running.get_mut(b),
-                post,
-                &self.pool,
-                &self.index_pool,
-            )?;
-        }
+            Net::ResNet(layout) => (layout.forward(x, &mut take, &mut ctx)?, layout.fc),
+        };
+        let n = h.shape().0;
         let c = h.shape().1;
         let g: Tensor<(usize, usize), f32, Cpu, T> = h.try_mean::<_, Axes2<2, 3>>()?;
-        let fc_w = take(self.fc.0).try_reshape_like(&(data::NUM_CLASSES, c))?;
+        let fc_w = take(fc.0).try_reshape_like(&(data::NUM_CLASSES, c))?;
         let fc_w = fc_w.try_permute::<(usize, usize), Axes2<1, 0>>()?;
-        let fc_b = take(self.fc.1).try_broadcast_like::<_, Axis<0>>(&(n, data::NUM_CLASSES))?;
+        let fc_b = take(fc.1).try_broadcast_like::<_, Axis<0>>(&(n, data::NUM_CLASSES))?;
         Ok(g.try_matmul(fc_w)? + fc_b)
     }
 
@@ -371,6 +396,164 @@ pub fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
             best == **l
         })
         .count()
+}
+
+/// Appends a parameter drawn from `U(-1/√fan_in, 1/√fan_in)` (PyTorch's default for conv and
+/// linear layers) and returns its index.
+pub(crate) fn uniform(
+    rng: &mut ChaCha8Rng,
+    params: &mut Vec<Param>,
+    name: String,
+    shape: Vec<usize>,
+    fan_in: usize,
+    decay: bool,
+) -> usize {
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    let len = shape.iter().product();
+    let data = (0..len).map(|_| rng.random_range(-bound..bound)).collect();
+    params.push(Param {
+        name,
+        shape,
+        data,
+        decay,
+    });
+    params.len() - 1
+}
+
+/// Appends `{prefix}.weight` (ones) and `{prefix}.bias` (zeros) of a norm over `c` channels of
+/// `h × w` planes; `None` for `none`.
+pub(crate) fn norm_params(
+    params: &mut Vec<Param>,
+    spec: NormSpec,
+    prefix: &str,
+    c: usize,
+    h: usize,
+    w: usize,
+) -> Option<(usize, usize)> {
+    let al = spec.affine_len(c, h, w);
+    let shape = if spec.kind == NormKind::Layer {
+        vec![c, h, w]
+    } else {
+        vec![c]
+    };
+    (al > 0).then(|| {
+        params.push(Param {
+            name: format!("{prefix}.weight"),
+            shape: shape.clone(),
+            data: vec![1.0; al],
+            decay: false,
+        });
+        params.push(Param {
+            name: format!("{prefix}.bias"),
+            shape,
+            data: vec![0.0; al],
+            decay: false,
+        });
+        (params.len() - 2, params.len() - 1)
+    })
+}
+
+/// Appends `fc.weight` `[10, c]` and `fc.bias`.
+pub(crate) fn fc_params(rng: &mut ChaCha8Rng, params: &mut Vec<Param>, c: usize) -> (usize, usize) {
+    let w = uniform(
+        rng,
+        params,
+        "fc.weight".into(),
+        vec![data::NUM_CLASSES, c],
+        c,
+        true,
+    );
+    let b = uniform(
+        rng,
+        params,
+        "fc.bias".into(),
+        vec![data::NUM_CLASSES],
+        c,
+        false,
+    );
+    (w, b)
+}
+
+/// What every norm layer of a forward pass shares: the norm, the mode, the worker split and
+/// the running statistics.
+pub(crate) struct NormCtx<'a> {
+    spec: NormSpec,
+    training: bool,
+    workers: usize,
+    running_from: RunningFrom,
+    running: &'a mut [Running],
+    pool: &'a BufferPool<f32>,
+    index_pool: &'a BufferPool<u8>,
+}
+
+impl NormCtx<'_> {
+    /// The buffers of the ops.
+    pub(crate) fn pool(&self) -> &BufferPool<f32> {
+        self.pool
+    }
+
+    /// Norm layer `layer` (its index among the norm layers, which is its running statistics'
+    /// index) on `x`, then `post`. A train-mode BatchNorm with `workers > 1` runs on each share
+    /// of the batch on its own — its statistics are the share's — and the shares are joined
+    /// again; worker 0's share (or every share, in turn) updates the running statistics.
+    pub(crate) fn norm<T: Tape<f32, Cpu> + Merge<T>>(
+        &mut self,
+        x: Tensor<Shape4, f32, Cpu, T>,
+        affine: Option<AffineTensors<T>>,
+        layer: Option<usize>,
+        post: Post,
+    ) -> Result<Tensor<Shape4, f32, Cpu, T>, TrainError> {
+        let running = layer.and_then(|l| self.running.get_mut(l));
+        let per_share = self.spec.kind == NormKind::Batch && self.training && self.workers > 1;
+        if !per_share {
+            return norm::norm(
+                x,
+                affine,
+                self.spec,
+                self.training,
+                running,
+                post,
+                self.pool,
+                self.index_pool,
+            );
+        }
+        let running = running.expect("BatchNorm has running statistics");
+        // Shares other than worker 0's update a throw-away copy (unless every share counts).
+        let mut scratch = running.clone();
+        let parts = shares::split_batch(x, self.workers, self.pool)?;
+        let affine = affine.map(|(g, b)| {
+            let (g, tg) = g.split_tape();
+            let (b, tb) = b.split_tape();
+            (g, b, Some(tg.merge(tb)))
+        });
+        let mut affine = affine;
+        let mut outs = Vec::with_capacity(parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            // Clones keep the parameter's id, so every share's dγ, dβ add up in its gradient.
+            let aff = affine.as_mut().map(|(g, b, t)| {
+                (
+                    g.clone().put_tape(t.take().unwrap_or_default()),
+                    b.clone().put_tape(T::default()),
+                )
+            });
+            let r = if i == 0 || self.running_from == RunningFrom::Every {
+                &mut *running
+            } else {
+                &mut scratch
+            };
+            outs.push(norm::norm(
+                part,
+                aff,
+                self.spec,
+                true,
+                Some(r),
+                post,
+                self.pool,
+                self.index_pool,
+            )?);
+        }
+        shares::concat_batch(outs, self.pool)
+    }
 }
 
 fn norm_spec(cfg: &ModelConfig) -> NormSpec {
