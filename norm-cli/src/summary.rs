@@ -44,12 +44,36 @@ pub struct CellStat {
     pub std: Option<f64>,
 }
 
-/// The norm × batch table.
+/// What the columns are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    /// Batch sizes, one worker each.
+    Batch,
+    /// Images per worker at one total batch (a `--per-worker` sweep).
+    PerWorker {
+        /// The total batch.
+        batch: usize,
+    },
+}
+
+impl Axis {
+    /// A column's header: `batch 8` or `8 per worker`.
+    pub fn column(&self, x: usize) -> String {
+        match self {
+            Axis::Batch => format!("batch {x}"),
+            Axis::PerWorker { .. } => format!("{x} per worker"),
+        }
+    }
+}
+
+/// The norm × batch (or images per worker) table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
+    /// What the columns are.
+    pub axis: Axis,
     /// Rows, in paper order.
     pub norms: Vec<String>,
-    /// Columns, ascending.
+    /// Columns, ascending: batch sizes, or images per worker (see `axis`).
     pub batches: Vec<usize>,
     /// `(norm, batch)` → statistics; absent when no seed of the cell finished.
     pub cells: BTreeMap<(String, usize), CellStat>,
@@ -58,11 +82,16 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first).
+    /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first). Results
+    /// of a `--per-worker` sweep are tabulated by images per worker.
     pub fn from_results(results: &[CellResult]) -> Self {
+        let axis = match results.iter().find(|r| r.per_worker.is_some()) {
+            Some(r) => Axis::PerWorker { batch: r.batch },
+            None => Axis::Batch,
+        };
         let mut accs: BTreeMap<(String, usize), BTreeMap<u64, f64>> = BTreeMap::new();
         for r in results {
-            accs.entry((r.norm.clone(), r.batch))
+            accs.entry((r.norm.clone(), r.per_worker.unwrap_or(r.batch)))
                 .or_default()
                 .entry(r.seed)
                 .or_insert(r.final_test_acc);
@@ -94,11 +123,32 @@ impl Summary {
             })
             .collect();
         Self {
+            axis,
             norms,
             batches,
             cells,
             results: n_results,
         }
+    }
+
+    /// In a per-worker table, the norms that ran only with one worker (images per worker =
+    /// the total batch): their result does not depend on the split, so it holds for every
+    /// column.
+    pub fn split_free_norms(&self) -> Vec<&str> {
+        let Axis::PerWorker { batch } = self.axis else {
+            return Vec::new();
+        };
+        self.norms
+            .iter()
+            .filter(|n| {
+                self.cells
+                    .keys()
+                    .filter(|(m, _)| m == *n)
+                    .all(|(_, k)| *k == batch)
+                    && !n.parse().is_ok_and(norm_train::split_matters)
+            })
+            .map(String::as_str)
+            .collect()
     }
 
     /// The statistics of one cell.
@@ -158,7 +208,15 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         .map(|e| format!(" after {e} epoch(s)"))
         .unwrap_or_default();
     let common = s.common_seeds();
-    out.push_str("# Test accuracy by normalisation and batch size\n\n");
+    match s.axis {
+        Axis::Batch => out.push_str("# Test accuracy by normalisation and batch size\n\n"),
+        Axis::PerWorker { batch } => {
+            let _ = writeln!(
+                out,
+                "# Test accuracy by normalisation and images per worker (total batch {batch})\n"
+            );
+        }
+    }
     if s.cells.is_empty() {
         out.push_str("No finished cells yet.\n");
         return out;
@@ -183,8 +241,8 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
     }
     let header = |out: &mut String, first: &str| {
         let _ = write!(out, "| {first} |");
-        for b in &s.batches {
-            let _ = write!(out, " batch {b} |");
+        for &b in &s.batches {
+            let _ = write!(out, " {} |", s.axis.column(b));
         }
         out.push_str("\n| --- |");
         for _ in &s.batches {
@@ -213,11 +271,34 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         out.push('\n');
     }
 
+    let free = s.split_free_norms();
+    if !free.is_empty() {
+        let names: Vec<String> = free.iter().map(|n| norm_label(n)).collect();
+        let _ = writeln!(
+            out,
+            "\n{} do not depend on the worker split (per-sample statistics): run once, with one \
+             worker; the value holds for every column.",
+            names.join(", ")
+        );
+    }
     out.push_str("\n## Test error (%)\n\n");
-    out.push_str("Mean test error; Δ rows are the difference to BatchNorm at the same batch size");
+    out.push_str(match s.axis {
+        Axis::Batch => {
+            "Mean test error; Δ rows are the difference to BatchNorm at the same batch size"
+        }
+        Axis::PerWorker { .. } => {
+            "Mean test error; Δ rows are the difference to BatchNorm at the same images per worker"
+        }
+    });
     out.push_str(" (negative: lower error than BatchNorm).\n\n");
     header(&mut out, "norm");
-    let err = |norm: &str, b: usize| s.get(norm, b).map(|c| 1.0 - c.mean);
+    let err = |norm: &str, b: usize| {
+        let b = match s.axis {
+            Axis::PerWorker { batch } if free.contains(&norm) => batch,
+            _ => b,
+        };
+        s.get(norm, b).map(|c| 1.0 - c.mean)
+    };
     for norm in &s.norms {
         let _ = write!(out, "| {} |", norm_label(norm));
         for &b in &s.batches {
@@ -257,8 +338,12 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
 /// `batch{B}_std` (test accuracy in %, two decimals; empty when undefined) and `batch{B}_seeds`.
 pub fn render_csv(s: &Summary) -> String {
     let mut out = String::from("norm");
+    let col = match s.axis {
+        Axis::Batch => "batch",
+        Axis::PerWorker { .. } => "per_worker",
+    };
     for b in &s.batches {
-        let _ = write!(out, ",batch{b}_mean,batch{b}_std,batch{b}_seeds");
+        let _ = write!(out, ",{col}{b}_mean,{col}{b}_std,{col}{b}_seeds");
     }
     out.push('\n');
     for norm in &s.norms {
@@ -286,6 +371,7 @@ mod tests {
         CellResult {
             norm: norm.into(),
             batch,
+            per_worker: None,
             seed,
             recipe: json!({}),
             test_acc_per_epoch: vec![acc],

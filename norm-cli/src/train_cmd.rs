@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use norm_train::data::{self, Dataset, Split};
-use norm_train::{EpochStats, NormKind, Progress, TrainConfig, TrainOutcome};
+use norm_train::{Arch, EpochStats, NormKind, Progress, TrainConfig, TrainOutcome};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -110,9 +110,12 @@ pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
     Ok((split, info))
 }
 
-/// The training configuration for one run.
+/// The training configuration for one run (one worker; callers set `workers`).
 pub fn config(r: &RecipeArgs, norm: NormKind, batch: usize, seed: u64) -> TrainConfig {
     let mut c = TrainConfig::default();
+    c.model.arch = r.model.into();
+    c.model.width = r.width.unwrap_or(1.0);
+    c.running_from = r.running_from.into();
     c.model.widths = r.widths.0;
     c.model.norm = norm;
     c.model.groups = r.groups;
@@ -142,8 +145,14 @@ pub fn recipe(cfg: &TrainConfig, data: &DataInfo) -> Result<Value> {
         .context("the configuration is not a JSON object")?;
     obj.remove("batch");
     obj.remove("seed");
+    obj.remove("workers");
     if let Some(Value::Object(m)) = obj.get_mut("model") {
         m.remove("norm");
+        // The plain CNN's recipe reads as before the ResNets, so older sweep folders resume.
+        if cfg.model.arch == Arch::Plain && cfg.model.width == 1.0 {
+            m.remove("arch");
+            m.remove("width");
+        }
     }
     let data = serde_json::to_string(data)?;
     obj.insert("data".into(), serde_json::from_str(&data)?);
@@ -274,9 +283,22 @@ pub fn render_report(r: &Report) -> String {
     } else {
         String::new()
     };
+    let workers = if c.workers > 1 {
+        format!(
+            " over {} workers ({} per worker{})",
+            c.workers,
+            c.batch / c.workers,
+            match c.running_from {
+                norm_train::RunningFrom::Worker0 => "",
+                norm_train::RunningFrom::Every => ", running statistics from every share",
+            }
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{}{groups}, batch {}, seed {}, {} epoch(s), peak lr {} (base {} × {}/{}), {} schedule",
+        "{}{groups}, batch {}{workers}, seed {}, {} epoch(s), peak lr {} (base {} × {}/{}), {} schedule",
         norm_label(c.model.norm.name()),
         c.batch,
         c.seed,
@@ -295,10 +317,18 @@ pub fn render_report(r: &Report) -> String {
         .seed
         .map(|s| format!(" (seed {s})"))
         .unwrap_or_default();
+    let model = match c.model.arch {
+        Arch::Plain => format!("widths {:?}", c.model.widths),
+        arch => format!(
+            "{arch}, width {} (stages {:?})",
+            c.model.width,
+            c.model.stage_widths()
+        ),
+    };
     let _ = writeln!(
         out,
-        "data: {}{seed}, {} train / {} test images; widths {:?}\n",
-        r.data.source, r.data.train_size, r.data.test_size, c.model.widths
+        "data: {}{seed}, {} train / {} test images; {model}\n",
+        r.data.source, r.data.train_size, r.data.test_size
     );
     let _ = writeln!(
         out,
@@ -438,7 +468,8 @@ pub fn train_with_progress(
 
 /// Runs `norm-cli train`.
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let cfg = config(&a.recipe, a.norm.into(), a.batch, a.seed);
+    let mut cfg = config(&a.recipe, a.norm.into(), a.batch, a.seed);
+    cfg.workers = a.workers;
     // Fail on bad settings before generating or reading any data.
     if let Some(n) = planned_train_len(&a.recipe) {
         cfg.validate(n)?;

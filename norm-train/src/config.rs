@@ -118,7 +118,9 @@ impl FromStr for Arch {
         Arch::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown model `{s}`; valid: plain, resnet8, resnet14, resnet20"))
+            .ok_or_else(|| {
+                format!("unknown model `{s}`; valid: plain, resnet8, resnet14, resnet20")
+            })
     }
 }
 

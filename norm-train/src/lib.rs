@@ -32,5 +32,5 @@ pub use config::{
     Arch, ModelConfig, NormKind, ParseNormKindError, RunningFrom, Schedule, TrainConfig,
 };
 pub use error::TrainError;
-pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct};
+pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct, split_matters};
 pub use train::{EpochStats, Progress, Sgd, TrainOutcome, learning_rate, train};

@@ -163,7 +163,10 @@ impl Model {
             }
         }
         let fc = fc_params(rng, params, c_in);
-        let names = (1..=3).map(|b| format!("norm{b}")).zip(cfg.widths).collect();
+        let names = (1..=3)
+            .map(|b| format!("norm{b}"))
+            .zip(cfg.widths)
+            .collect();
         (
             Net::Plain {
                 blocks: [blocks[0], blocks[1], blocks[2]],
@@ -504,7 +507,7 @@ impl NormCtx<'_> {
         post: Post,
     ) -> Result<Tensor<Shape4, f32, Cpu, T>, TrainError> {
         let running = layer.and_then(|l| self.running.get_mut(l));
-        let per_share = self.spec.kind == NormKind::Batch && self.training && self.workers > 1;
+        let per_share = split_matters(self.spec.kind) && self.training && self.workers > 1;
         if !per_share {
             return norm::norm(
                 x,
@@ -554,6 +557,12 @@ impl NormCtx<'_> {
         }
         shares::concat_batch(outs, self.pool)
     }
+}
+
+/// Whether a norm's train-mode output depends on how the batch is split over workers: true for
+/// norms with batch statistics (BatchNorm), false for those computed per sample.
+pub fn split_matters(kind: NormKind) -> bool {
+    kind == NormKind::Batch
 }
 
 fn norm_spec(cfg: &ModelConfig) -> NormSpec {

@@ -17,8 +17,7 @@ use crate::{
     ModelConfig, Param, TrainError,
     model::{INPUT, NormCtx, fc_params, norm_params, uniform},
     ops::{
-        Shape1, Shape4, conv_strided::conv_strided, norm::NormSpec, norm::Post,
-        residual::add_relu,
+        Shape1, Shape4, conv_strided::conv_strided, norm::NormSpec, norm::Post, residual::add_relu,
     },
 };
 

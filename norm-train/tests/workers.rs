@@ -62,11 +62,17 @@ fn one_worker_trains_as_before_and_only_batchnorm_depends_on_the_split() {
         if recorded {
             assert_eq!(one, before, "{norm}: one worker changed the training");
         } else {
-            eprintln!("SIMD {} is not {BEFORE_SIMD}: not compared with the recording", norm_kernels::simd_level());
+            eprintln!(
+                "SIMD {} is not {BEFORE_SIMD}: not compared with the recording",
+                norm_kernels::simd_level()
+            );
         }
         let four = fingerprint(norm, 4);
         if norm == NormKind::Batch {
-            assert_ne!(four, one, "BatchNorm with 4 workers must use per-share statistics");
+            assert_ne!(
+                four, one,
+                "BatchNorm with 4 workers must use per-share statistics"
+            );
         } else {
             assert_eq!(four, one, "{norm} must not depend on the worker split");
         }
@@ -107,11 +113,16 @@ fn batchnorm_with_workers_is_batchnorm_per_share() {
             let mut running_share0 = None;
             for s in 0..w {
                 let (_, l, g) = alone
-                    .loss_and_grads(&x[s * part * img..(s + 1) * part * img], &labels[s * part..(s + 1) * part])
+                    .loss_and_grads(
+                        &x[s * part * img..(s + 1) * part * img],
+                        &labels[s * part..(s + 1) * part],
+                    )
                     .unwrap();
                 logits_alone.extend(l);
                 for (m, g) in mean_grads.iter_mut().zip(&g) {
-                    m.iter_mut().zip(g).for_each(|(m, g)| *m += *g as f64 / w as f64);
+                    m.iter_mut()
+                        .zip(g)
+                        .for_each(|(m, g)| *m += *g as f64 / w as f64);
                 }
                 if s == 0 {
                     running_share0 = Some(alone.running().to_vec());
@@ -120,14 +131,20 @@ fn batchnorm_with_workers_is_batchnorm_per_share() {
             let tag = format!("{arch} {from:?}");
             assert_eq!(logits, logits_alone, "{tag}: logits");
             match from {
-                RunningFrom::Worker0 => assert_eq!(split.running(), &running_share0.unwrap()[..], "{tag}"),
+                RunningFrom::Worker0 => {
+                    assert_eq!(split.running(), &running_share0.unwrap()[..], "{tag}")
+                }
                 RunningFrom::Every => assert_eq!(split.running(), alone.running(), "{tag}"),
             }
             for ((g, m), p) in grads.iter().zip(&mean_grads).zip(split.params()) {
                 // A conv bias before BatchNorm has a zero gradient up to rounding: absolute 1e-6.
                 let scale = m.iter().fold(0.0f64, |a, v| a.max(v.abs()));
                 for (a, b) in g.iter().zip(m) {
-                    assert!((*a as f64 - b).abs() <= 1e-5 * scale + 1e-6, "{tag} {}: {a} vs {b}", p.name);
+                    assert!(
+                        (*a as f64 - b).abs() <= 1e-5 * scale + 1e-6,
+                        "{tag} {}: {a} vs {b}",
+                        p.name
+                    );
                 }
             }
         }
@@ -143,9 +160,21 @@ fn bad_worker_counts_are_refused() {
     };
     assert!(matches!(cfg(0).validate(100), Err(TrainError::WorkersZero)));
     let e = cfg(3).validate(100).unwrap_err();
-    assert!(matches!(e, TrainError::WorkersDivide { batch: 32, workers: 3 }));
-    assert_eq!(e.to_string(), "3 workers do not divide the batch of 32 into equal shares");
+    assert!(matches!(
+        e,
+        TrainError::WorkersDivide {
+            batch: 32,
+            workers: 3
+        }
+    ));
+    assert_eq!(
+        e.to_string(),
+        "3 workers do not divide the batch of 32 into equal shares"
+    );
     assert!(cfg(32).validate(100).is_ok());
     let split = data::synthetic(0, 64, 10);
-    assert!(matches!(train(&cfg(5), &split, &mut |_| {}), Err(TrainError::WorkersDivide { .. })));
+    assert!(matches!(
+        train(&cfg(5), &split, &mut |_| {}),
+        Err(TrainError::WorkersDivide { .. })
+    ));
 }

@@ -150,7 +150,11 @@ pub fn col2im_strided_add(s: &StridedShape, col: &[f32], dx: &mut [f32]) {
 }
 
 fn check(s: &StridedShape) {
-    assert!(s.k == 1 || s.k == 3, "conv: kernel size {} is not 1 or 3", s.k);
+    assert!(
+        s.k == 1 || s.k == 3,
+        "conv: kernel size {} is not 1 or 3",
+        s.k
+    );
     assert!(s.stride >= 1, "conv: stride 0");
     assert!(s.h >= 1 && s.w >= 1, "conv: empty image");
 }
@@ -339,7 +343,11 @@ mod tests {
                             })
                             .collect();
                         let (lo, hi) = valid(kx, len, olen, s, p);
-                        assert_eq!((lo..hi).collect::<Vec<_>>(), inside, "k{k} s{s} len{len} kx{kx}");
+                        assert_eq!(
+                            (lo..hi).collect::<Vec<_>>(),
+                            inside,
+                            "k{k} s{s} len{len} kx{kx}"
+                        );
                     }
                 }
             }
