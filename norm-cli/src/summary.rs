@@ -250,11 +250,17 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         }
         out.push('\n');
     };
+    let free = s.split_free_norms();
+    // A norm that does not depend on the split holds its one-worker value in every column.
+    let column = |norm: &str, b: usize| match s.axis {
+        Axis::PerWorker { batch } if free.contains(&norm) => batch,
+        _ => b,
+    };
     header(&mut out, "norm");
     for norm in &s.norms {
         let _ = write!(out, "| {} |", norm_label(norm));
         for &b in &s.batches {
-            match s.get(norm, b) {
+            match s.get(norm, column(norm, b)) {
                 None => out.push_str(" — |"),
                 Some(c) => {
                     let _ = write!(out, " {}", pct(c.mean, 1));
@@ -271,14 +277,14 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         out.push('\n');
     }
 
-    let free = s.split_free_norms();
     if !free.is_empty() {
         let names: Vec<String> = free.iter().map(|n| norm_label(n)).collect();
         let _ = writeln!(
             out,
-            "\n{} do not depend on the worker split (per-sample statistics): run once, with one \
-             worker; the value holds for every column.",
-            names.join(", ")
+            "\n{} {} not depend on the worker split (per-sample statistics): run once, with one \
+             worker; that value is shown in every column.",
+            names.join(", "),
+            if names.len() == 1 { "does" } else { "do" }
         );
     }
     out.push_str("\n## Test error (%)\n\n");
@@ -292,13 +298,7 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
     });
     out.push_str(" (negative: lower error than BatchNorm).\n\n");
     header(&mut out, "norm");
-    let err = |norm: &str, b: usize| {
-        let b = match s.axis {
-            Axis::PerWorker { batch } if free.contains(&norm) => batch,
-            _ => b,
-        };
-        s.get(norm, b).map(|c| 1.0 - c.mean)
-    };
+    let err = |norm: &str, b: usize| s.get(norm, column(norm, b)).map(|c| 1.0 - c.mean);
     for norm in &s.norms {
         let _ = write!(out, "| {} |", norm_label(norm));
         for &b in &s.batches {

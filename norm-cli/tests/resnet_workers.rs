@@ -149,7 +149,13 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
     let md = fs::read_to_string(dir.path().join("summary.md")).unwrap();
     contains(&md, "images per worker (total batch 4)");
     contains(&md, "| 2 per worker | 4 per worker |");
-    contains(&md, "GroupNorm do not depend on the worker split");
+    contains(&md, "GroupNorm does not depend on the worker split");
+    let gn_rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| GroupNorm |"))
+        .collect();
+    assert_eq!(gn_rows.len(), 2, "{md}");
+    assert!(gn_rows.iter().all(|l| !l.contains('—')), "{md}");
     let csv = fs::read_to_string(dir.path().join("summary.csv")).unwrap();
     contains(&csv, "per_worker2_mean");
     let svg = fs::read_to_string(dir.path().join("accuracy_vs_batch.svg")).unwrap();
