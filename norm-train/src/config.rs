@@ -316,7 +316,7 @@ impl TrainConfig {
         if self.workers == 0 {
             return Err(TrainError::WorkersZero);
         }
-        if self.batch % self.workers != 0 {
+        if !self.batch.is_multiple_of(self.workers) {
             return Err(TrainError::WorkersDivide {
                 batch: self.batch,
                 workers: self.workers,

@@ -6,8 +6,14 @@
 //! InstanceNorm, GroupNorm or none. It is the training half of the batch-size study of the Group
 //! Normalization paper (Wu & He, 2018).
 //!
+//! The CIFAR ResNets of He et al. (2016, §4.2) — ResNet-8, -14, -20 with a width multiplier,
+//! the norm after every conv including the projection shortcuts — are the other networks
+//! ([`Arch`]), and [`TrainConfig::workers`] splits each batch into data-parallel worker shares
+//! over which BatchNorm computes its statistics, as in the paper's images-per-GPU protocol.
+//!
 //! * [`ops`]: custom dfdx tape ops with their own backward — the 3×3 convolution (im2col +
-//!   `gemm`), the norms (calling `norm-kernels`), 2×2 max pooling. ReLU, global average pooling,
+//!   `gemm`), the ResNets' strided and 1×1 convolutions and residual join, the batch split into
+//!   worker shares, the norms (calling `norm-kernels`), 2×2 max pooling. ReLU, global average pooling,
 //!   the linear layer and the loss are dfdx's own ops.
 //! * [`Model`]: parameters initialised like PyTorch from a seed, train/eval modes, checkpoints.
 //! * [`train`]: SGD with momentum and weight decay, learning rate scaled with the batch,

@@ -201,8 +201,9 @@ impl Model {
         &self.cfg
     }
 
-    /// The learnable tensors, in order: per block `conv.weight`, `conv.bias`, then `norm.weight`,
-    /// `norm.bias` (absent for `none`); then `fc.weight`, `fc.bias`.
+    /// The learnable tensors, in order. Plain CNN: per block `conv.weight`, `conv.bias`, then
+    /// `norm.weight`, `norm.bias` (absent for `none`); then `fc.weight`, `fc.bias`. ResNet: PyTorch's
+    /// `state_dict` order (`conv1.weight`, `norm1.*`, `layer1.0.conv1.weight`, ..., `fc.bias`).
     pub fn params(&self) -> &[Param] {
         &self.params
     }

@@ -24,6 +24,7 @@ fn save_then_load_restores_parameters_statistics_and_config() {
             norm: kind,
             groups: 4,
             eps: 1e-4,
+            ..ModelConfig::default()
         };
         let mut out = train(&cfg, &split, &mut |_| {}).unwrap();
         let path = dir.path().join(format!("{kind}.ckpt"));

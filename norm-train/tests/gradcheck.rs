@@ -25,6 +25,7 @@ fn model_gradients_match_finite_differences() {
             norm,
             groups: 2,
             eps: 1e-5,
+            ..ModelConfig::default()
         };
         let mut model = Model::new(&cfg, 11).unwrap();
         // Train mode throughout: BatchNorm uses batch statistics, which makes the loss a smooth
