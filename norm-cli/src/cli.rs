@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use norm_train::{NormChoice, NormKind, Schedule, TrainConfig, data};
+use norm_train::{Arch, NormChoice, NormKind, RunningFrom, Schedule, TrainConfig, data};
 
 use crate::sweep::{Seeds, Share};
 
@@ -52,6 +52,48 @@ fn train_norms() -> impl clap::builder::TypedValueParser<Value = NormChoice> {
 fn kernel_norms() -> impl clap::builder::TypedValueParser<Value = NormKind> {
     use clap::builder::TypedValueParser;
     norm_values(false).map(|c| c.kind().expect("none is not listed"))
+}
+
+/// The network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum ModelArg {
+    /// Three conv → norm → ReLU blocks (pool after the first two), GAP, linear (--widths).
+    Plain,
+    /// CIFAR ResNet-8 (He et al. 2016): 3 stages of 1 basic block at 16/32/64 × --width.
+    Resnet8,
+    /// CIFAR ResNet-14: 3 stages of 2 basic blocks.
+    Resnet14,
+    /// CIFAR ResNet-20: 3 stages of 3 basic blocks.
+    Resnet20,
+}
+
+impl From<ModelArg> for Arch {
+    fn from(m: ModelArg) -> Self {
+        match m {
+            ModelArg::Plain => Self::Plain,
+            ModelArg::Resnet8 => Self::Resnet8,
+            ModelArg::Resnet14 => Self::Resnet14,
+            ModelArg::Resnet20 => Self::Resnet20,
+        }
+    }
+}
+
+/// Which worker shares update BatchNorm's running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RunningFromArg {
+    /// Worker 0's share, as PyTorch's DistributedDataParallel keeps rank 0's buffers.
+    Worker0,
+    /// Every share in turn (one momentum update per share).
+    Every,
+}
+
+impl From<RunningFromArg> for RunningFrom {
+    fn from(r: RunningFromArg) -> Self {
+        match r {
+            RunningFromArg::Worker0 => Self::Worker0,
+            RunningFromArg::Every => Self::Every,
+        }
+    }
 }
 
 /// Where the images come from.
@@ -104,9 +146,18 @@ pub struct RecipeArgs {
     /// Train without augmentation (random crop and flip).
     #[arg(long)]
     pub no_augment: bool,
-    /// Channel widths of the three conv stages.
+    /// The network.
+    #[arg(long, value_enum, default_value_t = ModelArg::Plain)]
+    pub model: ModelArg,
+    /// ResNets: channel multiplier of the 16/32/64-channel stages [default: 1].
+    #[arg(long, value_name = "X")]
+    pub width: Option<f32>,
+    /// Plain CNN: channel widths of the three conv stages.
     #[arg(long, value_name = "W1,W2,W3", default_value_t = Widths(defaults().model.widths))]
     pub widths: Widths,
+    /// With workers: which shares update BatchNorm's running statistics.
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = RunningFromArg::Worker0)]
+    pub running_from: RunningFromArg,
     /// Groups of GroupNorm (must divide every width).
     #[arg(long, value_name = "G", default_value_t = norm_train::DEFAULT_GROUPS)]
     pub groups: usize,
@@ -200,6 +251,9 @@ pub struct TrainArgs {
     /// Images per step.
     #[arg(long, default_value_t = defaults().batch)]
     pub batch: usize,
+    /// Data-parallel workers: BatchNorm's statistics per share of batch/W images.
+    #[arg(long, value_name = "W", default_value_t = defaults().workers)]
+    pub workers: usize,
     /// Seed of initialisation, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -228,9 +282,17 @@ pub struct SweepArgs {
         default_value = "batch,layer,instance,group"
     )]
     pub norms: Vec<NormChoice>,
-    /// Batch sizes, comma-separated.
+    /// Batch sizes, comma-separated (one worker each).
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
     pub batches: Vec<usize>,
+    /// Images per worker at the fixed total --batch, comma-separated, instead of --batches:
+    /// BatchNorm runs with batch/K workers; norms that do not depend on the split run once,
+    /// with one worker.
+    #[arg(long, value_name = "K,...", value_delimiter = ',', requires = "batch")]
+    pub per_worker: Option<Vec<usize>>,
+    /// The total batch of a --per-worker sweep.
+    #[arg(long, value_name = "B", requires = "per_worker")]
+    pub batch: Option<usize>,
     /// Seeds: N for 0..N, A..B for a range (B excluded), or a list a,b,c.
     #[arg(long, default_value = "3")]
     pub seeds: Seeds,

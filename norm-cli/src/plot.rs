@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use crate::font;
 use norm_train::{NormChoice, NormKind};
 
-use crate::summary::Summary;
+use crate::summary::{Axis, Summary};
 
 /// Pixel size of both renderings.
 pub const SIZE: (u32, u32) = (800, 520);
@@ -80,9 +80,16 @@ where
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
+    let x_desc = match s.axis {
+        Axis::Batch => "batch size (log₂ scale)".to_owned(),
+        Axis::PerWorker { batch } => {
+            format!("images per worker (log₂ scale), total batch {batch}")
+        }
+    };
+    let free = s.split_free_norms();
     chart
         .configure_mesh()
-        .x_desc("batch size (log₂ scale)")
+        .x_desc(x_desc)
         .y_desc("test error (%)")
         // Ticks fall on nice numbers (halves at most); label the integer ones, i.e. the powers
         // of two, with the batch size.
@@ -112,8 +119,13 @@ where
             .iter()
             .map(|&(b, e, _)| ((b as f64).log2() + dodge, e))
             .collect();
+        // A norm that does not depend on the worker split ran once: a flat line across.
+        let line = match (free.contains(&norm), xy.first()) {
+            (true, Some(&(_, e))) => lx.iter().map(|&x| (x + dodge, e)).collect(),
+            _ => xy.clone(),
+        };
         chart
-            .draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(line, c.stroke_width(2)))
             .map_err(err)?
             .label(norm.label())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
@@ -154,7 +166,12 @@ fn title(s: &Summary) -> String {
         [lo, .., hi] => format!("{lo}–{hi} seeds"),
         [] => "no cells".into(),
     };
-    format!("Test error vs batch size (mean ± std over {n})")
+    match s.axis {
+        Axis::Batch => format!("Test error vs batch size (mean ± std over {n})"),
+        Axis::PerWorker { .. } => {
+            format!("Test error vs images per worker (mean ± std over {n})")
+        }
+    }
 }
 
 /// Renders the plot as SVG text.

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::cli::ReportArgs;
 use crate::outputs;
-use crate::store::{self, CellResult, RECIPE_FILE, RESULTS_FILE, ResultsFile};
+use crate::store::{self, CellKey, CellResult, RECIPE_FILE, RESULTS_FILE, ResultsFile};
 
 /// What a merge did, for the one-line report.
 #[derive(Debug, PartialEq, Eq)]
@@ -121,18 +121,18 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
                 .join(", ")
         );
     };
-    let mut seen: HashSet<(norm_train::NormChoice, usize, u64)> = HashSet::new();
+    let mut seen: HashSet<CellKey> = HashSet::new();
     let mut merged = Vec::new();
     let mut duplicates = 0;
     for r in &existing {
-        if seen.insert((r.norm, r.batch, r.seed)) {
+        if seen.insert(r.key()) {
             merged.push(r.clone());
         }
     }
     let mut appended = 0;
     let existing_keys = seen.clone();
     for r in all {
-        let key = (r.norm, r.batch, r.seed);
+        let key = r.key();
         if seen.insert(key) {
             file.append(&r)?;
             appended += 1;

@@ -28,6 +28,10 @@ pub struct CellResult {
     pub norm: NormChoice,
     /// Batch size per step.
     pub batch: usize,
+    /// Images per worker of a `--per-worker` sweep (BatchNorm's statistics over this many
+    /// images; `batch / per_worker` workers); absent in a batch sweep (one worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_worker: Option<usize>,
     /// Seed of initialisation and shuffling.
     pub seed: u64,
     /// Everything else that defines the run (see [`crate::sweep::recipe`]).
@@ -50,10 +54,13 @@ pub struct CellResult {
     pub threads: usize,
 }
 
+/// A cell's identity: norm, batch, images per worker (`None`: one worker), seed.
+pub type CellKey = (NormChoice, usize, Option<usize>, u64);
+
 impl CellResult {
-    /// The cell's identity: norm, batch, seed.
-    pub fn key(&self) -> (NormChoice, usize, u64) {
-        (self.norm, self.batch, self.seed)
+    /// The cell's identity: norm, batch, images per worker, seed.
+    pub fn key(&self) -> CellKey {
+        (self.norm, self.batch, self.per_worker, self.seed)
     }
 }
 
@@ -234,6 +241,7 @@ mod tests {
         CellResult {
             norm,
             batch,
+            per_worker: None,
             seed,
             recipe: json!({"epochs": 1}),
             test_acc_per_epoch: vec![acc],

@@ -21,12 +21,36 @@ pub struct CellStat {
     pub std: Option<f64>,
 }
 
-/// The norm × batch table.
+/// What the columns are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    /// Batch sizes, one worker each.
+    Batch,
+    /// Images per worker at one total batch (a `--per-worker` sweep).
+    PerWorker {
+        /// The total batch.
+        batch: usize,
+    },
+}
+
+impl Axis {
+    /// A column's header: `batch 8` or `8 per worker`.
+    pub fn column(&self, x: usize) -> String {
+        match self {
+            Axis::Batch => format!("batch {x}"),
+            Axis::PerWorker { .. } => format!("{x} per worker"),
+        }
+    }
+}
+
+/// The norm × batch (or images per worker) table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
+    /// What the columns are.
+    pub axis: Axis,
     /// Rows, in paper order.
     pub norms: Vec<NormChoice>,
-    /// Columns, ascending.
+    /// Columns, ascending: batch sizes, or images per worker (see `axis`).
     pub batches: Vec<usize>,
     /// `(norm, batch)` → statistics; absent when no seed of the cell finished.
     pub cells: BTreeMap<(NormChoice, usize), CellStat>,
@@ -35,11 +59,16 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first).
+    /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first). Results
+    /// of a `--per-worker` sweep are tabulated by images per worker.
     pub fn from_results(results: &[CellResult]) -> Self {
+        let axis = match results.iter().find(|r| r.per_worker.is_some()) {
+            Some(r) => Axis::PerWorker { batch: r.batch },
+            None => Axis::Batch,
+        };
         let mut accs: BTreeMap<(NormChoice, usize), BTreeMap<u64, f64>> = BTreeMap::new();
         for r in results {
-            accs.entry((r.norm, r.batch))
+            accs.entry((r.norm, r.per_worker.unwrap_or(r.batch)))
                 .or_default()
                 .entry(r.seed)
                 .or_insert(r.final_test_acc);
@@ -71,11 +100,32 @@ impl Summary {
             })
             .collect();
         Self {
+            axis,
             norms,
             batches,
             cells,
             results: n_results,
         }
+    }
+
+    /// In a per-worker table, the norms that ran only with one worker (images per worker =
+    /// the total batch): their result does not depend on the split, so it holds for every
+    /// column.
+    pub fn split_free_norms(&self) -> Vec<NormChoice> {
+        let Axis::PerWorker { batch } = self.axis else {
+            return Vec::new();
+        };
+        self.norms
+            .iter()
+            .filter(|n| {
+                self.cells
+                    .keys()
+                    .filter(|(m, _)| m == *n)
+                    .all(|(_, k)| *k == batch)
+                    && !n.kind().is_some_and(norm_train::split_matters)
+            })
+            .copied()
+            .collect()
     }
 
     /// The statistics of one cell.
@@ -135,7 +185,15 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         .map(|e| format!(" after {e} epoch(s)"))
         .unwrap_or_default();
     let common = s.common_seeds();
-    out.push_str("# Test accuracy by normalisation and batch size\n\n");
+    match s.axis {
+        Axis::Batch => out.push_str("# Test accuracy by normalisation and batch size\n\n"),
+        Axis::PerWorker { batch } => {
+            let _ = writeln!(
+                out,
+                "# Test accuracy by normalisation and images per worker (total batch {batch})\n"
+            );
+        }
+    }
     if s.cells.is_empty() {
         out.push_str("No finished cells yet.\n");
         return out;
@@ -160,8 +218,8 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
     }
     let header = |out: &mut String, first: &str| {
         let _ = write!(out, "| {first} |");
-        for b in &s.batches {
-            let _ = write!(out, " batch {b} |");
+        for &b in &s.batches {
+            let _ = write!(out, " {} |", s.axis.column(b));
         }
         out.push_str("\n| --- |");
         for _ in &s.batches {
@@ -169,11 +227,17 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         }
         out.push('\n');
     };
+    let free = s.split_free_norms();
+    // A norm that does not depend on the split holds its one-worker value in every column.
+    let column = |norm: NormChoice, b: usize| match s.axis {
+        Axis::PerWorker { batch } if free.contains(&norm) => batch,
+        _ => b,
+    };
     header(&mut out, "norm");
     for &norm in &s.norms {
         let _ = write!(out, "| {} |", norm.label());
         for &b in &s.batches {
-            match s.get(norm, b) {
+            match s.get(norm, column(norm, b)) {
                 None => out.push_str(" — |"),
                 Some(c) => {
                     let _ = write!(out, " {}", pct(c.mean, 1));
@@ -190,11 +254,28 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         out.push('\n');
     }
 
+    if !free.is_empty() {
+        let names: Vec<&str> = free.iter().map(|n| n.label()).collect();
+        let _ = writeln!(
+            out,
+            "\n{} {} not depend on the worker split (per-sample statistics): run once, with one \
+             worker; that value is shown in every column.",
+            names.join(", "),
+            if names.len() == 1 { "does" } else { "do" }
+        );
+    }
     out.push_str("\n## Test error (%)\n\n");
-    out.push_str("Mean test error; Δ rows are the difference to BatchNorm at the same batch size");
+    out.push_str(match s.axis {
+        Axis::Batch => {
+            "Mean test error; Δ rows are the difference to BatchNorm at the same batch size"
+        }
+        Axis::PerWorker { .. } => {
+            "Mean test error; Δ rows are the difference to BatchNorm at the same images per worker"
+        }
+    });
     out.push_str(" (negative: lower error than BatchNorm).\n\n");
     header(&mut out, "norm");
-    let err = |norm: NormChoice, b: usize| s.get(norm, b).map(|c| 1.0 - c.mean);
+    let err = |norm: NormChoice, b: usize| s.get(norm, column(norm, b)).map(|c| 1.0 - c.mean);
     for &norm in &s.norms {
         let _ = write!(out, "| {} |", norm.label());
         for &b in &s.batches {
@@ -235,8 +316,12 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
 /// `batch{B}_std` (test accuracy in %, two decimals; empty when undefined) and `batch{B}_seeds`.
 pub fn render_csv(s: &Summary) -> String {
     let mut out = String::from("norm");
+    let col = match s.axis {
+        Axis::Batch => "batch",
+        Axis::PerWorker { .. } => "per_worker",
+    };
     for b in &s.batches {
-        let _ = write!(out, ",batch{b}_mean,batch{b}_std,batch{b}_seeds");
+        let _ = write!(out, ",{col}{b}_mean,{col}{b}_std,{col}{b}_seeds");
     }
     out.push('\n');
     for &norm in &s.norms {
@@ -268,6 +353,7 @@ mod tests {
         CellResult {
             norm: norm.parse().unwrap(),
             batch,
+            per_worker: None,
             seed,
             recipe: json!({}),
             test_acc_per_epoch: vec![acc],

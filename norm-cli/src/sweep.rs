@@ -13,7 +13,7 @@ use norm_train::NormChoice;
 use serde_json::Value;
 
 use crate::outputs;
-use crate::store::{self, CellResult, RECIPE_FILE, RESULTS_FILE, ResultsFile};
+use crate::store::{self, CellKey, CellResult, RECIPE_FILE, RESULTS_FILE, ResultsFile};
 
 /// One cell of the sweep.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -22,17 +22,30 @@ pub struct Cell {
     pub norm: NormChoice,
     /// Batch size.
     pub batch: usize,
+    /// Images per worker (`batch / per_worker` workers); `None` in a batch sweep (one worker).
+    pub per_worker: Option<usize>,
     /// Seed.
     pub seed: u64,
 }
 
+impl Cell {
+    /// Data-parallel workers of the cell.
+    pub fn workers(&self) -> usize {
+        self.per_worker.map_or(1, |k| self.batch / k.max(1))
+    }
+
+    fn key(&self) -> CellKey {
+        (self.norm.clone(), self.batch, self.per_worker, self.seed)
+    }
+}
+
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} norm, batch {}, seed {}",
-            self.norm, self.batch, self.seed
-        )
+        write!(f, "{} norm, batch {}", self.norm, self.batch)?;
+        if let Some(k) = self.per_worker {
+            write!(f, " ({k} per worker)")?;
+        }
+        write!(f, ", seed {}", self.seed)
     }
 }
 
@@ -45,6 +58,38 @@ pub fn all_cells(norms: &[NormChoice], batches: &[usize], seeds: &[u64]) -> Vec<
                 cells.push(Cell {
                     norm: *norm,
                     batch,
+                    per_worker: None,
+                    seed,
+                });
+            }
+        }
+    }
+    cells
+}
+
+/// The cells of a `--per-worker` sweep at total batch `batch`, in the order norms × images per
+/// worker × seeds. A norm for which `split_matters` is false gives the same result for every
+/// split (tested bit for bit), so it runs once per seed, with one worker (`per_worker = batch`).
+pub fn per_worker_cells(
+    norms: &[NormChoice],
+    batch: usize,
+    per_worker: &[usize],
+    seeds: &[u64],
+    split_matters: impl Fn(NormChoice) -> bool,
+) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for &norm in norms {
+        let ks: &[usize] = if split_matters(norm) {
+            per_worker
+        } else {
+            &[batch]
+        };
+        for &k in ks {
+            for &seed in seeds {
+                cells.push(Cell {
+                    norm,
+                    batch,
+                    per_worker: Some(k),
                     seed,
                 });
             }
@@ -131,7 +176,7 @@ pub struct SweepDir {
     recipe: Value,
     file: ResultsFile,
     results: Vec<CellResult>,
-    done: HashSet<(NormChoice, usize, u64)>,
+    done: HashSet<CellKey>,
     /// Bytes of a partial last line that were cut on open (0 if none).
     pub dropped_partial: usize,
 }
@@ -163,7 +208,7 @@ impl SweepDir {
             let text = serde_json::to_string_pretty(recipe)? + "\n";
             store::write_atomic(&recipe_path, text.as_bytes())?;
         }
-        let done = results.iter().map(|r| (r.norm, r.batch, r.seed)).collect();
+        let done = results.iter().map(CellResult::key).collect();
         Ok(Self {
             dir: dir.to_owned(),
             recipe: recipe.clone(),
@@ -176,7 +221,7 @@ impl SweepDir {
 
     /// True when the cell is already in `results.jsonl`.
     pub fn is_done(&self, c: &Cell) -> bool {
-        self.done.contains(&(c.norm, c.batch, c.seed))
+        self.done.contains(&c.key())
     }
 
     /// All finished cells (from earlier runs too).
@@ -198,7 +243,7 @@ impl SweepDir {
             );
         }
         self.file.append(&r)?;
-        self.done.insert((r.norm, r.batch, r.seed));
+        self.done.insert(r.key());
         self.results.push(r);
         self.write_outputs()
     }
@@ -210,7 +255,13 @@ impl SweepDir {
 }
 
 fn r_key(r: &CellResult) -> String {
-    format!("cell {} batch {} seed {}", r.norm, r.batch, r.seed)
+    match r.per_worker {
+        Some(k) => format!(
+            "cell {} batch {} ({k} per worker) seed {}",
+            r.norm, r.batch, r.seed
+        ),
+        None => format!("cell {} batch {} seed {}", r.norm, r.batch, r.seed),
+    }
 }
 
 /// Runs every cell of `cells` not yet in `sd`, in order, recording each as it finishes.
@@ -245,6 +296,7 @@ mod tests {
         CellResult {
             norm: c.norm,
             batch: c.batch,
+            per_worker: c.per_worker,
             seed: c.seed,
             recipe: recipe.clone(),
             test_acc_per_epoch: vec![acc],
@@ -276,6 +328,7 @@ mod tests {
             Cell {
                 norm: "batch".parse().unwrap(),
                 batch: 2,
+                per_worker: None,
                 seed: 1
             }
         );

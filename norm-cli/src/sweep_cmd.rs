@@ -11,7 +11,7 @@ use norm_train::Progress;
 use crate::cli::SweepArgs;
 use crate::store::CellResult;
 use crate::summary::{Summary, render_markdown};
-use crate::sweep::{Cell, SweepDir, all_cells, run_missing};
+use crate::sweep::{Cell, SweepDir, all_cells, per_worker_cells, run_missing};
 use crate::train_cmd::{self, clean, config, in_pool, load_data, overall_images_per_sec};
 
 /// Ticks of the overall bar per cell (progress inside a cell moves it too).
@@ -32,7 +32,28 @@ fn check_lists(a: &SweepArgs) -> Result<()> {
     if let Some(b) = a.batches.iter().find(|b| !seen.insert(**b)) {
         bail!("--batches lists {b} twice");
     }
+    if let (Some(ks), Some(batch)) = (&a.per_worker, a.batch) {
+        if ks.is_empty() {
+            bail!("--per-worker is empty");
+        }
+        let mut seen = HashSet::new();
+        if let Some(k) = ks.iter().find(|k| !seen.insert(**k)) {
+            bail!("--per-worker lists {k} twice");
+        }
+        if let Some(k) = ks.iter().find(|&&k| k == 0 || batch % k != 0) {
+            bail!("--per-worker {k} does not divide --batch {batch} into equal worker shares");
+        }
+    }
     Ok(())
+}
+
+/// The (batch, workers) pairs the sweep runs: `--batches` with one worker each, or the total
+/// `--batch` over `batch / k` workers for each `--per-worker k`.
+fn shapes(a: &SweepArgs) -> Vec<(usize, usize)> {
+    match (&a.per_worker, a.batch) {
+        (Some(ks), Some(b)) => ks.iter().map(|&k| (b, b / k)).collect(),
+        _ => a.batches.iter().map(|&b| (b, 1)).collect(),
+    }
 }
 
 /// Runs `norm-cli sweep`.
@@ -42,9 +63,10 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     // Every cell's settings are checked before any data is made or any cell runs.
     let validate_all = |train_len: usize| -> Result<()> {
         for &n in norms {
-            for &b in &a.batches {
-                config(&a.recipe, n, b, 0)
-                    .validate(train_len)
+            for (b, w) in shapes(a) {
+                let mut c = config(&a.recipe, n, b, 0);
+                c.workers = w;
+                c.validate(train_len)
                     .map_err(|e| anyhow::anyhow!("{n} norm, batch {b}: {e}"))?;
             }
         }
@@ -56,8 +78,16 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     in_pool(a.run.threads, || -> Result<()> {
         let (split, info) = load_data(&a.recipe)?;
         validate_all(split.train.len())?;
-        let base = config(&a.recipe, norms[0], a.batches[0], 0);
-        let recipe = train_cmd::recipe(&base, &info)?;
+        let base = config(&a.recipe, norms[0], shapes(a)[0].0, 0);
+        let mut recipe = train_cmd::recipe(&base, &info)?;
+        // A per-worker sweep fixes the total batch: it belongs to the recipe (and keeps such a
+        // folder from mixing with a batch sweep's).
+        if let (Some(b), Some(obj)) = (
+            a.batch.filter(|_| a.per_worker.is_some()),
+            recipe.as_object_mut(),
+        ) {
+            obj.insert("batch".into(), b.into());
+        }
         let mut sd = SweepDir::open(&a.out, &recipe)?;
         if sd.dropped_partial > 0 {
             eprintln!(
@@ -66,7 +96,12 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 a.out.display()
             );
         }
-        let all = all_cells(norms, &a.batches, &a.seeds.0);
+        let all = match (&a.per_worker, a.batch) {
+            (Some(ks), Some(b)) => per_worker_cells(norms, b, ks, &a.seeds.0, |n| {
+                n.kind().is_some_and(norm_train::split_matters)
+            }),
+            _ => all_cells(norms, &a.batches, &a.seeds.0),
+        };
         let cells = match a.cells {
             Some(share) => share.select(&all),
             None => all.clone(),
@@ -98,7 +133,8 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         let visible = !bar.is_hidden();
         let epochs = a.recipe.epochs;
         let run_cell = |cell: &Cell, i: usize, n: usize| -> Result<CellResult> {
-            let cfg = config(&a.recipe, cell.norm, cell.batch, cell.seed);
+            let mut cfg = config(&a.recipe, cell.norm, cell.batch, cell.seed);
+            cfg.workers = cell.workers();
             let label = format!("{i}/{n} cells done · running {cell}");
             bar.set_message(label.clone());
             let t0 = Instant::now();
@@ -122,6 +158,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             let r = CellResult {
                 norm: cell.norm,
                 batch: cell.batch,
+                per_worker: cell.per_worker,
                 seed: cell.seed,
                 recipe: recipe.clone(),
                 test_acc_per_epoch: outcome.epochs.iter().map(|e| clean(e.test_acc)).collect(),
@@ -137,8 +174,12 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         };
         // Reported only once the line is on disk, so "done" means it survives a kill.
         let recorded = |r: &CellResult, i: usize, n: usize| {
+            let per_worker = r
+                .per_worker
+                .map(|k| format!(" ({k} per worker)"))
+                .unwrap_or_default();
             let line = format!(
-                "done {}/{n}: {} norm, batch {}, seed {}: test acc {:.1} % ({:.1} s)",
+                "done {}/{n}: {} norm, batch {}{per_worker}, seed {}: test acc {:.1} % ({:.1} s)",
                 i + 1,
                 r.norm,
                 r.batch,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use norm_train::data::{self, Dataset, Split};
-use norm_train::{EpochStats, NormChoice, Progress, TrainConfig, TrainOutcome, model_norm};
+use norm_train::{Arch, EpochStats, NormChoice, Progress, TrainConfig, TrainOutcome, model_norm};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -109,9 +109,12 @@ pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
     Ok((split, info))
 }
 
-/// The training configuration for one run.
+/// The training configuration for one run (one worker; callers set `workers`).
 pub fn config(r: &RecipeArgs, norm: NormChoice, batch: usize, seed: u64) -> TrainConfig {
     let mut c = TrainConfig::default();
+    c.model.arch = r.model.into();
+    c.model.width = r.width.unwrap_or(1.0);
+    c.running_from = r.running_from.into();
     c.model.widths = r.widths.0;
     c.model.norm = norm.kind().map(|k| model_norm(k, r.groups, r.eps));
     c.epochs = r.epochs;
@@ -139,8 +142,14 @@ pub fn recipe(cfg: &TrainConfig, data: &DataInfo) -> Result<Value> {
         .context("the configuration is not a JSON object")?;
     obj.remove("batch");
     obj.remove("seed");
+    obj.remove("workers");
     if let Some(Value::Object(m)) = obj.get_mut("model") {
         m.remove("norm");
+        // The plain CNN's recipe reads as before the ResNets, so older sweep folders resume.
+        if cfg.model.arch == Arch::Plain && cfg.model.width == 1.0 {
+            m.remove("arch");
+            m.remove("width");
+        }
     }
     let data = serde_json::to_string(data)?;
     obj.insert("data".into(), serde_json::from_str(&data)?);
@@ -266,9 +275,22 @@ pub fn epoch_line(e: &EpochStats, epochs: usize) -> String {
 pub fn render_report(r: &Report) -> String {
     let c = &r.config;
     let mut out = String::new();
+    let workers = if c.workers > 1 {
+        format!(
+            " over {} workers ({} per worker{})",
+            c.workers,
+            c.batch / c.workers,
+            match c.running_from {
+                norm_train::RunningFrom::Worker0 => "",
+                norm_train::RunningFrom::Every => ", running statistics from every share",
+            }
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{}, batch {}, seed {}, {} epoch(s), peak lr {} (base {} × {}/{}), {} schedule",
+        "{}, batch {}{workers}, seed {}, {} epoch(s), peak lr {} (base {} × {}/{}), {} schedule",
         c.model.norm_label(),
         c.batch,
         c.seed,
@@ -287,10 +309,18 @@ pub fn render_report(r: &Report) -> String {
         .seed
         .map(|s| format!(" (seed {s})"))
         .unwrap_or_default();
+    let model = match c.model.arch {
+        Arch::Plain => format!("widths {:?}", c.model.widths),
+        arch => format!(
+            "{arch}, width {} (stages {:?})",
+            c.model.width,
+            c.model.stage_widths()
+        ),
+    };
     let _ = writeln!(
         out,
-        "data: {}{seed}, {} train / {} test images; widths {:?}\n",
-        r.data.source, r.data.train_size, r.data.test_size, c.model.widths
+        "data: {}{seed}, {} train / {} test images; {model}\n",
+        r.data.source, r.data.train_size, r.data.test_size
     );
     let _ = writeln!(
         out,
@@ -430,7 +460,8 @@ pub fn train_with_progress(
 
 /// Runs `norm-cli train`.
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let cfg = config(&a.recipe, a.norm, a.batch, a.seed);
+    let mut cfg = config(&a.recipe, a.norm, a.batch, a.seed);
+    cfg.workers = a.workers;
     // Fail on bad settings before generating or reading any data.
     if let Some(n) = planned_train_len(&a.recipe) {
         cfg.validate(n)?;

@@ -74,6 +74,7 @@ fn cell(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
     CellResult {
         norm: norm.parse().unwrap(),
         batch,
+        per_worker: None,
         seed,
         recipe: recipe(),
         test_acc_per_epoch: vec![acc / 2.0, acc],

@@ -10,7 +10,9 @@
 //! | 16+H..         | the tensors' values as `f32`, in header order, nothing after    |
 //!
 //! Tensors are the parameters in [`Model::params`] order with PyTorch's names and shapes, then
-//! for BatchNorm `norm{b}.running_mean` and `norm{b}.running_var` per block. Loading checks the
+//! for BatchNorm `{layer}.running_mean` and `{layer}.running_var` per norm layer
+//! ([`Model::running_names`]: `norm1`.. for the plain CNN, `layer2.0.shortcut.1`.. for a ResNet).
+//! The header's model configuration records the architecture (`arch`) and `width`. Loading checks the
 //! magic, the configuration, every name and shape against a model built from that configuration,
 //! and the exact file length; each error names the file.
 
@@ -63,18 +65,18 @@ fn tensors(model: &Model) -> Vec<(TensorEntry, &[f32])> {
             )
         })
         .collect();
-    for (b, r) in model.running().iter().enumerate() {
+    for (r, layer) in model.running().iter().zip(model.running_names()) {
         let shape = vec![r.mean.len()];
         out.push((
             TensorEntry {
-                name: format!("norm{}.running_mean", b + 1),
+                name: format!("{layer}.running_mean"),
                 shape: shape.clone(),
             },
             &r.mean,
         ));
         out.push((
             TensorEntry {
-                name: format!("norm{}.running_var", b + 1),
+                name: format!("{layer}.running_var"),
                 shape,
             },
             &r.var,

@@ -122,9 +122,84 @@ pub fn model_norm(kind: NormKind, groups: usize, eps: f32) -> Norm {
 }
 
 /// Shape of the CNN: three conv blocks of the given widths, the norm (if any) after each conv.
+/// Which network: today's plain CNN or a CIFAR ResNet of He et al. (2016, §4.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Three conv → norm → ReLU blocks (max pool after the first two), GAP, linear.
+    #[default]
+    Plain,
+    /// ResNet-8: 3 stages of 1 basic block.
+    Resnet8,
+    /// ResNet-14: 3 stages of 2 basic blocks.
+    Resnet14,
+    /// ResNet-20: 3 stages of 3 basic blocks.
+    Resnet20,
+}
+
+impl Arch {
+    /// Every architecture.
+    pub const ALL: [Arch; 4] = [Arch::Plain, Arch::Resnet8, Arch::Resnet14, Arch::Resnet20];
+
+    /// The lowercase name (`resnet8`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arch::Plain => "plain",
+            Arch::Resnet8 => "resnet8",
+            Arch::Resnet14 => "resnet14",
+            Arch::Resnet20 => "resnet20",
+        }
+    }
+
+    /// Basic blocks per stage (`n` of the paper, depth `6n + 2`); `None` for the plain CNN.
+    pub const fn blocks_per_stage(self) -> Option<usize> {
+        match self {
+            Arch::Plain => None,
+            Arch::Resnet8 => Some(1),
+            Arch::Resnet14 => Some(2),
+            Arch::Resnet20 => Some(3),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                format!("unknown model `{s}`; valid: plain, resnet8, resnet14, resnet20")
+            })
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// Shape of the network: the plain CNN's three conv blocks of the given widths, or a ResNet
+/// whose stages have `16·width`, `32·width`, `64·width` channels; the norm after each conv.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// Output channels of the three 3×3 convolutions.
+    /// The network (absent in files written before the ResNets: plain).
+    #[serde(default)]
+    pub arch: Arch,
+    /// The ResNets' channel multiplier (stages of `round(16·width)`, `round(32·width)`,
+    /// `round(64·width)` channels); must be 1 for the plain CNN, which uses `widths`.
+    #[serde(default = "one")]
+    pub width: f32,
+    /// Output channels of the plain CNN's three 3×3 convolutions.
     pub widths: [usize; 3],
     /// The normalisation layer after each convolution, with its settings; `None`: conv → ReLU.
     pub norm: Option<Norm>,
@@ -138,6 +213,8 @@ pub const DEFAULT_EPS: f32 = 1e-5;
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            arch: Arch::Plain,
+            width: 1.0,
             widths: [16, 32, 64],
             norm: Some(model_norm(NormKind::Group, DEFAULT_GROUPS, DEFAULT_EPS)),
         }
@@ -145,11 +222,12 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// `widths` with `choice` as the study's networks use it ([`model_norm`]).
+    /// `widths` with `choice` as the study's networks use it ([`model_norm`]) (the plain CNN).
     pub fn new(widths: [usize; 3], choice: NormChoice, groups: usize, eps: f32) -> Self {
         Self {
             widths,
             norm: choice.kind().map(|k| model_norm(k, groups, eps)),
+            ..Self::default()
         }
     }
 
@@ -164,12 +242,34 @@ impl ModelConfig {
             .map_or_else(|| "no norm".to_owned(), |n| n.label())
     }
 
-    /// Checks widths and the norm's settings against every layer.
+    /// Channels of the three stages: `widths` for the plain CNN, `round([16, 32, 64]·width)` for
+    /// a ResNet.
+    pub fn stage_widths(&self) -> [usize; 3] {
+        match self.arch {
+            Arch::Plain => self.widths,
+            _ => [16.0, 32.0, 64.0].map(|c: f32| (c * self.width).round().max(0.0) as usize),
+        }
+    }
+
+    /// Checks the architecture, widths and the norm's settings against every layer.
     pub fn validate(&self) -> Result<(), TrainError> {
-        if self.widths.contains(&0) {
-            return Err(TrainError::Width {
-                widths: self.widths,
+        if self.arch == Arch::Plain && self.width != 1.0 {
+            return Err(TrainError::Hyper {
+                name: "width",
+                value: self.width,
+                expected: "1 for the plain CNN (a ResNet multiplier; the plain CNN takes widths)",
             });
+        }
+        if self.arch != Arch::Plain && !(self.width.is_finite() && self.width > 0.0) {
+            return Err(TrainError::Hyper {
+                name: "width",
+                value: self.width,
+                expected: "finite and positive",
+            });
+        }
+        let widths = self.stage_widths();
+        if widths.contains(&0) {
+            return Err(TrainError::Width { widths });
         }
         if let Some(norm) = &self.norm {
             if !(norm.eps().is_finite() && norm.eps() >= 0.0) {
@@ -179,7 +279,7 @@ impl ModelConfig {
                     expected: "finite and non-negative",
                 });
             }
-            for &width in &self.widths {
+            for &width in &widths {
                 norm.validate(norm_kernels::Nchw::new(1, width, 2, 2))
                     .map_err(|reason| TrainError::Norm { width, reason })?;
             }
@@ -198,6 +298,22 @@ pub enum Schedule {
     Step,
 }
 
+/// Which share's batch statistics update BatchNorm's running statistics when a batch is split
+/// over workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunningFrom {
+    /// Worker 0's share only, as PyTorch's DistributedDataParallel keeps rank 0's buffers.
+    #[default]
+    Worker0,
+    /// Every share in turn (W momentum updates per step).
+    Every,
+}
+
+fn one_usize() -> usize {
+    1
+}
+
 /// Everything [`crate::train`] needs besides the data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -207,6 +323,13 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Images per step.
     pub batch: usize,
+    /// Data-parallel workers: each batch is split into `workers` equal shares and BatchNorm
+    /// computes its batch statistics per share; the loss is the mean over the whole batch.
+    #[serde(default = "one_usize")]
+    pub workers: usize,
+    /// Which shares update BatchNorm's running statistics (with `workers > 1`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub running_from: RunningFrom,
     /// Learning rate at `batch = lr_ref_batch`.
     pub base_lr: f32,
     /// The batch size `base_lr` refers to; the peak rate is `base_lr · batch / lr_ref_batch`.
@@ -235,6 +358,8 @@ impl Default for TrainConfig {
             model: ModelConfig::default(),
             epochs: 20,
             batch: 32,
+            workers: 1,
+            running_from: RunningFrom::Worker0,
             base_lr: 0.1,
             lr_ref_batch: 32,
             momentum: 0.9,
@@ -262,6 +387,15 @@ impl TrainConfig {
         self.model.validate()?;
         if self.batch == 0 {
             return Err(TrainError::BatchZero);
+        }
+        if self.workers == 0 {
+            return Err(TrainError::WorkersZero);
+        }
+        if !self.batch.is_multiple_of(self.workers) {
+            return Err(TrainError::WorkersDivide {
+                batch: self.batch,
+                workers: self.workers,
+            });
         }
         if train_len == 0 {
             return Err(TrainError::EmptyTrainSet);

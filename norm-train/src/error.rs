@@ -18,6 +18,17 @@ pub enum TrainError {
         /// Images in the training set.
         train_len: usize,
     },
+    /// `workers = 0`.
+    #[error("workers must be at least 1")]
+    WorkersZero,
+    /// The batch does not split into equal worker shares.
+    #[error("{workers} workers do not divide the batch of {batch} into equal shares")]
+    WorkersDivide {
+        /// Images per step.
+        batch: usize,
+        /// Requested workers.
+        workers: usize,
+    },
     /// `epochs = 0`.
     #[error("epochs must be at least 1")]
     EpochsZero,

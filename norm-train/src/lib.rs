@@ -6,8 +6,14 @@
 //! BatchNorm, LayerNorm, InstanceNorm, GroupNorm or none. It is the training half of the batch-size study of the Group
 //! Normalization paper (Wu & He, 2018).
 //!
+//! The CIFAR ResNets of He et al. (2016, §4.2) — ResNet-8, -14, -20 with a width multiplier,
+//! the norm after every conv including the projection shortcuts — are the other networks
+//! ([`Arch`]), and [`TrainConfig::workers`] splits each batch into data-parallel worker shares
+//! over which BatchNorm computes its statistics, as in the paper's images-per-GPU protocol.
+//!
 //! * [`ops`]: custom dfdx tape ops with their own backward — the 3×3 convolution (im2col +
-//!   `gemm`), the norms (calling `norm-kernels`), 2×2 max pooling. ReLU, global average pooling,
+//!   `gemm`), the ResNets' strided and 1×1 convolutions and residual join, the batch split into
+//!   worker shares, the norms (calling `norm-kernels`), 2×2 max pooling. ReLU, global average pooling,
 //!   the linear layer and the loss are dfdx's own ops.
 //! * [`Model`]: parameters initialised like PyTorch from a seed, train/eval modes, checkpoints.
 //! * [`train`]: SGD with momentum and weight decay, learning rate scaled with the batch,
@@ -25,13 +31,15 @@ pub mod data;
 mod error;
 mod model;
 pub mod ops;
+mod resnet;
 mod train;
 
 pub use config::{
-    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, Schedule, TrainConfig, model_norm,
+    Arch, DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, RunningFrom, Schedule, TrainConfig,
+    model_norm,
 };
 pub use error::TrainError;
-pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct};
+pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct, split_matters};
 pub use norm_kernels::{Norm, NormKind, ParseNormError};
 pub use train::{
     EpochStats, Progress, Sgd, TrainOutcome, learning_rate, norm_ramp_progress, train,

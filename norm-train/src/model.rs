@@ -1,23 +1,26 @@
-//! The CNN: three blocks of conv3×3 → norm → ReLU (→ 2×2 max pool after the first two), global
-//! average pooling and a linear classifier, for 3×32×32 inputs and 10 classes.
+//! The networks, for 3×32×32 inputs and 10 classes: the plain CNN — three blocks of conv3×3 →
+//! norm → ReLU (→ 2×2 max pool after the first two), global average pooling and a linear
+//! classifier — and the CIFAR ResNets ([`crate::resnet`]).
 
 use dfdx::{
     prelude::{Axes2, Axis, BroadcastTo, MeanTo, PermuteTo, ReshapeTo, TryMatMul},
     shapes::HasShape,
-    tensor::{Cache, Cpu, Merge, NoneTape, OwnedTape, Tape, Tensor, Trace},
+    tensor::{Cache, Cpu, Merge, NoneTape, OwnedTape, PutTape, SplitTape, Tape, Tensor, Trace},
     tensor_ops::Backward,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use norm_kernels::{Mode, Nchw};
+use norm_kernels::{Mode, Nchw, Norm, NormKind};
 
 use crate::{
-    ModelConfig, TrainError, data,
+    Arch, ModelConfig, RunningFrom, TrainError, data,
     ops::{
         BufferPool, Shape1, Shape4, conv,
-        norm::{self, NormLayer, Post, Running},
+        norm::{self, AffineTensors, NormLayer, Post, Running},
+        shares,
     },
+    resnet,
 };
 
 /// Input channels, height and width.
@@ -50,15 +53,30 @@ struct BlockIdx {
     norm: Option<(usize, usize)>,
 }
 
-/// The network with its parameters, BatchNorm running statistics and reusable buffers.
+/// Where each layer's parameters are in the parameter list.
+#[derive(Clone, Debug)]
+enum Net {
+    Plain {
+        blocks: [BlockIdx; 3],
+        fc: (usize, usize),
+    },
+    ResNet(resnet::Layout),
+}
+
+/// The network with its parameters, its norm layers (with their running statistics) and
+/// reusable buffers.
 #[derive(Debug)]
 pub struct Model {
     cfg: ModelConfig,
     params: Vec<Param>,
-    blocks: [BlockIdx; 3],
-    fc: (usize, usize),
-    /// One per block, when the model has a norm.
+    net: Net,
+    /// Every norm layer, in the order of the forward pass (empty without a norm).
     layers: Vec<NormLayer>,
+    /// PyTorch name prefix of each norm layer (`norm1`, `layer2.0.shortcut.1`), parallel to
+    /// `layers`.
+    layer_names: Vec<String>,
+    workers: usize,
+    running_from: RunningFrom,
     training: bool,
     dev: Cpu,
     pool: BufferPool<f32>,
@@ -74,63 +92,69 @@ impl Model {
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut params = Vec::new();
-        let mut uniform = |name: String,
-                           shape: Vec<usize>,
-                           fan_in: usize,
-                           decay: bool,
-                           params: &mut Vec<Param>| {
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let len = shape.iter().product();
-            let data = (0..len).map(|_| rng.random_range(-bound..bound)).collect();
-            params.push(Param {
-                name,
-                shape,
-                data,
-                decay,
-            });
-            params.len() - 1
+        let spec = cfg.norm;
+        let (net, names) = match cfg.arch {
+            Arch::Plain => Self::plain(cfg, spec, &mut rng, &mut params),
+            _ => {
+                let layout = resnet::Layout::new(cfg, spec, &mut rng, &mut params);
+                let names = layout.norm_names();
+                (Net::ResNet(layout), names)
+            }
         };
+        let (layers, layer_names) = match cfg.norm {
+            Some(n) => names
+                .into_iter()
+                .map(|(name, c)| (NormLayer::new(n, c), name))
+                .unzip(),
+            None => (Vec::new(), Vec::new()),
+        };
+        let dev = Cpu::default();
+        // Reuse dfdx's allocations across steps: every step allocates the same sizes.
+        dev.enable_cache();
+        Ok(Self {
+            cfg: cfg.clone(),
+            params,
+            net,
+            layers,
+            layer_names,
+            workers: 1,
+            running_from: RunningFrom::Worker0,
+            training: true,
+            dev,
+            pool: BufferPool::default(),
+            index_pool: BufferPool::default(),
+        })
+    }
+
+    /// The plain CNN's parameters, in order, and its norm layers' names.
+    fn plain(
+        cfg: &ModelConfig,
+        spec: Option<Norm>,
+        rng: &mut ChaCha8Rng,
+        params: &mut Vec<Param>,
+    ) -> (Net, Vec<(String, usize)>) {
         let (c0, mut h, mut w) = INPUT;
         let mut c_in = c0;
         let mut blocks = Vec::new();
-        let mut layers = Vec::new();
         for (b, &c) in cfg.widths.iter().enumerate() {
             let fan_in = c_in * 9;
             let conv_w = uniform(
+                rng,
+                params,
                 format!("conv{}.weight", b + 1),
                 vec![c, c_in, 3, 3],
                 fan_in,
                 true,
-                &mut params,
             );
             let conv_b = uniform(
+                rng,
+                params,
                 format!("conv{}.bias", b + 1),
                 vec![c],
                 fan_in,
                 false,
-                &mut params,
             );
-            let at = Nchw::new(1, c, h, w);
-            let al = cfg.norm.map_or(0, |n| n.affine_len(at));
-            let shape = cfg.norm.map_or(vec![], |n| n.affine_shape(at));
-            if let Some(n) = cfg.norm {
-                layers.push(NormLayer::new(n, c));
-            }
-            let norm = (al > 0).then(|| {
-                params.push(Param {
-                    name: format!("norm{}.weight", b + 1),
-                    shape: shape.clone(),
-                    data: vec![1.0; al],
-                    decay: false,
-                });
-                params.push(Param {
-                    name: format!("norm{}.bias", b + 1),
-                    shape,
-                    data: vec![0.0; al],
-                    decay: false,
-                });
-                (params.len() - 2, params.len() - 1)
-            });
+            let norm = norm_params(params, spec, &format!("norm{}", b + 1), c, h, w);
             blocks.push(BlockIdx {
                 conv_w,
                 conv_b,
@@ -141,34 +165,43 @@ impl Model {
                 (h, w) = (h / 2, w / 2);
             }
         }
-        let fc_w = uniform(
-            "fc.weight".into(),
-            vec![data::NUM_CLASSES, c_in],
-            c_in,
-            true,
-            &mut params,
-        );
-        let fc_b = uniform(
-            "fc.bias".into(),
-            vec![data::NUM_CLASSES],
-            c_in,
-            false,
-            &mut params,
-        );
-        let dev = Cpu::default();
-        // Reuse dfdx's allocations across steps: every step allocates the same sizes.
-        dev.enable_cache();
-        Ok(Self {
-            cfg: cfg.clone(),
-            params,
-            blocks: [blocks[0], blocks[1], blocks[2]],
-            fc: (fc_w, fc_b),
-            layers,
-            training: true,
-            dev,
-            pool: BufferPool::default(),
-            index_pool: BufferPool::default(),
-        })
+        let fc = fc_params(rng, params, c_in);
+        let names = (1..=3)
+            .map(|b| format!("norm{b}"))
+            .zip(cfg.widths)
+            .collect();
+        (
+            Net::Plain {
+                blocks: [blocks[0], blocks[1], blocks[2]],
+                fc,
+            },
+            names,
+        )
+    }
+
+    /// Sets the data-parallel split of train-mode forward passes: BatchNorm computes its
+    /// statistics per share of `workers` equal shares (the batch must divide), its running
+    /// statistics follow `running_from`. `1` is one worker, the plain computation.
+    pub fn set_workers(&mut self, workers: usize, running_from: RunningFrom) {
+        assert!(workers > 0, "workers must be at least 1");
+        self.workers = workers;
+        self.running_from = running_from;
+    }
+
+    /// The data-parallel split ([`Model::set_workers`]).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// PyTorch name prefixes of the norm layers that track running statistics, parallel to
+    /// [`Model::running`] (`norm1`, `layer2.0.shortcut.1`; empty for the other norms).
+    pub fn running_names(&self) -> Vec<&str> {
+        self.layers
+            .iter()
+            .zip(&self.layer_names)
+            .filter(|(l, _)| l.running().is_some())
+            .map(|(_, n)| n.as_str())
+            .collect()
     }
 
     /// The configuration it was built with.
@@ -176,8 +209,9 @@ impl Model {
         &self.cfg
     }
 
-    /// The learnable tensors, in order: per block `conv.weight`, `conv.bias`, then `norm.weight`,
-    /// `norm.bias` (absent for `none`); then `fc.weight`, `fc.bias`.
+    /// The learnable tensors, in order. Plain CNN: per block `conv.weight`, `conv.bias`, then
+    /// `norm.weight`, `norm.bias` (absent for `none`); then `fc.weight`, `fc.bias`. ResNet: PyTorch's
+    /// `state_dict` order (`conv1.weight`, `norm1.*`, `layer1.0.conv1.weight`, ..., `fc.bias`).
     pub fn params(&self) -> &[Param] {
         &self.params
     }
@@ -187,7 +221,7 @@ impl Model {
         &mut self.params
     }
 
-    /// Running statistics per block, for norms that track them (empty for the others).
+    /// Running statistics per norm layer, for norms that track them (empty for the others).
     pub fn running(&self) -> Vec<&Running> {
         self.layers.iter().filter_map(NormLayer::running).collect()
     }
@@ -233,40 +267,52 @@ impl Model {
     where
         T: Tape<f32, Cpu> + Merge<T> + Merge<NoneTape>,
     {
-        let n = x.shape().0;
-        let mode = if self.training {
-            Mode::Train
-        } else {
-            Mode::Eval
-        };
         let mut p: Vec<Option<Tensor<Shape1, f32, Cpu, T>>> = p.into_iter().map(Some).collect();
         let mut take = |i: usize| p[i].take().expect("each parameter is used once");
-        let blocks = self.blocks;
-        let mut h = conv::conv3x3(
-            x,
-            take(blocks[0].conv_w),
-            take(blocks[0].conv_b),
-            &self.pool,
-        )?;
-        for (b, idx) in blocks.iter().enumerate() {
-            if b > 0 {
-                h = conv::conv3x3(h, take(idx.conv_w), take(idx.conv_b), &self.pool)?;
-            }
-            let affine = idx.norm.map(|(g, be)| (take(g), take(be)));
-            // norm → ReLU (→ 2×2 max pool), fused into one op.
-            let post = if b < 2 {
-                Post::ReluMaxPool2
+        let mut ctx = NormCtx {
+            mode: if self.training {
+                Mode::Train
             } else {
-                Post::Relu
-            };
-            let layer = self.layers.get_mut(b);
-            h = norm::norm(h, affine, layer, mode, post, (&self.pool, &self.index_pool))?;
-        }
+                Mode::Eval
+            },
+            workers: self.workers,
+            running_from: self.running_from,
+            layers: &mut self.layers,
+            pool: &self.pool,
+            index_pool: &self.index_pool,
+        };
+        let (h, fc) = match &self.net {
+            Net::Plain { blocks, fc } => {
+                let blocks = *blocks;
+                let mut h = conv::conv3x3(
+                    x,
+                    take(blocks[0].conv_w),
+                    take(blocks[0].conv_b),
+                    &self.pool,
+                )?;
+                for (b, idx) in blocks.iter().enumerate() {
+                    if b > 0 {
+                        h = conv::conv3x3(h, take(idx.conv_w), take(idx.conv_b), &self.pool)?;
+                    }
+                    let affine = idx.norm.map(|(g, be)| (take(g), take(be)));
+                    // norm → ReLU (→ 2×2 max pool), fused into one op.
+                    let post = if b < 2 {
+                        Post::ReluMaxPool2
+                    } else {
+                        Post::Relu
+                    };
+                    h = ctx.norm(h, affine, Some(b), post)?;
+                }
+                (h, *fc)
+            }
+            Net::ResNet(layout) => (layout.forward(x, &mut take, &mut ctx)?, layout.fc),
+        };
+        let n = h.shape().0;
         let c = h.shape().1;
         let g: Tensor<(usize, usize), f32, Cpu, T> = h.try_mean::<_, Axes2<2, 3>>()?;
-        let fc_w = take(self.fc.0).try_reshape_like(&(data::NUM_CLASSES, c))?;
+        let fc_w = take(fc.0).try_reshape_like(&(data::NUM_CLASSES, c))?;
         let fc_w = fc_w.try_permute::<(usize, usize), Axes2<1, 0>>()?;
-        let fc_b = take(self.fc.1).try_broadcast_like::<_, Axis<0>>(&(n, data::NUM_CLASSES))?;
+        let fc_b = take(fc.1).try_broadcast_like::<_, Axis<0>>(&(n, data::NUM_CLASSES))?;
         Ok(g.try_matmul(fc_w)? + fc_b)
     }
 
@@ -379,4 +425,147 @@ pub fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
             best == **l
         })
         .count()
+}
+
+/// Appends a parameter drawn from `U(-1/√fan_in, 1/√fan_in)` (PyTorch's default for conv and
+/// linear layers) and returns its index.
+pub(crate) fn uniform(
+    rng: &mut ChaCha8Rng,
+    params: &mut Vec<Param>,
+    name: String,
+    shape: Vec<usize>,
+    fan_in: usize,
+    decay: bool,
+) -> usize {
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    let len = shape.iter().product();
+    let data = (0..len).map(|_| rng.random_range(-bound..bound)).collect();
+    params.push(Param {
+        name,
+        shape,
+        data,
+        decay,
+    });
+    params.len() - 1
+}
+
+/// Appends `{prefix}.weight` (ones) and `{prefix}.bias` (zeros) of a norm over `c` channels of
+/// `h × w` planes; `None` for `none`.
+pub(crate) fn norm_params(
+    params: &mut Vec<Param>,
+    spec: Option<Norm>,
+    prefix: &str,
+    c: usize,
+    h: usize,
+    w: usize,
+) -> Option<(usize, usize)> {
+    let at = Nchw::new(1, c, h, w);
+    let al = spec.map_or(0, |n| n.affine_len(at));
+    let shape = spec.map_or(vec![], |n| n.affine_shape(at));
+    (al > 0).then(|| {
+        params.push(Param {
+            name: format!("{prefix}.weight"),
+            shape: shape.clone(),
+            data: vec![1.0; al],
+            decay: false,
+        });
+        params.push(Param {
+            name: format!("{prefix}.bias"),
+            shape,
+            data: vec![0.0; al],
+            decay: false,
+        });
+        (params.len() - 2, params.len() - 1)
+    })
+}
+
+/// Appends `fc.weight` `[10, c]` and `fc.bias`.
+pub(crate) fn fc_params(rng: &mut ChaCha8Rng, params: &mut Vec<Param>, c: usize) -> (usize, usize) {
+    let w = uniform(
+        rng,
+        params,
+        "fc.weight".into(),
+        vec![data::NUM_CLASSES, c],
+        c,
+        true,
+    );
+    let b = uniform(
+        rng,
+        params,
+        "fc.bias".into(),
+        vec![data::NUM_CLASSES],
+        c,
+        false,
+    );
+    (w, b)
+}
+
+/// What every norm layer of a forward pass shares: the norm, the mode, the worker split and
+/// the running statistics.
+pub(crate) struct NormCtx<'a> {
+    mode: Mode,
+    workers: usize,
+    running_from: RunningFrom,
+    layers: &'a mut [NormLayer],
+    pool: &'a BufferPool<f32>,
+    index_pool: &'a BufferPool<u8>,
+}
+
+impl NormCtx<'_> {
+    /// The buffers of the ops.
+    pub(crate) fn pool(&self) -> &BufferPool<f32> {
+        self.pool
+    }
+
+    /// Norm layer `layer` (its index among the norm layers, which is its running statistics'
+    /// index) on `x`, then `post`. A train-mode BatchNorm with `workers > 1` runs on each share
+    /// of the batch on its own — its statistics are the share's — and the shares are joined
+    /// again; worker 0's share (or every share, in turn) updates the running statistics.
+    pub(crate) fn norm<T: Tape<f32, Cpu> + Merge<T>>(
+        &mut self,
+        x: Tensor<Shape4, f32, Cpu, T>,
+        affine: Option<AffineTensors<T>>,
+        layer: Option<usize>,
+        post: Post,
+    ) -> Result<Tensor<Shape4, f32, Cpu, T>, TrainError> {
+        let pools = (self.pool, self.index_pool);
+        let (mode, workers) = (self.mode, self.workers);
+        let split = mode == Mode::Train && workers > 1;
+        let layer = match layer.and_then(|l| self.layers.get_mut(l)) {
+            Some(layer) if split && split_matters(layer.norm().kind()) => layer,
+            layer => return norm::norm(x, affine, layer, mode, post, pools),
+        };
+        // Shares other than worker 0's update a throw-away copy (unless every share counts).
+        let mut scratch = layer.clone();
+        let parts = shares::split_batch(x, self.workers, self.pool)?;
+        let affine = affine.map(|(g, b)| {
+            let (g, tg) = g.split_tape();
+            let (b, tb) = b.split_tape();
+            (g, b, Some(tg.merge(tb)))
+        });
+        let mut affine = affine;
+        let mut outs = Vec::with_capacity(parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            // Clones keep the parameter's id, so every share's dγ, dβ add up in its gradient.
+            let aff = affine.as_mut().map(|(g, b, t)| {
+                (
+                    g.clone().put_tape(t.take().unwrap_or_default()),
+                    b.clone().put_tape(T::default()),
+                )
+            });
+            let l = if i == 0 || self.running_from == RunningFrom::Every {
+                &mut *layer
+            } else {
+                &mut scratch
+            };
+            outs.push(norm::norm(part, aff, Some(l), Mode::Train, post, pools)?);
+        }
+        shares::concat_batch(outs, self.pool)
+    }
+}
+
+/// Whether a norm's train-mode output depends on how the batch is split over workers: the
+/// descriptor's [`NormKind::mixes_samples`] (BatchNorm, BatchRenorm).
+pub fn split_matters(kind: NormKind) -> bool {
+    kind.mixes_samples()
 }

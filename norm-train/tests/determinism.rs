@@ -2,8 +2,8 @@
 
 use dfdx::prelude::*;
 use norm_train::{
-    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, TrainConfig, TrainOutcome, data,
-    ops::conv, train,
+    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, NormKind, TrainConfig, TrainOutcome,
+    data, ops::conv, train,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -126,4 +126,75 @@ fn dfdx_matmul_and_conv_gemm_do_not_depend_on_the_thread_count() {
         conv(1) == conv(2),
         "conv results differ between 1 and 2 threads"
     );
+}
+
+/// The same with the ResNets and with BatchNorm split over workers.
+#[test]
+fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
+    use norm_train::{Arch, RunningFrom};
+    let split = data::synthetic(1, 96, 40);
+    let runs = [
+        (
+            Arch::Plain,
+            NormChoice::Norm(NormKind::Batch),
+            4,
+            RunningFrom::Worker0,
+        ),
+        (
+            Arch::Resnet8,
+            NormChoice::Norm(NormKind::Batch),
+            4,
+            RunningFrom::Every,
+        ),
+        (
+            Arch::Resnet8,
+            NormChoice::Norm(NormKind::Group),
+            1,
+            RunningFrom::Worker0,
+        ),
+        (
+            Arch::Resnet14,
+            NormChoice::Norm(NormKind::Layer),
+            2,
+            RunningFrom::Worker0,
+        ),
+        (
+            Arch::Resnet20,
+            NormChoice::Norm(NormKind::Batch),
+            2,
+            RunningFrom::Worker0,
+        ),
+    ];
+    for (arch, norm, workers, from) in runs {
+        let run = |threads| {
+            let mut cfg = TrainConfig {
+                epochs: 1,
+                batch: 16,
+                workers,
+                running_from: from,
+                ..TrainConfig::default()
+            };
+            cfg.model.arch = arch;
+            cfg.model.width = if arch == Arch::Plain { 1.0 } else { 0.5 };
+            cfg.model.norm = norm.kind().map(|k| {
+                norm_train::model_norm(k, norm_train::DEFAULT_GROUPS, norm_train::DEFAULT_EPS)
+            });
+            in_pool(threads, || train(&cfg, &split, &mut |_| {}).unwrap())
+        };
+        let (a, b) = (run(1), run(2));
+        let tag = format!("{arch} {norm} W={workers}");
+        assert_eq!(
+            a.epochs[0].train_loss.to_bits(),
+            b.epochs[0].train_loss.to_bits(),
+            "{tag}"
+        );
+        assert_eq!(a.epochs[0].test_acc, b.epochs[0].test_acc, "{tag}");
+        for (pa, pb) in a.model.params().iter().zip(b.model.params()) {
+            assert_eq!(bits(&pa.data), bits(&pb.data), "{tag}: {}", pa.name);
+        }
+        for (ra, rb) in a.model.running().iter().zip(b.model.running()) {
+            assert_eq!(bits(&ra.mean), bits(&rb.mean), "{tag}: running mean");
+            assert_eq!(bits(&ra.var), bits(&rb.var), "{tag}: running var");
+        }
+    }
 }

@@ -12,8 +12,11 @@
 //! records nothing and saves nothing.
 
 pub mod conv;
+pub mod conv_strided;
 pub mod norm;
 pub mod pool;
+pub mod residual;
+pub mod shares;
 
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""PyTorch twin of norm-train: the same models, recipe and worker protocol, on a folder written
+by `norm-cli data export` (CIFAR-10 binary files). Not part of CI; needs torch (and numpy).
+
+Modes
+  train (default)  one JSON line per cell on stdout, in the shape of a results.jsonl line
+                   (norm, batch, per_worker, seed, recipe, test_acc_per_epoch, ...); the recipe
+                   carries "twin": "pytorch", so `norm-cli report` never mixes it with
+                   norm-cli's cells.
+  --throughput     training images/s per model x batch on random inputs, one JSON line each.
+  --check-grads D  loads D/model.ckpt (a normlab checkpoint) and D/batch.bin written by
+                   `cargo run --release -p norm-train --example dump_grads -- D ...`, computes
+                   the loss and every gradient in PyTorch and compares them with D/grads.bin.
+
+What matches norm-train (norm-train/src/train.rs, data/batch.rs, model.rs, resnet.rs):
+  * inputs normalised with the train set's per-channel mean and population std of x/255;
+  * augmentation: zero-padded (black) random crop of +-4 pixels and a horizontal flip (p = 0.5);
+  * each epoch a fresh permutation cut into floor(len/batch) batches (the rest dropped);
+  * SGD momentum 0.9 (PyTorch semantics), weight decay 5e-4 on conv and linear weights only;
+  * peak lr = base_lr * batch / lr_ref_batch, linear warm-up over round(warmup*steps) steps
+    (peak*(t+1)/W), then half a cosine to 0 at the last step, set per step;
+  * PyTorch's default init (conv/linear weights and biases U(-1/sqrt(fan_in), +)), norm weights 1;
+  * BatchNorm momentum 0.1, eps 1e-5; LayerNorm over [C, H, W] with a per-element affine;
+    InstanceNorm with affine and no running statistics; GroupNorm with --groups;
+  * workers: each batch split into W equal shares, BatchNorm's statistics per share, running
+    statistics from worker 0's share (or every share in turn), loss = mean over the batch;
+  * evaluation in eval mode, batches of 250, after every epoch.
+The random streams (init, shuffling, augmentation) are torch's, so cells agree with norm-cli's
+within seed noise, not bit for bit.
+"""
+
+import argparse
+import json
+import math
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NUM_CLASSES = 10
+IMG = 3 * 32 * 32
+
+
+# ---------------------------------------------------------------- data
+
+def read_cifar_bin(path):
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % (IMG + 1):
+        sys.exit(f"error: {path} is not CIFAR-10 binary (size {raw.size})")
+    rec = raw.reshape(-1, IMG + 1)
+    return rec[:, 1:].reshape(-1, 3, 32, 32).copy(), rec[:, 0].astype(np.int64)
+
+
+def load_folder(d):
+    xs, ys = [], []
+    for k in range(1, 6):
+        p = os.path.join(d, f"data_batch_{k}.bin")
+        if os.path.exists(p):
+            x, y = read_cifar_bin(p)
+            xs.append(x)
+            ys.append(y)
+    if not xs:
+        sys.exit(f"error: no data_batch_K.bin in {d}")
+    test = read_cifar_bin(os.path.join(d, "test_batch.bin"))
+    return (np.concatenate(xs), np.concatenate(ys)), test
+
+
+def normalizer(train_x):
+    x = train_x.astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3))
+    std[std <= 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def augment(xb, gen, pad=4, flip=True):
+    """xb: uint8 [n, 3, 32, 32] -> uint8, random crop (zero padding) and flip per image."""
+    n = xb.shape[0]
+    if pad > 0:
+        padded = np.zeros((n, 3, 32 + 2 * pad, 32 + 2 * pad), dtype=np.uint8)
+        padded[:, :, pad:pad + 32, pad:pad + 32] = xb
+        off = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen).numpy()
+        out = np.empty_like(xb)
+        for i in range(n):
+            oy, ox = off[i]
+            out[i] = padded[i, :, oy:oy + 32, ox:ox + 32]
+    else:
+        out = xb.copy()
+    if flip:
+        f = (torch.rand(n, generator=gen) < 0.5).numpy()
+        out[f] = out[f, :, :, ::-1]
+    return out
+
+
+def to_input(xb, mean, std):
+    x = torch.from_numpy(np.ascontiguousarray(xb)).float() / 255.0
+    return (x - torch.from_numpy(mean)[None, :, None, None]) / torch.from_numpy(std)[None, :, None, None]
+
+
+# ---------------------------------------------------------------- norms
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose train-mode statistics are computed per share of `workers` equal shares
+    (data-parallel workers without synchronised BatchNorm). Running statistics follow worker 0's
+    share, as DistributedDataParallel keeps rank 0's buffers, or every share in turn."""
+
+    def __init__(self, c, workers=1, every=False):
+        super().__init__(c, eps=1e-5, momentum=0.1)
+        self.workers = workers
+        self.every = every
+
+    def forward(self, x):
+        if not self.training or self.workers == 1:
+            return super().forward(x)
+        self.num_batches_tracked += 1
+        outs = []
+        for i, part in enumerate(x.chunk(self.workers, dim=0)):
+            track = i == 0 or self.every
+            outs.append(F.batch_norm(
+                part,
+                self.running_mean if track else None,
+                self.running_var if track else None,
+                self.weight, self.bias, True, self.momentum, self.eps))
+        return torch.cat(outs, dim=0)
+
+
+def make_norm(kind, c, hw, groups, workers, every):
+    if kind == "batch":
+        return SplitBatchNorm2d(c, workers, every)
+    if kind == "layer":
+        return nn.LayerNorm([c, hw, hw], eps=1e-5)
+    if kind == "instance":
+        return nn.InstanceNorm2d(c, eps=1e-5, affine=True, track_running_stats=False)
+    if kind == "group":
+        return nn.GroupNorm(groups, c, eps=1e-5)
+    if kind == "none":
+        return nn.Identity()
+    sys.exit(f"error: unknown norm `{kind}`")
+
+
+# ---------------------------------------------------------------- models
+
+class Plain(nn.Module):
+    """norm-train's plain CNN: three conv3x3 (bias) -> norm -> ReLU blocks, 2x2 max pool after
+    the first two, global average pool, linear."""
+
+    def __init__(self, norm, widths, groups, workers, every):
+        super().__init__()
+        c_in, hw = 3, 32
+        for b, c in enumerate(widths, 1):
+            setattr(self, f"conv{b}", nn.Conv2d(c_in, c, 3, padding=1, bias=True))
+            setattr(self, f"norm{b}", make_norm(norm, c, hw, groups, workers, every))
+            c_in = c
+            if b < 3:
+                hw //= 2
+        self.fc = nn.Linear(c_in, NUM_CLASSES)
+
+    def forward(self, x):
+        for b in (1, 2, 3):
+            x = F.relu(getattr(self, f"norm{b}")(getattr(self, f"conv{b}")(x)))
+            if b < 3:
+                x = F.max_pool2d(x, 2)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class Block(nn.Module):
+    def __init__(self, c_in, c, stride, hw, mk):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = mk(c, hw)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.norm2 = mk(c, hw)
+        if stride != 1 or c_in != c:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c, 1, stride=stride, bias=False), mk(c, hw))
+        else:
+            self.shortcut = None
+
+    def forward(self, x):
+        y = F.relu(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class ResNet(nn.Module):
+    """He et al. 2016 section 4.2, as norm-train/src/resnet.rs: 3x3 conv to 16w, three stages of
+    n basic blocks at 16w/32w/64w (stride 2 entering stages 2 and 3), norm after every conv and
+    in the 1x1 projection shortcuts, GAP, linear; convs without bias."""
+
+    def __init__(self, n, width, norm, groups, workers, every):
+        super().__init__()
+        widths = [int(round(c * width)) for c in (16, 32, 64)]
+        mk = lambda c, hw: make_norm(norm, c, hw, groups, workers, every)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.norm1 = mk(widths[0], 32)
+        c_in, hw = widths[0], 32
+        for s, c in enumerate(widths, 1):
+            blocks = []
+            for i in range(n):
+                stride = 2 if s > 1 and i == 0 else 1
+                hw = (hw - 1) // stride + 1
+                blocks.append(Block(c_in, c, stride, hw, mk))
+                c_in = c
+            setattr(self, f"layer{s}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(c_in, NUM_CLASSES)
+
+    def forward(self, x):
+        x = F.relu(self.norm1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+DEPTH = {"resnet8": 1, "resnet14": 2, "resnet20": 3}
+
+
+def build(a, norm, workers):
+    every = a.running_from == "every"
+    if a.model == "plain":
+        return Plain(norm, a.widths, a.groups, workers, every)
+    return ResNet(DEPTH[a.model], a.width, norm, a.groups, workers, every)
+
+
+def param_groups(model, wd):
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        is_weight = name.endswith("weight")
+        owner = model.get_submodule(name.rsplit(".", 1)[0])
+        (decay if is_weight and isinstance(owner, (nn.Conv2d, nn.Linear)) else rest).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------- training
+
+def learning_rate(peak, t, warmup, total):
+    if t < warmup:
+        return peak * (t + 1) / warmup
+    span = max(total - warmup, 1)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / span))
+
+
+def evaluate(model, x, y, mean, std):
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(y), 250):
+            logits = model(to_input(x[i:i + 250], mean, std))
+            correct += (logits.argmax(1).numpy() == y[i:i + 250]).sum()
+    model.train()
+    return float(correct) / len(y)
+
+
+def train_cell(a, data, norm, batch, per_worker, seed):
+    (tx, ty), (vx, vy) = data
+    workers = batch // per_worker if per_worker else 1
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+    model = build(a, norm, workers)
+    model.train()
+    opt = torch.optim.SGD(param_groups(model, a.weight_decay), lr=0.0, momentum=a.momentum)
+    mean, std = normalizer(tx)
+    steps = len(ty) // batch
+    total = steps * a.epochs
+    warmup = min(int(round(a.warmup * steps)), total)
+    peak = a.lr * batch / a.lr_ref_batch
+    accs, losses, step_secs = [], [], 0.0
+    t_cell = time.time()
+    for epoch in range(a.epochs):
+        order = torch.randperm(len(ty), generator=gen).numpy()
+        loss_sum = 0.0
+        for s in range(steps):
+            idx = order[s * batch:(s + 1) * batch]
+            xb = tx[idx] if a.no_augment else augment(tx[idx], gen)
+            x = to_input(xb, mean, std)
+            yb = torch.from_numpy(ty[idx])
+            lr = learning_rate(peak, epoch * steps + s, warmup, total)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            t0 = time.time()
+            loss = F.cross_entropy(model(x), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step_secs += time.time() - t0
+            loss_sum += loss.item()
+            if not math.isfinite(loss.item()):
+                break
+        losses.append(loss_sum / steps)
+        accs.append(evaluate(model, vx, vy, mean, std))
+        print(f"{norm} batch {batch} per-worker {per_worker} seed {seed}: epoch {epoch + 1}/{a.epochs} "
+              f"loss {losses[-1]:.4f} test acc {100 * accs[-1]:.1f} %", file=sys.stderr)
+    recipe = {
+        "twin": "pytorch", "torch": torch.__version__, "model": a.model,
+        "width": a.width if a.model != "plain" else None, "widths": a.widths if a.model == "plain" else None,
+        "epochs": a.epochs, "base_lr": a.lr, "lr_ref_batch": a.lr_ref_batch, "momentum": a.momentum,
+        "weight_decay": a.weight_decay, "warmup_epochs": a.warmup, "schedule": "cosine",
+        "augment": not a.no_augment, "groups": a.groups, "running_from": a.running_from,
+        "data": {"dir": os.path.abspath(a.data), "train_size": int(len(ty)), "test_size": int(len(vy))},
+    }
+    if per_worker:
+        recipe["batch"] = batch
+    return {
+        "norm": norm, "batch": batch, "per_worker": per_worker, "seed": seed, "recipe": recipe,
+        "test_acc_per_epoch": accs, "train_loss_per_epoch": losses, "final_test_acc": accs[-1],
+        "images_per_sec": round(steps * batch * a.epochs / max(step_secs, 1e-9)),
+        "seconds": round(time.time() - t_cell, 3), "simd": "torch", "threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------- throughput
+
+def throughput(a):
+    for model_name in a.models:
+        for batch in a.batches:
+            a2 = argparse.Namespace(**vars(a))
+            a2.model = model_name
+            torch.manual_seed(0)
+            model = build(a2, a.norms[0], 1)
+            opt = torch.optim.SGD(param_groups(model, a.weight_decay), lr=0.01, momentum=a.momentum)
+            x = torch.randn(batch, 3, 32, 32)
+            y = torch.randint(0, NUM_CLASSES, (batch,))
+
+            def step():
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            for _ in range(3):
+                step()
+            n, t0 = 0, time.time()
+            while time.time() - t0 < a.seconds:
+                step()
+                n += 1
+            ips = n * batch / (time.time() - t0)
+            print(json.dumps({"model": model_name, "norm": a.norms[0], "batch": batch,
+                              "images_per_sec": round(ips, 1), "threads": torch.get_num_threads(),
+                              "torch": torch.__version__}))
+            sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- gradient check
+
+def read_ckpt(path):
+    b = open(path, "rb").read()
+    if b[:8] != b"NLCKPT\x00\x01":
+        sys.exit(f"error: {path} is not a normlab checkpoint")
+    (hlen,) = struct.unpack("<Q", b[8:16])
+    header = json.loads(b[16:16 + hlen])
+    vals = np.frombuffer(b[16 + hlen:], dtype="<f4")
+    out, at = {}, 0
+    for t in header["tensors"]:
+        n = int(np.prod(t["shape"])) if t["shape"] else 1
+        out[t["name"]] = vals[at:at + n].reshape(t["shape"])
+        at += n
+    return header, out
+
+
+def check_grads(a):
+    header, tensors = read_ckpt(os.path.join(a.check_grads, "model.ckpt"))
+    m = header["model"]
+    meta = json.load(open(os.path.join(a.check_grads, "meta.json")))
+    a.model, a.width, a.widths, a.groups = m.get("arch", "plain"), m.get("width", 1.0), m["widths"], m["groups"]
+    a.running_from = meta.get("running_from", "worker0")
+    n = meta["n"]
+    x32 = np.fromfile(os.path.join(a.check_grads, "x.bin"), dtype="<f4").reshape(n, 3, 32, 32).copy()
+    y = torch.from_numpy(np.fromfile(os.path.join(a.check_grads, "labels.bin"), dtype="<u8").astype(np.int64))
+    ours = np.fromfile(os.path.join(a.check_grads, "grads.bin"), dtype="<f4").astype(np.float64)
+    # PyTorch in float32 (what the twin trains with) and in float64 (the oracle for both).
+    grads, losses = {}, {}
+    for dt in (torch.float32, torch.float64):
+        model = build(a, m["norm"], meta["workers"]).to(dt)
+        sd = model.state_dict()
+        for name, v in tensors.items():
+            if name not in sd:
+                sys.exit(f"error: checkpoint tensor {name} has no PyTorch twin")
+            if tuple(sd[name].shape) != v.shape:
+                sys.exit(f"error: {name}: shape {v.shape} vs PyTorch {tuple(sd[name].shape)}")
+            sd[name] = torch.from_numpy(v.copy()).to(dt)
+        missing = [k for k in sd if k not in tensors and not k.endswith("num_batches_tracked")]
+        if missing:
+            sys.exit(f"error: PyTorch tensors missing from the checkpoint: {missing}")
+        model.load_state_dict(sd)
+        model.train()
+        loss = F.cross_entropy(model(torch.from_numpy(x32).to(dt)), y)
+        loss.backward()
+        losses[dt] = loss.item()
+        params = dict(model.named_parameters())
+        grads[dt] = {k: params[k].grad.double().numpy().ravel() for k in meta["params"]}
+    g64 = grads[torch.float64]
+    # Relative to the tensor's largest gradient, floored at 1e-3 of the model's largest: a conv
+    # bias before BatchNorm has a zero gradient up to rounding.
+    top = max(np.abs(g).max() for g in g64.values())
+    at, worst = 0, {"normlab_vs_torch32": 0.0, "normlab_vs_torch64": 0.0, "torch32_vs_torch64": 0.0}
+    for name in meta["params"]:
+        ref = g64[name]
+        mine = ours[at:at + ref.size]
+        at += ref.size
+        scale = max(np.abs(ref).max(), 1e-3 * top)
+        e = {"normlab_vs_torch32": np.abs(mine - grads[torch.float32][name]).max() / scale,
+             "normlab_vs_torch64": np.abs(mine - ref).max() / scale,
+             "torch32_vs_torch64": np.abs(grads[torch.float32][name] - ref).max() / scale}
+        for k, v in e.items():
+            worst[k] = max(worst[k], float(v))
+        print(f"{name:32s} " + "  ".join(f"{k} {v:.1e}" for k, v in e.items()), file=sys.stderr)
+    print(json.dumps({"model": a.model, "norm": m["norm"], "workers": meta["workers"],
+                      "loss_normlab": meta["loss"], "loss_torch32": losses[torch.float32],
+                      "loss_torch64": losses[torch.float64], "worst_relative_grad_diff": worst}))
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="folder written by `norm-cli data export`")
+    p.add_argument("--model", default="plain", choices=["plain", "resnet8", "resnet14", "resnet20"])
+    p.add_argument("--models", type=lambda s: s.split(","), default=["resnet8", "resnet20"],
+                   help="--throughput: models")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32, 64])
+    p.add_argument("--norms", type=lambda s: s.split(","), default=["batch"])
+    p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[32])
+    p.add_argument("--per-worker", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="images per worker at the total --batch (BatchNorm only; other norms run once)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr-ref-batch", type=int, default=32)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--groups", type=int, default=8)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--running-from", default="worker0", choices=["worker0", "every"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--throughput", action="store_true")
+    p.add_argument("--seconds", type=float, default=5.0, help="--throughput: seconds per measurement")
+    p.add_argument("--check-grads", metavar="DIR")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.throughput:
+        return throughput(a)
+    if a.check_grads:
+        return check_grads(a)
+    if not a.data:
+        sys.exit("error: --data DIR is required (a folder written by `norm-cli data export`)")
+    data = load_folder(a.data)
+    for norm in a.norms:
+        if a.per_worker:
+            bad = [k for k in a.per_worker if k <= 0 or a.batch % k]
+            if bad:
+                sys.exit(f"error: --per-worker {bad[0]} does not divide --batch {a.batch}")
+            shapes = [(a.batch, k) for k in (a.per_worker if norm == "batch" else [a.batch])]
+        else:
+            shapes = [(b, None) for b in a.batches]
+        for batch, k in shapes:
+            for seed in range(a.seeds):
+                print(json.dumps(train_cell(a, data, norm, batch, k, seed)))
+                sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
