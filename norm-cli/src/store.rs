@@ -20,6 +20,28 @@ pub const RESULTS_FILE: &str = "results.jsonl";
 /// File name of the recipe inside a sweep folder.
 pub const RECIPE_FILE: &str = "recipe.json";
 
+/// How a cell ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellStatus {
+    /// Trained every epoch (lines written before the field existed read as `ok`).
+    #[default]
+    Ok,
+    /// The loss became NaN or infinite; the cell has no accuracy.
+    Diverged,
+}
+
+/// Where a diverged cell stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Step within the epoch, from 1.
+    pub step: usize,
+    /// Learning rate of that step.
+    pub lr: f64,
+}
+
 /// One finished cell: one line of `results.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
@@ -29,14 +51,20 @@ pub struct CellResult {
     pub batch: usize,
     /// Seed of initialisation and shuffling.
     pub seed: u64,
+    /// `ok` or `diverged`.
+    #[serde(default)]
+    pub status: CellStatus,
+    /// Where the loss became non-finite (diverged cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Divergence>,
     /// Everything else that defines the run (see [`crate::sweep::recipe`]).
     pub recipe: Value,
-    /// Test accuracy (0..1) after each epoch.
+    /// Test accuracy (0..1) after each epoch (a diverged cell: the epochs it finished).
     pub test_acc_per_epoch: Vec<f64>,
-    /// Mean training loss of each epoch.
+    /// Mean training loss of each epoch (a diverged cell: the epochs it finished).
     pub train_loss_per_epoch: Vec<f64>,
-    /// Test accuracy (0..1) after the last epoch.
-    pub final_test_acc: f64,
+    /// Test accuracy (0..1) after the last epoch; `null` for a diverged cell.
+    pub final_test_acc: Option<f64>,
     /// Training throughput over the whole run, images per second.
     pub images_per_sec: f64,
     /// Wall time of the cell, seconds.
@@ -233,10 +261,12 @@ mod tests {
             norm: norm.into(),
             batch,
             seed,
+            status: CellStatus::Ok,
+            diverged: None,
             recipe: json!({"epochs": 1}),
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![1.0],
-            final_test_acc: acc,
+            final_test_acc: Some(acc),
             images_per_sec: 100.0,
             seconds: 1.0,
             simd: "scalar".into(),

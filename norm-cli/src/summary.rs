@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::store::CellResult;
+use crate::store::{CellResult, CellStatus};
 
 /// Order in which norms appear in tables and legends (the paper's order first).
 const NORM_ORDER: [&str; 5] = ["batch", "layer", "instance", "group", "none"];
@@ -51,21 +51,28 @@ pub struct Summary {
     pub norms: Vec<String>,
     /// Columns, ascending.
     pub batches: Vec<usize>,
-    /// `(norm, batch)` → statistics; absent when no seed of the cell finished.
+    /// `(norm, batch)` → statistics; absent when no seed of the cell finished with an accuracy.
     pub cells: BTreeMap<(String, usize), CellStat>,
-    /// Number of results aggregated.
+    /// `(norm, batch)` → the seeds that diverged (no accuracy; not in `cells`).
+    pub diverged: BTreeMap<(String, usize), Vec<u64>>,
+    /// Number of results aggregated (diverged ones included).
     pub results: usize,
 }
 
 impl Summary {
     /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first).
+    /// Diverged cells are listed apart and never averaged in.
     pub fn from_results(results: &[CellResult]) -> Self {
-        let mut accs: BTreeMap<(String, usize), BTreeMap<u64, f64>> = BTreeMap::new();
+        let mut accs: BTreeMap<(String, usize), BTreeMap<u64, Option<f64>>> = BTreeMap::new();
         for r in results {
+            let acc = match r.status {
+                CellStatus::Ok => r.final_test_acc,
+                CellStatus::Diverged => None,
+            };
             accs.entry((r.norm.clone(), r.batch))
                 .or_default()
                 .entry(r.seed)
-                .or_insert(r.final_test_acc);
+                .or_insert(acc);
         }
         let mut norms: Vec<String> = accs.keys().map(|(n, _)| n.clone()).collect();
         norms.sort_by_key(|n| norm_rank(n));
@@ -74,31 +81,52 @@ impl Summary {
         batches.sort_unstable();
         batches.dedup();
         let n_results = accs.values().map(BTreeMap::len).sum();
-        let cells = accs
-            .into_iter()
-            .map(|(k, by_seed)| {
-                let v: Vec<f64> = by_seed.values().copied().collect();
-                let n = v.len() as f64;
-                let mean = v.iter().sum::<f64>() / n;
-                let std = (v.len() > 1).then(|| {
-                    (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-                });
-                (
-                    k,
-                    CellStat {
-                        seeds: by_seed.keys().copied().collect(),
-                        mean,
-                        std,
-                    },
-                )
-            })
-            .collect();
+        let mut cells = BTreeMap::new();
+        let mut diverged = BTreeMap::new();
+        for (k, by_seed) in accs {
+            let bad: Vec<u64> = by_seed
+                .iter()
+                .filter(|(_, a)| a.is_none())
+                .map(|(s, _)| *s)
+                .collect();
+            let ok: BTreeMap<u64, f64> = by_seed
+                .into_iter()
+                .filter_map(|(s, a)| a.map(|a| (s, a)))
+                .collect();
+            if !bad.is_empty() {
+                diverged.insert(k.clone(), bad);
+            }
+            if ok.is_empty() {
+                continue;
+            }
+            let v: Vec<f64> = ok.values().copied().collect();
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let std = (v.len() > 1)
+                .then(|| (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+            cells.insert(
+                k,
+                CellStat {
+                    seeds: ok.keys().copied().collect(),
+                    mean,
+                    std,
+                },
+            );
+        }
         Self {
             norms,
             batches,
             cells,
+            diverged,
             results: n_results,
         }
+    }
+
+    /// Seeds of one cell that diverged (empty if none).
+    pub fn diverged_seeds(&self, norm: &str, batch: usize) -> &[u64] {
+        self.diverged
+            .get(&(norm.to_owned(), batch))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The statistics of one cell.
@@ -159,7 +187,7 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         .unwrap_or_default();
     let common = s.common_seeds();
     out.push_str("# Test accuracy by normalisation and batch size\n\n");
-    if s.cells.is_empty() {
+    if s.cells.is_empty() && s.diverged.is_empty() {
         out.push_str("No finished cells yet.\n");
         return out;
     }
@@ -171,6 +199,12 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
                  (seeds {}).\n",
                 seeds.len(),
                 list(seeds)
+            );
+        }
+        None if s.cells.is_empty() => {
+            let _ = writeln!(
+                out,
+                "Every cell diverged: there is no accuracy to average.\n"
             );
         }
         None => {
@@ -196,7 +230,11 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
     for norm in &s.norms {
         let _ = write!(out, "| {} |", norm_label(norm));
         for &b in &s.batches {
+            let bad = s.diverged_seeds(norm, b).len();
             match s.get(norm, b) {
+                None if bad > 0 => {
+                    let _ = write!(out, " diverged ({bad}) |");
+                }
                 None => out.push_str(" — |"),
                 Some(c) => {
                     let _ = write!(out, " {}", pct(c.mean, 1));
@@ -205,6 +243,9 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
                     }
                     if common.is_none() {
                         let _ = write!(out, " (n = {})", c.seeds.len());
+                    }
+                    if bad > 0 {
+                        let _ = write!(out, " (+{bad} diverged)");
                     }
                     out.push_str(" |");
                 }
@@ -225,6 +266,7 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
                 Some(e) => {
                     let _ = write!(out, " {} |", pct(e, 1));
                 }
+                None if !s.diverged_seeds(norm, b).is_empty() => out.push_str(" diverged |"),
                 None => out.push_str(" — |"),
             }
         }
@@ -244,6 +286,18 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
             out.push('\n');
         }
     }
+    if !s.diverged.is_empty() {
+        let entries: Vec<String> = s
+            .diverged
+            .iter()
+            .map(|((n, b), seeds)| format!("{} batch {b} seed(s) {}", norm_label(n), list(seeds)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nDiverged (the loss became NaN or infinite; no accuracy, not averaged in): {}.",
+            entries.join("; ")
+        );
+    }
     let _ = writeln!(
         out,
         "\n{} finished cell(s). Recipe: {}.",
@@ -254,11 +308,15 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
 }
 
 /// `summary.csv`: one row per norm, and per batch size the columns `batch{B}_mean`,
-/// `batch{B}_std` (test accuracy in %, two decimals; empty when undefined) and `batch{B}_seeds`.
+/// `batch{B}_std` (test accuracy in %, two decimals; empty when undefined), `batch{B}_seeds` (seeds
+/// averaged) and `batch{B}_diverged` (seeds that diverged).
 pub fn render_csv(s: &Summary) -> String {
     let mut out = String::from("norm");
     for b in &s.batches {
-        let _ = write!(out, ",batch{b}_mean,batch{b}_std,batch{b}_seeds");
+        let _ = write!(
+            out,
+            ",batch{b}_mean,batch{b}_std,batch{b}_seeds,batch{b}_diverged"
+        );
     }
     out.push('\n');
     for norm in &s.norms {
@@ -271,6 +329,7 @@ pub fn render_csv(s: &Summary) -> String {
                 }
                 None => out.push_str(",,,0"),
             }
+            let _ = write!(out, ",{}", s.diverged_seeds(norm, b).len());
         }
         out.push('\n');
     }
@@ -287,10 +346,12 @@ mod tests {
             norm: norm.into(),
             batch,
             seed,
+            status: CellStatus::Ok,
+            diverged: None,
             recipe: json!({}),
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![1.0],
-            final_test_acc: acc,
+            final_test_acc: Some(acc),
             images_per_sec: 1.0,
             seconds: 1.0,
             simd: String::new(),
@@ -320,9 +381,34 @@ mod tests {
         let s = Summary::from_results(&[r("group", 2, 0, 0.5), r("batch", 4, 0, 0.25)]);
         assert_eq!(
             render_csv(&s),
-            "norm,batch2_mean,batch2_std,batch2_seeds,batch4_mean,batch4_std,batch4_seeds\n\
-             batch,,,0,25.00,,1\n\
-             group,50.00,,1,,,0\n"
+            "norm,batch2_mean,batch2_std,batch2_seeds,batch2_diverged,batch4_mean,batch4_std,\
+             batch4_seeds,batch4_diverged\n\
+             batch,,,0,0,25.00,,1,0\n\
+             group,50.00,,1,0,,,0,0\n"
         );
+    }
+
+    #[test]
+    fn diverged_cells_are_listed_not_averaged() {
+        let mut bad = r("batch", 2, 1, 0.0);
+        bad.status = CellStatus::Diverged;
+        bad.final_test_acc = None;
+        let mut bad2 = r("group", 4, 0, 0.0);
+        bad2.status = CellStatus::Diverged;
+        bad2.final_test_acc = None;
+        let s = Summary::from_results(&[r("batch", 2, 0, 0.5), bad, bad2, r("group", 2, 0, 0.6)]);
+        assert_eq!(s.get("batch", 2).unwrap().seeds, vec![0]);
+        assert_eq!(s.diverged_seeds("batch", 2), &[1]);
+        assert!(s.get("group", 4).is_none());
+        assert_eq!(s.results, 4);
+        let md = render_markdown(&s, &json!({}));
+        assert!(md.contains("| 50.0 (+1 diverged) |"), "{md}");
+        assert!(md.contains("| diverged (1) |"), "{md}");
+        assert!(
+            md.contains("Diverged (the loss became NaN or infinite; no accuracy, not averaged in): BatchNorm batch 2 seed(s) 1; GroupNorm batch 4 seed(s) 0."),
+            "{md}"
+        );
+        let csv = render_csv(&s);
+        assert!(csv.contains("batch,50.00,,1,1,,,0,0"), "{csv}");
     }
 }

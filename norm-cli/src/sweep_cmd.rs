@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use norm_train::{NormKind, Progress};
+use norm_train::{EpochStats, NormKind, Progress, TrainError};
 
 use crate::cli::SweepArgs;
-use crate::store::CellResult;
+use crate::store::{CellResult, CellStatus, Divergence};
 use crate::summary::{Summary, render_markdown};
 use crate::sweep::{Cell, SweepDir, all_cells, run_missing};
 use crate::train_cmd::{self, clean, config, in_pool, load_data, overall_images_per_sec};
@@ -103,14 +103,14 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             let label = format!("{i}/{n} cells done · running {cell}");
             bar.set_message(label.clone());
             let t0 = Instant::now();
-            let outcome = norm_train::train(&cfg, &split, &mut |p| {
-                if let Progress::Step {
+            let mut finished: Vec<EpochStats> = Vec::new();
+            let trained = norm_train::train(&cfg, &split, &mut |p| match p {
+                Progress::Step {
                     epoch,
                     step,
                     steps,
                     loss,
-                } = p
-                {
+                } => {
                     let frac = (*epoch as f64 + (*step + 1) as f64 / *steps as f64) / epochs as f64;
                     bar.set_position(i as u64 * TICKS + (frac * TICKS as f64) as u64);
                     bar.set_message(format!(
@@ -118,17 +118,43 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                         epoch + 1
                     ));
                 }
-            })?;
+                Progress::Epoch(e) => finished.push(e.clone()),
+            });
+            let (status, diverged, final_acc, ips) = match trained {
+                Ok(outcome) => (
+                    CellStatus::Ok,
+                    None,
+                    Some(clean(outcome.final_test_acc())),
+                    overall_images_per_sec(&outcome.epochs),
+                ),
+                // A diverged cell is a result of the recipe, not a failure of the sweep: record
+                // it and go on with the next cell.
+                Err(TrainError::Diverged {
+                    epoch, step, lr, ..
+                }) => (
+                    CellStatus::Diverged,
+                    Some(Divergence {
+                        epoch,
+                        step,
+                        lr: clean(lr),
+                    }),
+                    None,
+                    overall_images_per_sec(&finished),
+                ),
+                Err(e) => return Err(e.into()),
+            };
             let seconds = t0.elapsed().as_secs_f64();
             let r = CellResult {
                 norm: cell.norm.clone(),
                 batch: cell.batch,
                 seed: cell.seed,
+                status,
+                diverged,
                 recipe: recipe.clone(),
-                test_acc_per_epoch: outcome.epochs.iter().map(|e| clean(e.test_acc)).collect(),
-                train_loss_per_epoch: outcome.epochs.iter().map(|e| clean(e.train_loss)).collect(),
-                final_test_acc: clean(outcome.final_test_acc()),
-                images_per_sec: overall_images_per_sec(&outcome.epochs).round(),
+                test_acc_per_epoch: finished.iter().map(|e| clean(e.test_acc)).collect(),
+                train_loss_per_epoch: finished.iter().map(|e| clean(e.train_loss)).collect(),
+                final_test_acc: final_acc,
+                images_per_sec: ips.round(),
                 seconds: (seconds * 1000.0).round() / 1000.0,
                 simd: norm_kernels::simd_level().to_owned(),
                 threads: rayon::current_num_threads(),
@@ -138,13 +164,22 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         };
         // Reported only once the line is on disk, so "done" means it survives a kill.
         let recorded = |r: &CellResult, i: usize, n: usize| {
+            let outcome = match (&r.final_test_acc, &r.diverged) {
+                (Some(acc), _) => format!("test acc {:.1} %", 100.0 * acc),
+                (None, Some(d)) => format!(
+                    "diverged at epoch {}, step {} (lr {}), recorded as diverged",
+                    d.epoch,
+                    d.step,
+                    norm_train::short_num(&(d.lr as f32))
+                ),
+                (None, None) => "no accuracy".into(),
+            };
             let line = format!(
-                "done {}/{n}: {} norm, batch {}, seed {}: test acc {:.1} % ({:.1} s)",
+                "done {}/{n}: {} norm, batch {}, seed {}: {outcome} ({:.1} s)",
                 i + 1,
                 r.norm,
                 r.batch,
                 r.seed,
-                100.0 * r.final_test_acc,
                 r.seconds
             );
             if visible {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use norm_train::data::{self, Dataset, Split};
-use norm_train::{EpochStats, NormKind, Progress, TrainConfig, TrainOutcome};
+use norm_train::{EpochStats, NormKind, Progress, TrainConfig, TrainError, TrainOutcome};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -372,6 +372,13 @@ impl EpochProgress {
         }
     }
 
+    /// Removes the bar of an unfinished epoch (a run that stopped early).
+    pub fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+
     /// Handles one report from the trainer.
     pub fn update(&mut self, p: &Progress) {
         match p {
@@ -432,8 +439,23 @@ pub fn train_with_progress(
 ) -> Result<(TrainOutcome, f64)> {
     let mut prog = EpochProgress::new(cfg.epochs, cfg.batch, quiet);
     let t0 = Instant::now();
-    let outcome = norm_train::train(cfg, split, &mut |p| prog.update(p))?;
+    let outcome = norm_train::train(cfg, split, &mut |p| prog.update(p));
+    prog.clear();
+    let outcome = outcome.map_err(|e| with_lr_hint(e, cfg.base_lr))?;
     Ok((outcome, t0.elapsed().as_secs_f64()))
+}
+
+/// A divergence, with the usual remedy: a lower base learning rate (a tenth of this one).
+pub fn with_lr_hint(e: TrainError, base_lr: f32) -> anyhow::Error {
+    match e {
+        TrainError::Diverged { .. } => {
+            anyhow::anyhow!(
+                "{e}; try a lower --lr, e.g. --lr {}",
+                norm_train::short_num(&(base_lr / 10.0))
+            )
+        }
+        e => e.into(),
+    }
 }
 
 /// Runs `norm-cli train`.

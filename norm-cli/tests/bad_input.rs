@@ -379,3 +379,16 @@ fn kernel_rejections_are_one_line_too() {
     );
     contains(&msg, "--eps -1 must be finite and non-negative");
 }
+
+#[test]
+fn divergence_stops_the_run_with_a_hint() {
+    let msg = one_line_error(
+        cli()
+            .args(["train", "--lr", "1e30", "--batch", "8"])
+            .args(TINY),
+    );
+    contains(&msg, "error: training diverged: the loss is ");
+    contains(&msg, " at epoch 1/1, step ");
+    contains(&msg, "(learning rate ");
+    contains(&msg, "try a lower --lr, e.g. --lr 1e29");
+}

@@ -64,8 +64,8 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     assert_unique(&rs);
     for r in &rs {
         assert_eq!(r.test_acc_per_epoch.len(), 1);
-        assert_eq!(r.final_test_acc, r.test_acc_per_epoch[0]);
-        assert!((0.0..=1.0).contains(&r.final_test_acc));
+        assert_eq!(r.final_test_acc, Some(r.test_acc_per_epoch[0]));
+        assert!((0.0..=1.0).contains(&r.final_test_acc.unwrap()));
         assert!(r.images_per_sec > 0.0);
         assert_eq!(r.recipe["epochs"], 1);
         assert_eq!(r.recipe["data"]["train_size"], 64);
@@ -84,7 +84,7 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     let csv = fs::read_to_string(dir.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(
-        csv.starts_with("norm,batch2_mean,batch2_std,batch2_seeds,batch4_mean"),
+        csv.starts_with("norm,batch2_mean,batch2_std,batch2_seeds,batch2_diverged,batch4_mean"),
         "{csv}"
     );
     let svg = fs::read_to_string(dir.join("accuracy_vs_batch.svg")).unwrap();
@@ -125,7 +125,7 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
             .map(|r| {
                 (
                     (r.norm.clone(), r.batch, r.seed),
-                    r.final_test_acc.to_bits(),
+                    r.final_test_acc.unwrap().to_bits(),
                 )
             })
             .collect();
@@ -378,4 +378,47 @@ fn shards_merge_into_the_full_sweep() {
     );
     let msg = one_line_error(cli().arg("report").args([t.join("a"), t.join("b")]));
     assert!(msg.contains("--out"), "{msg}");
+}
+
+#[test]
+fn diverged_cells_are_recorded_and_the_sweep_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let out = sweep(&dir, &["--lr", "1e30"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.matches("recorded as diverged").count(),
+        8,
+        "{stderr}"
+    );
+    let rs = results(&dir);
+    assert_eq!(rs.len(), 8, "every cell ran");
+    for r in &rs {
+        assert_eq!(r.status, norm_cli::store::CellStatus::Diverged);
+        assert_eq!(r.final_test_acc, None);
+        let d = r.diverged.as_ref().unwrap();
+        assert!(d.epoch == 1 && d.step >= 1 && d.lr > 0.0, "{d:?}");
+    }
+    let text = fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    assert!(
+        text.contains(r#""status":"diverged","diverged":{"epoch":1,"step":"#),
+        "{text}"
+    );
+    let md = fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| BatchNorm | diverged (2) | diverged (2) |"),
+        "{md}"
+    );
+    assert!(md.contains("Every cell diverged"), "{md}");
+    let csv = fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(csv.contains("group,,,0,2,,,0,2"), "{csv}");
+    // A resumed sweep counts them as done.
+    let out = sweep(&dir, &["--lr", "1e30"])
+        .success()
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("8 already in"));
 }

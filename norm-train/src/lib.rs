@@ -29,5 +29,6 @@ mod train;
 
 pub use config::{ModelConfig, NormKind, ParseNormKindError, Schedule, TrainConfig};
 pub use error::TrainError;
+pub use error::short_num;
 pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct};
 pub use train::{EpochStats, Progress, Sgd, TrainOutcome, learning_rate, train};
