@@ -89,37 +89,37 @@ fn defaults() -> TrainConfig {
 #[derive(Debug, Clone, Args)]
 pub struct RecipeArgs {
     /// Epochs to train.
-    #[arg(long, default_value_t = defaults().epochs)]
+    #[arg(long, default_value_t = defaults().epochs, allow_negative_numbers = true)]
     pub epochs: usize,
     /// Base learning rate, before scaling by batch / lr-ref-batch (linear scaling rule).
-    #[arg(long, default_value_t = defaults().base_lr)]
+    #[arg(long, default_value_t = defaults().base_lr, allow_negative_numbers = true)]
     pub lr: f32,
     /// Batch size at which the learning rate equals --lr.
-    #[arg(long, value_name = "B", default_value_t = defaults().lr_ref_batch)]
+    #[arg(long, value_name = "B", default_value_t = defaults().lr_ref_batch, allow_negative_numbers = true)]
     pub lr_ref_batch: usize,
     /// Learning-rate schedule after warmup.
     #[arg(long, value_enum, default_value_t = ScheduleArg::from(defaults().schedule))]
     pub schedule: ScheduleArg,
     /// Epochs of linear learning-rate warmup (fractions allowed).
-    #[arg(long, value_name = "EPOCHS", default_value_t = defaults().warmup_epochs)]
+    #[arg(long, value_name = "EPOCHS", default_value_t = defaults().warmup_epochs, allow_negative_numbers = true)]
     pub warmup: f32,
     /// SGD momentum.
-    #[arg(long, default_value_t = defaults().momentum)]
+    #[arg(long, default_value_t = defaults().momentum, allow_negative_numbers = true)]
     pub momentum: f32,
     /// Weight decay.
-    #[arg(long, value_name = "WD", default_value_t = defaults().weight_decay)]
+    #[arg(long, value_name = "WD", default_value_t = defaults().weight_decay, allow_negative_numbers = true)]
     pub weight_decay: f32,
     /// Train without augmentation (random crop and flip).
     #[arg(long)]
     pub no_augment: bool,
     /// Channel widths of the three conv stages.
-    #[arg(long, value_name = "W1,W2,W3", default_value_t = Widths(defaults().model.widths))]
+    #[arg(long, value_name = "W1,W2,W3", default_value_t = Widths(defaults().model.widths), allow_negative_numbers = true)]
     pub widths: Widths,
     /// Groups of GroupNorm (must divide every width).
-    #[arg(long, value_name = "G", default_value_t = defaults().model.groups)]
+    #[arg(long, value_name = "G", default_value_t = defaults().model.groups, allow_negative_numbers = true)]
     pub groups: usize,
     /// Epsilon of the normalisation layers.
-    #[arg(long, default_value_t = defaults().model.eps)]
+    #[arg(long, default_value_t = defaults().model.eps, allow_negative_numbers = true)]
     pub eps: f32,
     /// Data set.
     #[arg(long, value_enum, default_value_t = DataSource::Synthetic)]
@@ -128,13 +128,18 @@ pub struct RecipeArgs {
     #[arg(long, value_name = "DIR", required_if_eq("data", "cifar10"))]
     pub data_dir: Option<PathBuf>,
     /// Train images: synthetic, how many to generate; cifar10, use the first N [default: all].
-    #[arg(long, value_name = "N", help = size_help("Train", "N", data::DEFAULT_TRAIN))]
+    #[arg(long, value_name = "N", help = size_help("Train", "N", data::DEFAULT_TRAIN), allow_negative_numbers = true)]
     pub train_size: Option<usize>,
     /// Test images: synthetic, how many to generate; cifar10, use the first M [default: all].
-    #[arg(long, value_name = "M", help = size_help("Test", "M", data::DEFAULT_TEST))]
+    #[arg(long, value_name = "M", help = size_help("Test", "M", data::DEFAULT_TEST), allow_negative_numbers = true)]
     pub test_size: Option<usize>,
     /// Seed of the synthetic data set.
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub data_seed: u64,
 }
 
@@ -207,7 +212,7 @@ impl From<NormArg> for NormKind {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Run everything inside a rayon pool of N threads (default: all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<usize>,
 }
 
@@ -218,10 +223,10 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = NormArg::Group)]
     pub norm: NormArg,
     /// Images per step.
-    #[arg(long, default_value_t = defaults().batch)]
+    #[arg(long, default_value_t = defaults().batch, allow_negative_numbers = true)]
     pub batch: usize,
     /// Seed of initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Save the trained model to this file.
     #[arg(long, value_name = "PATH")]
@@ -249,16 +254,21 @@ pub struct SweepArgs {
     )]
     pub norms: Vec<NormArg>,
     /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2,4,8,16,32",
+        allow_negative_numbers = true
+    )]
     pub batches: Vec<usize>,
     /// Seeds: N for 0..N, A..B for a range (B excluded), or a list a,b,c.
-    #[arg(long, default_value = "3")]
+    #[arg(long, default_value = "3", allow_negative_numbers = true)]
     pub seeds: Seeds,
     /// Sweep folder (created; reused to resume).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Run only the I-th of K shares of the cells (1-based), e.g. 2/4.
-    #[arg(long, value_name = "I/K")]
+    #[arg(long, value_name = "I/K", allow_negative_numbers = true)]
     pub cells: Option<Share>,
     /// The recipe.
     #[command(flatten, next_help_heading = "Recipe")]
@@ -293,13 +303,18 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Seed of the synthetic data set.
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub seed: u64,
     /// Train images.
-    #[arg(long, value_name = "N", default_value_t = data::DEFAULT_TRAIN)]
+    #[arg(long, value_name = "N", default_value_t = data::DEFAULT_TRAIN, allow_negative_numbers = true)]
     pub train_size: usize,
     /// Test images.
-    #[arg(long, value_name = "M", default_value_t = data::DEFAULT_TEST)]
+    #[arg(long, value_name = "M", default_value_t = data::DEFAULT_TEST, allow_negative_numbers = true)]
     pub test_size: usize,
 }
 
@@ -323,13 +338,18 @@ pub struct ApplyArgs {
     #[arg(long, value_enum)]
     pub norm: ApplyNorm,
     /// Groups of GroupNorm (must divide C).
-    #[arg(long, value_name = "G", default_value_t = 32)]
+    #[arg(
+        long,
+        value_name = "G",
+        default_value_t = 32,
+        allow_negative_numbers = true
+    )]
     pub groups: usize,
     /// Added to the variance.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     pub eps: f32,
     /// BatchNorm running-statistics momentum.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub momentum: f32,
     /// Input x: float32 NCHW .npy.
     #[arg(long, value_name = "X.npy")]

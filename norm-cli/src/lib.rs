@@ -11,10 +11,12 @@ pub mod apply;
 pub mod cli;
 pub mod data_cmd;
 pub mod font;
+pub mod interrupt;
 pub mod npy;
 pub mod outputs;
 pub mod plot;
 pub mod report_cmd;
+pub mod stdout;
 pub mod store;
 pub mod summary;
 pub mod sweep;
@@ -38,7 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Apply(a) => {
             let written = apply::run(&a)?;
             for p in written {
-                println!("{}", p.display());
+                stdout::println(&p.display().to_string())?;
             }
             Ok(())
         }

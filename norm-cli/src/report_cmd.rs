@@ -86,6 +86,9 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
             );
         }
         let (rs, rep) = store::read_results(&path)?;
+        for d in &rep.duplicates {
+            eprintln!("{}", d.warning(&path));
+        }
         if rep.partial_tail > 0 {
             eprintln!(
                 "warning: ignoring a partial last line ({} bytes) of {}",

@@ -89,6 +89,51 @@ impl CellResult {
 pub struct ReadReport {
     /// Bytes after the last newline: a partial line left by an interrupted run.
     pub partial_tail: usize,
+    /// The cell (norm, batch, seed) the partial line was recording, when its start says so.
+    pub partial_cell: Option<(String, usize, u64)>,
+    /// Complete lines that repeat an earlier line's cell (they are returned too; readers keep
+    /// the first).
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A line of `results.jsonl` whose cell an earlier line already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Its line number, from 1.
+    pub line: usize,
+    /// The line number of the first line of the same cell.
+    pub first_line: usize,
+    /// The cell: norm, batch, seed.
+    pub cell: (String, usize, u64),
+}
+
+impl Duplicate {
+    /// `warning: F line 7 repeats the cell of line 3 (batch norm, batch 2, seed 0); the first is kept`.
+    pub fn warning(&self, path: &Path) -> String {
+        format!(
+            "warning: {} line {} repeats the cell of line {} ({} norm, batch {}, seed {}); the \
+             first is kept",
+            path.display(),
+            self.line,
+            self.first_line,
+            self.cell.0,
+            self.cell.1,
+            self.cell.2
+        )
+    }
+}
+
+/// The cell a partial line was recording: its first fields, `{"norm":"…","batch":N,"seed":S,`,
+/// written in that order by [`ResultsFile::append`]; `None` if the line stops before them.
+fn partial_cell(tail: &[u8]) -> Option<(String, usize, u64)> {
+    let text = std::str::from_utf8(tail).ok()?;
+    let rest = text.strip_prefix(r#"{"norm":""#)?;
+    let (norm, rest) = rest.split_once('"')?;
+    let rest = rest.strip_prefix(r#","batch":"#)?;
+    let (batch, rest) = rest.split_once(',')?;
+    let rest = rest.strip_prefix(r#""seed":"#)?;
+    let (seed, _) = rest.split_once(',')?;
+    Some((norm.to_owned(), batch.parse().ok()?, seed.parse().ok()?))
 }
 
 /// Parses `results.jsonl`, ignoring a partial last line (reported in [`ReadReport`]).
@@ -106,18 +151,33 @@ pub fn read_results(path: &Path) -> Result<(Vec<CellResult>, ReadReport)> {
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let report = ReadReport {
+    let mut report = ReadReport {
         partial_tail: bytes.len() - complete,
+        partial_cell: partial_cell(&bytes[complete..]),
+        duplicates: Vec::new(),
     };
     let text = std::str::from_utf8(&bytes[..complete])
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let mut results = Vec::new();
+    let mut first_line: std::collections::HashMap<(String, usize, u64), usize> =
+        std::collections::HashMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let r: CellResult = serde_json::from_str(line)
             .with_context(|| format!("{} line {} is not a cell result", path.display(), i + 1))?;
+        let cell = (r.norm.clone(), r.batch, r.seed);
+        match first_line.get(&cell) {
+            Some(&first) => report.duplicates.push(Duplicate {
+                line: i + 1,
+                first_line: first,
+                cell,
+            }),
+            None => {
+                first_line.insert(cell, i + 1);
+            }
+        }
         results.push(r);
     }
     Ok((results, report))
@@ -312,6 +372,37 @@ mod tests {
             vec![cell("group", 2, 0, 0.5), cell("batch", 4, 0, 0.3)]
         );
         assert_eq!(rep.partial_tail, 0);
+    }
+
+    #[test]
+    fn partial_cell_and_duplicates_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESULTS_FILE);
+        let line = |c: &CellResult| serde_json::to_string(c).unwrap() + "\n";
+        let a = line(&cell("group", 2, 0, 0.5));
+        let b = line(&cell("batch", 4, 1, 0.25));
+        let text = format!("{a}{b}{a}{}", &b[..40]);
+        fs::write(&path, &text).unwrap();
+        let (got, rep) = read_results(&path).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(rep.partial_cell, Some(("batch".into(), 4, 1)));
+        assert_eq!(
+            rep.duplicates,
+            vec![Duplicate {
+                line: 3,
+                first_line: 1,
+                cell: ("group".into(), 2, 0)
+            }]
+        );
+        assert!(
+            rep.duplicates[0]
+                .warning(&path)
+                .contains("line 3 repeats the cell of line 1")
+        );
+        // A tail that stops before the seed names no cell.
+        for cut in [0, 10, 25, b.find(r#""seed":"#).unwrap() + 8] {
+            assert_eq!(partial_cell(&b.as_bytes()[..cut]), None, "{cut}");
+        }
     }
 
     #[test]

@@ -133,6 +133,10 @@ pub struct SweepDir {
     done: HashSet<(String, usize, u64)>,
     /// Bytes of a partial last line that were cut on open (0 if none).
     pub dropped_partial: usize,
+    /// The cell that partial line was recording, if its start names it.
+    pub dropped_cell: Option<(String, usize, u64)>,
+    /// Complete lines repeating an earlier line's cell (the first is kept).
+    pub duplicates: Vec<store::Duplicate>,
 }
 
 impl SweepDir {
@@ -173,6 +177,8 @@ impl SweepDir {
             results,
             done,
             dropped_partial: report.partial_tail,
+            dropped_cell: report.partial_cell,
+            duplicates: report.duplicates,
         })
     }
 
@@ -227,7 +233,8 @@ pub fn run_missing(
     let todo: Vec<&Cell> = cells.iter().filter(|c| !sd.is_done(c)).collect();
     for (i, c) in todo.iter().enumerate() {
         let r = run(c, i, todo.len()).with_context(|| format!("cell {c}"))?;
-        sd.record(r)?;
+        // Ctrl-C waits for the line and the summaries to be written.
+        crate::interrupt::critical(|| sd.record(r))?;
         recorded(sd.results().last().expect("just recorded"), i, todo.len());
     }
     Ok(todo.len())

@@ -35,9 +35,36 @@ fn check_lists(a: &SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// The note about a partial last line cut on open: it says "runs again" only when that cell is
+/// among the cells this run will train.
+fn partial_note(sd: &SweepDir, cells: &[Cell], path: &str) -> String {
+    let head = format!(
+        "note: cut a partial last line ({} bytes) of {path} left by an interrupted run",
+        sd.dropped_partial
+    );
+    match &sd.dropped_cell {
+        Some((norm, batch, seed)) => {
+            let cell = Cell {
+                norm: norm.clone(),
+                batch: *batch,
+                seed: *seed,
+            };
+            if sd.is_done(&cell) {
+                format!("{head}; it repeated {cell}, which is done")
+            } else if cells.contains(&cell) {
+                format!("{head}; that cell ({cell}) runs again")
+            } else {
+                format!("{head}; its cell ({cell}) is not part of this run")
+            }
+        }
+        None => format!("{head} (too short to tell which cell it was)"),
+    }
+}
+
 /// Runs `norm-cli sweep`.
 pub fn run(a: &SweepArgs) -> Result<()> {
     check_lists(a)?;
+    train_cmd::check_recipe(&a.recipe)?;
     let norms: Vec<NormKind> = a.norms.iter().map(|&n| n.into()).collect();
     // Every cell's settings are checked before any data is made or any cell runs.
     let validate_all = |train_len: usize| -> Result<()> {
@@ -59,12 +86,9 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         let base = config(&a.recipe, norms[0], a.batches[0], 0);
         let recipe = train_cmd::recipe(&base, &info)?;
         let mut sd = SweepDir::open(&a.out, &recipe)?;
-        if sd.dropped_partial > 0 {
-            eprintln!(
-                "note: cut a partial last line ({} bytes) of {}/results.jsonl left by an interrupted run; that cell runs again",
-                sd.dropped_partial,
-                a.out.display()
-            );
+        let results_path = a.out.join(crate::store::RESULTS_FILE);
+        for d in &sd.duplicates {
+            eprintln!("{}", d.warning(&results_path));
         }
         let names: Vec<String> = norms.iter().map(|n| n.name().to_owned()).collect();
         let all = all_cells(&names, &a.batches, &a.seeds.0);
@@ -72,6 +96,12 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             Some(share) => share.select(&all),
             None => all.clone(),
         };
+        if sd.dropped_partial > 0 {
+            eprintln!(
+                "{}",
+                partial_note(&sd, &cells, &results_path.display().to_string())
+            );
+        }
         let done = cells.iter().filter(|c| sd.is_done(c)).count();
         let share = a
             .cells
@@ -97,11 +127,21 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 .progress_chars("=> "),
         );
         let visible = !bar.is_hidden();
+        crate::interrupt::set_bar(Some(bar.clone()));
+        let kept = |n: usize| {
+            format!(
+                "the {n} finished cell(s) are kept in {}; run the same command to resume",
+                results_path.display()
+            )
+        };
+        let before = sd.results().len();
+        crate::interrupt::set_kept(kept(before));
         let epochs = a.recipe.epochs;
         let run_cell = |cell: &Cell, i: usize, n: usize| -> Result<CellResult> {
             let cfg = config(&a.recipe, cell.norm.parse()?, cell.batch, cell.seed);
             let label = format!("{i}/{n} cells done · running {cell}");
             bar.set_message(label.clone());
+            crate::interrupt::set_task(format!("sweep stopped while running {cell}"));
             let t0 = Instant::now();
             let mut finished: Vec<EpochStats> = Vec::new();
             let trained = norm_train::train(&cfg, &split, &mut |p| match p {
@@ -187,12 +227,15 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             } else {
                 eprintln!("{line}")
             }
+            crate::interrupt::set_kept(kept(before + i + 1));
         };
-        run_missing(&mut sd, &cells, run_cell, recorded)?;
+        let ran = run_missing(&mut sd, &cells, run_cell, recorded);
         bar.finish_and_clear();
-        sd.write_outputs()?;
+        crate::interrupt::set_bar(None);
+        ran?;
+        crate::interrupt::critical(|| sd.write_outputs())?;
         let s = Summary::from_results(sd.results());
-        print!("{}", render_markdown(&s, &recipe));
+        crate::stdout::print(&render_markdown(&s, &recipe))?;
         eprintln!(
             "wrote {0}/results.jsonl, {0}/summary.md, {0}/summary.csv, {0}/accuracy_vs_batch.svg, {0}/accuracy_vs_batch.png",
             sd.dir().display()

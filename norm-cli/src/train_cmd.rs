@@ -110,6 +110,49 @@ pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
     Ok((split, info))
 }
 
+/// Rejects out-of-range recipe values by the option that set them (`--lr -1 is invalid: ...`),
+/// before norm-train would reject them by its field names.
+pub fn check_recipe(r: &RecipeArgs) -> Result<()> {
+    let checks: [(&str, f32, bool, &str); 5] = [
+        (
+            "--lr",
+            r.lr,
+            r.lr.is_finite() && r.lr > 0.0,
+            "finite and positive",
+        ),
+        (
+            "--warmup",
+            r.warmup,
+            r.warmup.is_finite() && r.warmup >= 0.0,
+            "finite and non-negative",
+        ),
+        (
+            "--momentum",
+            r.momentum,
+            (0.0..1.0).contains(&r.momentum),
+            "in [0, 1)",
+        ),
+        (
+            "--weight-decay",
+            r.weight_decay,
+            r.weight_decay.is_finite() && r.weight_decay >= 0.0,
+            "finite and non-negative",
+        ),
+        (
+            "--eps",
+            r.eps,
+            r.eps.is_finite() && r.eps >= 0.0,
+            "finite and non-negative",
+        ),
+    ];
+    for (flag, value, ok, expected) in checks {
+        if !ok {
+            bail!("{flag} {value} is invalid: must be {expected}");
+        }
+    }
+    Ok(())
+}
+
 /// The training configuration for one run.
 pub fn config(r: &RecipeArgs, norm: NormKind, batch: usize, seed: u64) -> TrainConfig {
     let mut c = TrainConfig::default();
@@ -265,9 +308,19 @@ pub fn epoch_line(e: &EpochStats, epochs: usize) -> String {
     )
 }
 
-/// The text report: header, table of epochs, summary block.
+/// The text report: header, table of epochs, summary block — what `train` prints piece by
+/// piece as the run goes ([`render_head`], [`render_row`], [`render_tail`]).
 pub fn render_report(r: &Report) -> String {
-    let c = &r.config;
+    let mut out = render_head(&r.config, &r.data);
+    for e in &r.per_epoch {
+        out.push_str(&render_row(e));
+    }
+    out.push_str(&render_tail(r));
+    out
+}
+
+/// The lines before the first epoch: the run, the data and the table's header.
+pub fn render_head(c: &TrainConfig, data: &DataInfo) -> String {
     let mut out = String::new();
     let groups = if c.model.norm == NormKind::Group {
         format!(" (G = {})", c.model.groups)
@@ -281,7 +334,7 @@ pub fn render_report(r: &Report) -> String {
         c.batch,
         c.seed,
         c.epochs,
-        r.peak_lr,
+        c.lr(),
         c.base_lr,
         c.batch,
         c.lr_ref_batch,
@@ -290,33 +343,39 @@ pub fn render_report(r: &Report) -> String {
             norm_train::Schedule::Step => "step",
         }
     );
-    let seed = r
-        .data
+    let seed = data
         .seed
         .map(|s| format!(" (seed {s})"))
         .unwrap_or_default();
     let _ = writeln!(
         out,
         "data: {}{seed}, {} train / {} test images; widths {:?}\n",
-        r.data.source, r.data.train_size, r.data.test_size, c.model.widths
+        data.source, data.train_size, data.test_size, c.model.widths
     );
     let _ = writeln!(
         out,
         "epoch        lr  train loss  train acc  test acc  images/s  seconds"
     );
-    for e in &r.per_epoch {
-        let _ = writeln!(
-            out,
-            "{:>5}  {:>8.5}  {:>10.4}  {:>9}  {:>8}  {:>8.0}  {:>7.1}",
-            e.epoch + 1,
-            e.lr,
-            e.train_loss,
-            pct(e.train_acc),
-            pct(e.test_acc),
-            e.images_per_sec,
-            e.seconds
-        );
-    }
+    out
+}
+
+/// One row of the epoch table.
+pub fn render_row(e: &EpochStats) -> String {
+    format!(
+        "{:>5}  {:>8.5}  {:>10.4}  {:>9}  {:>8}  {:>8.0}  {:>7.1}\n",
+        e.epoch + 1,
+        e.lr,
+        e.train_loss,
+        pct(e.train_acc),
+        pct(e.test_acc),
+        e.images_per_sec,
+        e.seconds
+    )
+}
+
+/// The summary block after the last epoch.
+pub fn render_tail(r: &Report) -> String {
+    let mut out = String::new();
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -356,10 +415,12 @@ pub struct EpochProgress {
     quiet: bool,
     visible: bool,
     epoch_start: Instant,
+    /// The first error printing a row on stdout (reported once training ends).
+    pub print_error: Option<anyhow::Error>,
 }
 
 impl EpochProgress {
-    /// `quiet`: no bar and no epoch lines (`--json`).
+    /// `quiet`: no bar, no epoch lines and no table rows (`--json`).
     pub fn new(epochs: usize, batch: usize, quiet: bool) -> Self {
         let visible = !quiet && !ProgressDrawTarget::stderr().is_hidden();
         Self {
@@ -369,6 +430,7 @@ impl EpochProgress {
             quiet,
             visible,
             epoch_start: Instant::now(),
+            print_error: None,
         }
     }
 
@@ -376,6 +438,7 @@ impl EpochProgress {
     pub fn clear(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
+            crate::interrupt::set_bar(None);
         }
     }
 
@@ -405,7 +468,7 @@ impl EpochProgress {
                     );
                     b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
                     b.set_message("starting");
-
+                    crate::interrupt::set_bar(Some(b.clone()));
                     b
                 });
                 bar.set_position(*step as u64 + 1);
@@ -420,11 +483,19 @@ impl EpochProgress {
                 }
             }
             Progress::Epoch(e) => {
-                if let Some(b) = self.bar.take() {
-                    b.finish_and_clear();
-                }
+                self.clear();
+                crate::interrupt::set_task(format!(
+                    "training stopped after {} of {} epoch(s)",
+                    e.epoch + 1,
+                    self.epochs
+                ));
                 if !self.quiet {
                     eprintln!("{}", epoch_line(e, self.epochs));
+                    if self.print_error.is_none()
+                        && let Err(err) = crate::stdout::print(&render_row(e))
+                    {
+                        self.print_error = Some(err);
+                    }
                 }
             }
         }
@@ -439,9 +510,16 @@ pub fn train_with_progress(
 ) -> Result<(TrainOutcome, f64)> {
     let mut prog = EpochProgress::new(cfg.epochs, cfg.batch, quiet);
     let t0 = Instant::now();
+    crate::interrupt::set_task(format!(
+        "training stopped before the end of epoch 1 of {}",
+        cfg.epochs
+    ));
     let outcome = norm_train::train(cfg, split, &mut |p| prog.update(p));
     prog.clear();
     let outcome = outcome.map_err(|e| with_lr_hint(e, cfg.base_lr))?;
+    if let Some(e) = prog.print_error {
+        return Err(e);
+    }
     Ok((outcome, t0.elapsed().as_secs_f64()))
 }
 
@@ -460,6 +538,7 @@ pub fn with_lr_hint(e: TrainError, base_lr: f32) -> anyhow::Error {
 
 /// Runs `norm-cli train`.
 pub fn run(a: &TrainArgs) -> Result<()> {
+    check_recipe(&a.recipe)?;
     let cfg = config(&a.recipe, a.norm.into(), a.batch, a.seed);
     // Fail on bad settings before generating or reading any data.
     if let Some(n) = planned_train_len(&a.recipe) {
@@ -468,9 +547,17 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if let Some(p) = &a.save {
         check_writable_parent(p)?;
     }
+    crate::interrupt::set_kept(if a.save.is_some() {
+        "no model was saved (--save writes it at the end of the run)"
+    } else {
+        "nothing was saved"
+    });
     let report = in_pool(a.run.threads, || -> Result<Report> {
         let (split, info) = load_data(&a.recipe)?;
         cfg.validate(split.train.len())?;
+        if !a.json {
+            crate::stdout::print(&render_head(&cfg, &info))?;
+        }
         let (outcome, wall) = train_with_progress(&cfg, &split, a.json)?;
         let mut report = Report::new(&cfg, info, outcome.epochs.clone(), wall);
         if let Some(p) = &a.save {
@@ -483,11 +570,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         Ok(report)
     })??;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::stdout::println(&serde_json::to_string(&report)?)
     } else {
-        print!("{}", render_report(&report));
+        crate::stdout::print(&render_tail(&report))
     }
-    Ok(())
 }
 
 /// Fails early when `path`'s folder does not exist or is not a folder, so a long run does not

@@ -103,6 +103,7 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     let out = sweep(&dir, &[]).success().get_output().clone();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("cut a partial last line"), "{stderr}");
+    assert!(stderr.contains(") runs again"), "{stderr}");
     assert!(stderr.contains("5 already in"), "{stderr}");
     assert_eq!(
         stderr.matches("done ").count(),
@@ -421,4 +422,53 @@ fn diverged_cells_are_recorded_and_the_sweep_goes_on() {
         .get_output()
         .clone();
     assert!(String::from_utf8_lossy(&out.stderr).contains("8 already in"));
+}
+
+#[test]
+fn partial_line_note_only_when_its_cell_runs_and_duplicates_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    sweep(&dir, &["--cells", "1/2"]).success();
+    let path = dir.join("results.jsonl");
+    let text = fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    // A partial copy of line 2: its cell is done, nothing runs again.
+    fs::write(&path, format!("{text}{}", &lines[1][..lines[1].len() / 2])).unwrap();
+    let out = sweep(&dir, &["--cells", "1/2"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cut a partial last line"), "{stderr}");
+    assert!(!stderr.contains("runs again"), "{stderr}");
+    assert!(stderr.contains("which is done"), "{stderr}");
+    // A partial line of a cell of the other share: not part of this run.
+    let other = results(&tmp.path().join("p")); // 4 cells of share 1
+    let mut foreign = other[0].clone();
+    foreign.seed = 99;
+    let line = serde_json::to_string(&foreign).unwrap();
+    fs::write(&path, format!("{text}{}", &line[..line.len() / 2])).unwrap();
+    let out = sweep(&dir, &["--cells", "1/2"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("is not part of this run"), "{stderr}");
+    assert!(!stderr.contains("runs again"), "{stderr}");
+    // A duplicated complete line: warned about, counted once.
+    fs::write(&path, format!("{text}{}\n", lines[0])).unwrap();
+    let out = sweep(&dir, &["--cells", "1/2"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("line 5 repeats the cell of line 1")
+            && stderr.contains("the first is kept"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("4 already in"), "{stderr}");
+    let md = fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(md.contains("4 finished cell(s)"), "{md}");
 }
