@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Train the CNN once and report test accuracy.
     Train(TrainArgs),
+    /// Test accuracy of a saved model; optionally re-estimate BatchNorm's statistics.
+    Eval(EvalArgs),
     /// Train every norm × batch × seed cell and tabulate accuracy against batch size.
     Sweep(SweepArgs),
     /// Rebuild summary and plot from one or more sweep folders (merging them).
@@ -237,6 +239,61 @@ pub struct TrainArgs {
     /// The recipe.
     #[command(flatten, next_help_heading = "Recipe")]
     pub recipe: RecipeArgs,
+    /// Execution.
+    #[command(flatten, next_help_heading = "Execution")]
+    pub run: RunArgs,
+}
+
+/// `norm-cli eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Checkpoint written by `train --save` (.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Re-estimate BatchNorm's running statistics from the first N training images (precise BN:
+    /// the average of batch statistics in train mode, weights fixed); report accuracy before and
+    /// after.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub recalibrate_bn: Option<usize>,
+    /// Images per forward pass of --recalibrate-bn.
+    #[arg(long, value_name = "B", default_value_t = norm_train::EVAL_BATCH, requires = "recalibrate_bn", allow_negative_numbers = true)]
+    pub recalibrate_batch: usize,
+    /// Write the recalibrated model to this file (needs --recalibrate-bn).
+    #[arg(long, value_name = "FILE", requires = "recalibrate_bn")]
+    pub save: Option<PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Data set; the one the checkpoint was trained on if unset.
+    #[arg(long, value_enum, help_heading = "Data")]
+    pub data: Option<DataSource>,
+    /// Folder of the CIFAR-10 binary files (a checkpoint trained on CIFAR-10 needs it).
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    pub data_dir: Option<PathBuf>,
+    /// Train images (synthetic: how many to generate; cifar10: the first N); as trained if unset.
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Data",
+        allow_negative_numbers = true
+    )]
+    pub train_size: Option<usize>,
+    /// Test images (synthetic: how many to generate; cifar10: the first M); as trained if unset.
+    #[arg(
+        long,
+        value_name = "M",
+        help_heading = "Data",
+        allow_negative_numbers = true
+    )]
+    pub test_size: Option<usize>,
+    /// Seed of the synthetic data set; as trained if unset.
+    #[arg(
+        long,
+        value_name = "S",
+        help_heading = "Data",
+        allow_negative_numbers = true
+    )]
+    pub data_seed: Option<u64>,
     /// Execution.
     #[command(flatten, next_help_heading = "Execution")]
     pub run: RunArgs,

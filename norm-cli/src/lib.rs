@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod cli;
 pub mod data_cmd;
+pub mod eval_cmd;
 pub mod font;
 pub mod interrupt;
 pub mod npy;
@@ -31,6 +32,7 @@ use cli::{Cli, Command, DataCommand};
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train_cmd::run(&a),
+        Command::Eval(a) => eval_cmd::run(&a),
         Command::Sweep(a) => sweep_cmd::run(&a),
         Command::Report(a) => report_cmd::run(&a),
         Command::Data(DataCommand::Export(a)) => {

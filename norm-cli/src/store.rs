@@ -242,30 +242,29 @@ pub fn read_recipe(path: &Path) -> Result<Option<Value>> {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers and a kill in the
-/// middle never see half a file.
+/// Writes `bytes` to `path` atomically ([`norm_train::atomic::write_atomic`]: temporary file,
+/// fsync, rename), so readers and a kill in the middle never see half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |tmp| {
-        let mut f = File::create(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-        Ok(())
-    })
+    norm_train::atomic::write_atomic(path, |f, _| f.write_all(bytes))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Lets `write` create a temporary file beside `path` (same extension), then renames it over
-/// `path`. The temporary file is removed if anything fails.
+/// Lets `write` fill a temporary file beside `path` (same extension) given its path, then
+/// replaces `path` with it, as [`write_atomic`]. The temporary file is removed if anything fails.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".tmp{}.{name}", std::process::id()));
-    let res = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(Into::into));
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut failure = None;
+    let res = norm_train::atomic::write_atomic(path, |_, tmp| {
+        write(tmp).map_err(|e| {
+            let io = std::io::Error::other(format!("{e:#}"));
+            failure = Some(e);
+            io
+        })
+    });
+    match (res, failure) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(e.context(format!("cannot write {}", path.display()))),
+        (Err(e), None) => Err(e).with_context(|| format!("cannot write {}", path.display())),
     }
-    res.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Lists the keys (dotted paths) where two recipes differ, as `key: a vs b`.

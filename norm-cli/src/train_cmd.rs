@@ -33,6 +33,19 @@ pub struct DataInfo {
     pub fingerprint: String,
 }
 
+impl DataInfo {
+    /// What a checkpoint stores about the data.
+    pub fn identity(&self) -> norm_train::checkpoint::DataIdentity {
+        norm_train::checkpoint::DataIdentity {
+            source: self.source.to_owned(),
+            seed: self.seed,
+            train_size: self.train_size,
+            test_size: self.test_size,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
 /// 64-bit FNV-1a over the labels and images of both splits.
 pub fn fingerprint(split: &Split) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -60,8 +73,40 @@ pub fn planned_train_len(r: &RecipeArgs) -> Option<usize> {
     }
 }
 
+/// Which images to use: the data options of `train`, `sweep` and `eval`.
+#[derive(Clone, Debug)]
+pub struct DataChoice {
+    /// Synthetic or CIFAR-10.
+    pub data: DataSource,
+    /// The CIFAR-10 folder.
+    pub data_dir: Option<PathBuf>,
+    /// Train images (None: the default or all).
+    pub train_size: Option<usize>,
+    /// Test images (None: the default or all).
+    pub test_size: Option<usize>,
+    /// Seed of the synthetic set.
+    pub data_seed: u64,
+}
+
+impl From<&RecipeArgs> for DataChoice {
+    fn from(r: &RecipeArgs) -> Self {
+        Self {
+            data: r.data,
+            data_dir: r.data_dir.clone(),
+            train_size: r.train_size,
+            test_size: r.test_size,
+            data_seed: r.data_seed,
+        }
+    }
+}
+
 /// Generates or reads the data set the arguments describe.
 pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
+    load_choice(&DataChoice::from(r))
+}
+
+/// Generates or reads the data set `r` describes.
+pub fn load_choice(r: &DataChoice) -> Result<(Split, DataInfo)> {
     let (split, source, seed) = match r.data {
         DataSource::Synthetic => {
             let train = r.train_size.unwrap_or(data::DEFAULT_TRAIN);
@@ -561,9 +606,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         let (outcome, wall) = train_with_progress(&cfg, &split, a.json)?;
         let mut report = Report::new(&cfg, info, outcome.epochs.clone(), wall);
         if let Some(p) = &a.save {
-            outcome
-                .model
-                .save(p)
+            let meta = norm_train::checkpoint::CheckpointMeta {
+                normalizer: data::Normalizer::from_dataset(&split.train),
+                data: Some(report.data.identity()),
+            };
+            // Ctrl-C waits for the checkpoint to be complete.
+            crate::interrupt::critical(|| norm_train::checkpoint::save(p, &outcome.model, &meta))
                 .with_context(|| format!("cannot save the model to {}", p.display()))?;
             report.saved = Some(p.clone());
         }

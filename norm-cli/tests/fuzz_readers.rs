@@ -80,14 +80,22 @@ fn good_npy() -> &'static [u8] {
 fn good_checkpoint() -> &'static [u8] {
     static B: OnceLock<Vec<u8>> = OnceLock::new();
     B.get_or_init(|| {
-        let p = scratch().join("good.ckpt");
+        let p = scratch().join("good.safetensors");
         let cfg = norm_train::ModelConfig {
             widths: [4, 8, 8],
             norm: norm_train::NormKind::Batch,
             groups: 4,
             eps: 1e-5,
         };
-        norm_train::Model::new(&cfg, 3).unwrap().save(&p).unwrap();
+        let model = norm_train::Model::new(&cfg, 3).unwrap();
+        let meta = norm_train::checkpoint::CheckpointMeta {
+            normalizer: norm_train::data::Normalizer {
+                mean: [0.5, 0.4, 0.3],
+                std: [0.25, 0.25, 0.2],
+            },
+            data: None,
+        };
+        norm_train::checkpoint::save(&p, &model, &meta).unwrap();
         std::fs::read(p).unwrap()
     })
 }
@@ -153,9 +161,9 @@ proptest! {
     #[test]
     fn checkpoint_loader(d in damage()) {
         let (bytes, must_fail) = apply(good_checkpoint(), &d);
-        let p = fresh("m.ckpt");
+        let p = fresh("m.safetensors");
         std::fs::write(&p, &bytes).unwrap();
-        match norm_train::Model::load(&p) {
+        match norm_train::checkpoint::load(&p) {
             Ok(_) => prop_assert!(!must_fail && bytes.len() == good_checkpoint().len()),
             Err(e) => names_file(&e.to_string(), &p)?,
         }

@@ -93,7 +93,7 @@ fn json_report_and_thread_independence() {
 #[test]
 fn save_writes_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("model.ckpt");
+    let p = tmp.path().join("model.safetensors");
     let out = cli()
         .args(["train", "--norm", "layer", "--batch", "8", "--save"])
         .arg(&p)
@@ -106,8 +106,13 @@ fn save_writes_a_loadable_checkpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("model saved to"));
-    let m = norm_train::Model::load(&p).unwrap();
-    assert_eq!(m.config().norm, norm_train::NormKind::Layer);
+    let c = norm_train::checkpoint::load(&p).unwrap();
+    assert_eq!(c.model.config().norm, norm_train::NormKind::Layer);
+    let data = c.meta.data.unwrap();
+    assert_eq!(
+        (data.source.as_str(), data.seed, data.train_size),
+        ("synthetic", Some(0), 64)
+    );
 }
 
 #[test]

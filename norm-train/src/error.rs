@@ -88,6 +88,12 @@ pub enum TrainError {
         /// The non-finite loss.
         loss: f32,
     },
+    /// [`crate::Model::recalibrate_batch_norm`] cannot run.
+    #[error("cannot recalibrate BatchNorm: {reason}")]
+    Recalibration {
+        /// Why.
+        reason: String,
+    },
     /// A normalisation kernel rejected its arguments.
     #[error(transparent)]
     Kernel(#[from] norm_kernels::NormError),

@@ -19,16 +19,22 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod checkpoint;
 mod config;
 pub mod data;
 mod error;
 mod model;
 pub mod ops;
+mod recalibrate;
 mod train;
 
 pub use config::{ModelConfig, NormKind, ParseNormKindError, Schedule, TrainConfig};
 pub use error::TrainError;
 pub use error::short_num;
-pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct};
+pub use model::{
+    EVAL_BATCH, INPUT, LossAndGrads, Model, Param, StateData, StateDataMut, StateTensor,
+    StateTensorMut, count_correct,
+};
+pub use recalibrate::Recalibration;
 pub use train::{EpochStats, Progress, Sgd, TrainOutcome, learning_rate, train};

@@ -353,6 +353,7 @@ fn batch_norm_eval_mode_uses_running_statistics() {
         mean: random(&mut rng, c, -1.0, 1.0),
         var: random(&mut rng, c, 0.5, 2.0),
         num_batches_tracked: 3,
+        cumulative: false,
     };
     let before = running.clone();
     let xt = dev.tensor_from_vec(x.clone(), (n, c, h, w));

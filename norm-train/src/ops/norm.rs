@@ -40,6 +40,9 @@ pub struct Running {
     pub var: Vec<f32>,
     /// `num_batches_tracked`.
     pub num_batches_tracked: u64,
+    /// PyTorch's `momentum = None`: update as the cumulative average of the batches' statistics
+    /// (precise BN, [`crate::Model::recalibrate_batch_norm`]) instead of with [`BN_MOMENTUM`].
+    pub cumulative: bool,
 }
 
 impl Running {
@@ -49,6 +52,7 @@ impl Running {
             mean: vec![0.0; c],
             var: vec![1.0; c],
             num_batches_tracked: 0,
+            cumulative: false,
         }
     }
 }
@@ -158,7 +162,11 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
                     mean: &mut r.mean,
                     var: &mut r.var,
                     num_batches_tracked: &mut r.num_batches_tracked,
-                    momentum: Momentum::Exponential(BN_MOMENTUM),
+                    momentum: if r.cumulative {
+                        Momentum::CumulativeAverage
+                    } else {
+                        Momentum::Exponential(BN_MOMENTUM)
+                    },
                 };
                 norm_kernels::batch_norm_forward_train(
                     shape,
