@@ -230,9 +230,14 @@ pub struct TrainArgs {
     /// Seed of initialisation, shuffling and augmentation.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
-    /// Save the trained model to this file.
+    /// Save the trained model to this file (.safetensors; PyTorch loads it), with its training
+    /// curves beside it (PATH without extension + .curves.svg/.png).
     #[arg(long, value_name = "PATH")]
     pub save: Option<PathBuf>,
+    /// Draw the training curves (test accuracy, train loss per epoch) into DIR/training_curves.svg
+    /// and .png.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
     /// Print the report as one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod curves;
 pub mod data_cmd;
 pub mod eval_cmd;
 pub mod font;

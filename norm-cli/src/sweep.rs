@@ -347,12 +347,7 @@ mod tests {
         assert_eq!(ran, cells[3..].to_vec());
         let (all, _) = store::read_results(&dir.path().join(RESULTS_FILE)).unwrap();
         assert_eq!(all.len(), 8);
-        for f in [
-            "summary.md",
-            "summary.csv",
-            "accuracy_vs_batch.svg",
-            "accuracy_vs_batch.png",
-        ] {
+        for f in crate::outputs::FILES {
             assert!(dir.path().join(f).exists(), "{f}");
         }
     }

@@ -236,10 +236,11 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         crate::interrupt::critical(|| sd.write_outputs())?;
         let s = Summary::from_results(sd.results());
         crate::stdout::print(&render_markdown(&s, &recipe))?;
-        eprintln!(
-            "wrote {0}/results.jsonl, {0}/summary.md, {0}/summary.csv, {0}/accuracy_vs_batch.svg, {0}/accuracy_vs_batch.png",
-            sd.dir().display()
-        );
+        let files: Vec<String> = std::iter::once(crate::store::RESULTS_FILE)
+            .chain(crate::outputs::FILES)
+            .map(|f| sd.dir().join(f).display().to_string())
+            .collect();
+        eprintln!("wrote {}", files.join(", "));
         Ok(())
     })?
 }

@@ -303,6 +303,8 @@ pub struct Report {
     pub threads: usize,
     /// Where the model was saved.
     pub saved: Option<PathBuf>,
+    /// The training curves written (SVG and PNG), if any.
+    pub curves: Vec<PathBuf>,
 }
 
 impl Report {
@@ -332,6 +334,7 @@ impl Report {
             simd: norm_kernels::simd_level().to_owned(),
             threads: rayon::current_num_threads(),
             saved: None,
+            curves: Vec::new(),
         }
     }
 }
@@ -448,7 +451,26 @@ pub fn render_tail(r: &Report) -> String {
     if let Some(p) = &r.saved {
         let _ = writeln!(out, "model saved to       {}", p.display());
     }
+    if !r.curves.is_empty() {
+        let files: Vec<String> = r.curves.iter().map(|p| p.display().to_string()).collect();
+        let _ = writeln!(out, "curves written to    {}", files.join(", "));
+    }
     out
+}
+
+/// Where `train` draws its curves: `--plot DIR`, else beside `--save PATH`, else nowhere.
+pub fn curve_files(a: &TrainArgs) -> Option<(PathBuf, PathBuf)> {
+    match (&a.plot, &a.save) {
+        (Some(dir), _) => Some((
+            dir.join("training_curves.svg"),
+            dir.join("training_curves.png"),
+        )),
+        (None, Some(p)) => Some((
+            p.with_extension("curves.svg"),
+            p.with_extension("curves.png"),
+        )),
+        (None, None) => None,
+    }
 }
 
 /// The per-epoch progress bar of `train`: hidden with `--json` or when stderr is not a
@@ -592,6 +614,11 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if let Some(p) = &a.save {
         check_writable_parent(p)?;
     }
+    // Created before training, so a bad --plot fails at once, not after the run.
+    if let Some(dir) = &a.plot {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create plot folder {}", dir.display()))?;
+    }
     crate::interrupt::set_kept(if a.save.is_some() {
         "no model was saved (--save writes it at the end of the run)"
     } else {
@@ -614,6 +641,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             crate::interrupt::critical(|| norm_train::checkpoint::save(p, &outcome.model, &meta))
                 .with_context(|| format!("cannot save the model to {}", p.display()))?;
             report.saved = Some(p.clone());
+        }
+        if let Some((svg, png)) = curve_files(a) {
+            let cols =
+                crate::curves::from_epochs(cfg.model.norm.name(), cfg.batch, &report.per_epoch);
+            crate::interrupt::critical(|| crate::curves::write(&cols, &svg, &png))?;
+            report.curves = vec![svg, png];
         }
         Ok(report)
     })??;

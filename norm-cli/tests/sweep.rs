@@ -76,6 +76,8 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
         "summary.csv",
         "accuracy_vs_batch.svg",
         "accuracy_vs_batch.png",
+        "training_curves.svg",
+        "training_curves.png",
     ] {
         assert!(dir.join(f).metadata().unwrap().len() > 0, "{f}");
     }
@@ -91,6 +93,12 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     assert!(svg.contains("<svg") && svg.contains("GroupNorm") && svg.contains("BatchNorm"));
     let png = fs::read(dir.join("accuracy_vs_batch.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
+    let curves = fs::read_to_string(dir.join("training_curves.svg")).unwrap();
+    assert!(
+        curves.contains("batch 2") && curves.contains("batch 4") && curves.contains("GroupNorm"),
+        "one column per batch size, a line per norm"
+    );
+    assert!(curves.contains("mean ± std over 2 seeds"));
 
     // Simulate a run killed while writing its 6th line: keep 5 lines and half of the 6th.
     let text = fs::read_to_string(dir.join("results.jsonl")).unwrap();
