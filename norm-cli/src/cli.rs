@@ -329,7 +329,8 @@ pub struct SweepArgs {
     /// Sweep folder (created; reused to resume).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Run only the I-th of K shares of the cells (1-based), e.g. 2/4.
+    /// Run only the I-th of K shares of the cells (1-based), e.g. 2/4 [default: in a Slurm array
+    /// job, the task's share from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT].
     #[arg(long, value_name = "I/K", allow_negative_numbers = true)]
     pub cells: Option<Share>,
     /// The recipe.

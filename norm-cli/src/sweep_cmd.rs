@@ -92,7 +92,16 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         }
         let names: Vec<String> = norms.iter().map(|n| n.name().to_owned()).collect();
         let all = all_cells(&names, &a.batches, &a.seeds.0);
-        let cells = match a.cells {
+        // --cells wins; without it, a Slurm array task takes its own share.
+        let from_env = match a.cells {
+            Some(_) => None,
+            None => crate::sweep::share_from_env(|k| std::env::var(k).ok())?,
+        };
+        if let Some((_, why)) = &from_env {
+            eprintln!("sweep: {why}");
+        }
+        let share_used = a.cells.or(from_env.map(|(s, _)| s));
+        let cells = match share_used {
             Some(share) => share.select(&all),
             None => all.clone(),
         };
@@ -103,8 +112,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             );
         }
         let done = cells.iter().filter(|c| sd.is_done(c)).count();
-        let share = a
-            .cells
+        let share = share_used
             .map(|s| format!(" (share {}/{} of {})", s.i, s.k, all.len()))
             .unwrap_or_default();
         eprintln!(

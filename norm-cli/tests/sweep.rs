@@ -480,3 +480,86 @@ fn partial_line_note_only_when_its_cell_runs_and_duplicates_warn() {
     let md = fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(md.contains("4 finished cell(s)"), "{md}");
 }
+
+#[test]
+fn slurm_array_tasks_take_their_share_from_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for id in 1..=3 {
+        let out = cli()
+            .arg("sweep")
+            .args(GRID)
+            .args(TINY)
+            .args(["--threads", "1"])
+            .arg("--out")
+            .arg(t.join(format!("task-{id}")))
+            .env("SLURM_ARRAY_TASK_ID", id.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "3")
+            .env("SLURM_ARRAY_TASK_MIN", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "sweep: share {id}/3 from SLURM_ARRAY_TASK_ID={id}"
+            )),
+            "{stderr}"
+        );
+        // The same cells as --cells I/3.
+        cli()
+            .arg("sweep")
+            .args(GRID)
+            .args(TINY)
+            .args(["--threads", "1", "--cells", &format!("{id}/3")])
+            .arg("--out")
+            .arg(t.join(format!("cells-{id}")))
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .assert()
+            .success();
+        assert_eq!(
+            keys(&results(&t.join(format!("task-{id}")))),
+            keys(&results(&t.join(format!("cells-{id}"))))
+        );
+    }
+    cli()
+        .arg("report")
+        .args((1..=3).map(|i| t.join(format!("task-{i}"))))
+        .arg("--out")
+        .arg(t.join("merged"))
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("8 cell(s)"));
+    // --cells wins over the environment.
+    let out = cli()
+        .arg("sweep")
+        .args(GRID)
+        .args(TINY)
+        .args(["--cells", "1/1"])
+        .arg("--out")
+        .arg(t.join("merged"))
+        .env("SLURM_ARRAY_TASK_ID", "2")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("8 already in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SLURM"), "{stderr}");
+    let msg = one_line_error(
+        cli()
+            .arg("sweep")
+            .args(GRID)
+            .args(TINY)
+            .arg("--out")
+            .arg(t.join("bad"))
+            .env("SLURM_ARRAY_TASK_ID", "7")
+            .env("SLURM_ARRAY_TASK_COUNT", "3"),
+    );
+    assert!(
+        msg.contains("SLURM_ARRAY_TASK_ID=7 is not one of the 3 tasks"),
+        "{msg}"
+    );
+}
