@@ -641,6 +641,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             crate::interrupt::critical(|| norm_train::checkpoint::save(p, &outcome.model, &meta))
                 .with_context(|| format!("cannot save the model to {}", p.display()))?;
             report.saved = Some(p.clone());
+            crate::interrupt::set_kept(format!("the model was saved to {}", p.display()));
         }
         if let Some((svg, png)) = curve_files(a) {
             let cols =
