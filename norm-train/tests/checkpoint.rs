@@ -107,11 +107,11 @@ fn load_err(path: &Path) -> String {
     }
 }
 
+/// A stored tensor taken apart: name, dtype, shape, bytes.
+type Raw = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// The tensors of a BatchNorm model and its metadata, to edit.
-fn parts() -> (
-    Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-    HashMap<String, String>,
-) {
+fn parts() -> (Vec<Raw>, HashMap<String, String>) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.safetensors");
     let cfg = ModelConfig {
@@ -131,11 +131,7 @@ fn parts() -> (
     (tensors, header.metadata().clone().unwrap())
 }
 
-fn write_parts(
-    path: &Path,
-    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
-    md: Option<HashMap<String, String>>,
-) {
+fn write_parts(path: &Path, tensors: &[Raw], md: Option<HashMap<String, String>>) {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
