@@ -7,6 +7,8 @@
 //! before exiting, so an interruption never leaves half of what it was writing.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 
@@ -19,6 +21,9 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 static WRITING: Mutex<()> = Mutex::new(());
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+static PARKED: AtomicBool = AtomicBool::new(false);
+static BAR_CLEARED: AtomicBool = AtomicBool::new(false);
 
 fn with_state(f: impl FnOnce(&mut State)) {
     let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
@@ -29,11 +34,30 @@ fn with_state(f: impl FnOnce(&mut State)) {
 /// then ends the program the default way.
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
+        // The bar is cleared by the thread that draws it (see `park_if_requested`): cleared
+        // from here, the training thread's next draw brings it back. Wait for that thread a
+        // little; a long step or a write in progress only delays the message.
+        REQUESTED.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        while !PARKED.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_millis(500) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _writing = WRITING.lock().unwrap_or_else(|p| p.into_inner());
         let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
         let st = g.take().unwrap_or_default();
+        let had_bar = st.bar.is_some() || BAR_CLEARED.load(Ordering::SeqCst);
         if let Some(bar) = st.bar {
+            // Not parked in time: clear it from here, and keep it from being drawn again.
             bar.finish_and_clear();
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        // indicatif leaves the cursor at the right edge of the bar's line, so the `^C` a
+        // terminal echoes wraps onto the next line, and the clear above only erased that one:
+        // erase the bar's line too. (A SIGINT from `kill` echoes nothing; with both stdin and
+        // stderr on a terminal, Ctrl-C is taken to be the source.)
+        let tty = |t: &dyn std::io::IsTerminal| t.is_terminal();
+        if had_bar && tty(&std::io::stderr()) && tty(&std::io::stdin()) {
+            eprint!("\x1b[1A\r\x1b[2K");
         }
         let task = if st.task.is_empty() {
             "norm-cli".to_owned()
@@ -65,6 +89,19 @@ pub fn set_kept(kept: impl Into<String>) {
 /// The progress bar to clear on an interruption (`None` once it is gone).
 pub fn set_bar(bar: Option<ProgressBar>) {
     with_state(|s| s.bar = bar);
+}
+
+/// Called by the thread that draws a progress bar, between steps: after Ctrl-C it runs `clear`
+/// (clearing the bar; `true` if one was on the terminal), tells the handler, and waits there
+/// for the exit.
+pub fn park_if_requested(clear: impl FnOnce() -> bool) {
+    if REQUESTED.load(Ordering::SeqCst) {
+        BAR_CLEARED.store(clear(), Ordering::SeqCst);
+        PARKED.store(true, Ordering::SeqCst);
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 /// Runs `f` with interruptions held back until it returns.

@@ -152,21 +152,28 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             crate::interrupt::set_task(format!("sweep stopped while running {cell}"));
             let t0 = Instant::now();
             let mut finished: Vec<EpochStats> = Vec::new();
-            let trained = norm_train::train(&cfg, &split, &mut |p| match p {
-                Progress::Step {
-                    epoch,
-                    step,
-                    steps,
-                    loss,
-                } => {
-                    let frac = (*epoch as f64 + (*step + 1) as f64 / *steps as f64) / epochs as f64;
-                    bar.set_position(i as u64 * TICKS + (frac * TICKS as f64) as u64);
-                    bar.set_message(format!(
-                        "{label}, epoch {}/{epochs}, loss {loss:.3}",
-                        epoch + 1
-                    ));
+            let trained = norm_train::train(&cfg, &split, &mut |p| {
+                crate::interrupt::park_if_requested(|| {
+                    bar.finish_and_clear();
+                    visible
+                });
+                match p {
+                    Progress::Step {
+                        epoch,
+                        step,
+                        steps,
+                        loss,
+                    } => {
+                        let frac =
+                            (*epoch as f64 + (*step + 1) as f64 / *steps as f64) / epochs as f64;
+                        bar.set_position(i as u64 * TICKS + (frac * TICKS as f64) as u64);
+                        bar.set_message(format!(
+                            "{label}, epoch {}/{epochs}, loss {loss:.3}",
+                            epoch + 1
+                        ));
+                    }
+                    Progress::Epoch(e) => finished.push(e.clone()),
                 }
-                Progress::Epoch(e) => finished.push(e.clone()),
             });
             let (status, diverged, final_acc, ips) = match trained {
                 Ok(outcome) => (

@@ -511,6 +511,11 @@ impl EpochProgress {
 
     /// Handles one report from the trainer.
     pub fn update(&mut self, p: &Progress) {
+        crate::interrupt::park_if_requested(|| {
+            let shown = self.bar.is_some();
+            self.clear();
+            shown
+        });
         match p {
             Progress::Step {
                 epoch,

@@ -650,7 +650,13 @@ fn group_norm_of_values_near_f32_max_is_finite() {
     let tmp = tempfile::tempdir().unwrap();
     let x = tmp.path().join("x.npy");
     let data: Vec<f32> = (0..2 * 4 * 3 * 3)
-        .map(|i| if i % 2 == 0 { 3e38 } else { -3e38 + i as f32 * 1e36 })
+        .map(|i| {
+            if i % 2 == 0 {
+                3e38
+            } else {
+                -3e38 + i as f32 * 1e36
+            }
+        })
         .collect();
     write_f32(&x, &[2, 4, 3, 3], &data).unwrap();
     let out = tmp.path().join("o");
