@@ -562,7 +562,11 @@ impl EpochProgress {
                     self.epochs
                 ));
                 if !self.quiet {
-                    eprintln!("{}", epoch_line(e, self.epochs));
+                    // On a terminal the bar and stdout's row say it; the log line is for a
+                    // redirected stderr.
+                    if !self.visible {
+                        eprintln!("{}", epoch_line(e, self.epochs));
+                    }
                     if self.print_error.is_none()
                         && let Err(err) = crate::stdout::print(&render_row(e))
                     {
