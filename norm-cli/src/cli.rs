@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Train the CNN once and report test accuracy.
     Train(TrainArgs),
+    /// Test accuracy of a saved model; optionally re-estimate BatchNorm's statistics.
+    Eval(EvalArgs),
     /// Train every norm × batch × seed cell and tabulate accuracy against batch size.
     Sweep(SweepArgs),
     /// Rebuild summary and plot from one or more sweep folders (merging them).
@@ -123,25 +125,25 @@ fn defaults() -> TrainConfig {
 #[derive(Debug, Clone, Args)]
 pub struct RecipeArgs {
     /// Epochs to train.
-    #[arg(long, default_value_t = defaults().epochs)]
+    #[arg(long, default_value_t = defaults().epochs, allow_negative_numbers = true)]
     pub epochs: usize,
     /// Base learning rate, before scaling by batch / lr-ref-batch (linear scaling rule).
-    #[arg(long, default_value_t = defaults().base_lr)]
+    #[arg(long, default_value_t = defaults().base_lr, allow_negative_numbers = true)]
     pub lr: f32,
     /// Batch size at which the learning rate equals --lr.
-    #[arg(long, value_name = "B", default_value_t = defaults().lr_ref_batch)]
+    #[arg(long, value_name = "B", default_value_t = defaults().lr_ref_batch, allow_negative_numbers = true)]
     pub lr_ref_batch: usize,
     /// Learning-rate schedule after warmup.
     #[arg(long, value_enum, default_value_t = ScheduleArg::from(defaults().schedule))]
     pub schedule: ScheduleArg,
     /// Epochs of linear learning-rate warmup (fractions allowed).
-    #[arg(long, value_name = "EPOCHS", default_value_t = defaults().warmup_epochs)]
+    #[arg(long, value_name = "EPOCHS", default_value_t = defaults().warmup_epochs, allow_negative_numbers = true)]
     pub warmup: f32,
     /// SGD momentum.
-    #[arg(long, default_value_t = defaults().momentum)]
+    #[arg(long, default_value_t = defaults().momentum, allow_negative_numbers = true)]
     pub momentum: f32,
     /// Weight decay.
-    #[arg(long, value_name = "WD", default_value_t = defaults().weight_decay)]
+    #[arg(long, value_name = "WD", default_value_t = defaults().weight_decay, allow_negative_numbers = true)]
     pub weight_decay: f32,
     /// Train without augmentation (random crop and flip).
     #[arg(long)]
@@ -150,19 +152,19 @@ pub struct RecipeArgs {
     #[arg(long, value_enum, default_value_t = ModelArg::Plain)]
     pub model: ModelArg,
     /// ResNets: channel multiplier of the 16/32/64-channel stages [default: 1].
-    #[arg(long, value_name = "X")]
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub width: Option<f32>,
     /// Plain CNN: channel widths of the three conv stages.
-    #[arg(long, value_name = "W1,W2,W3", default_value_t = Widths(defaults().model.widths))]
+    #[arg(long, value_name = "W1,W2,W3", default_value_t = Widths(defaults().model.widths), allow_negative_numbers = true)]
     pub widths: Widths,
     /// With workers: which shares update BatchNorm's running statistics.
     #[arg(long, value_enum, value_name = "WHICH", default_value_t = RunningFromArg::Worker0)]
     pub running_from: RunningFromArg,
     /// Groups of GroupNorm (must divide every width).
-    #[arg(long, value_name = "G", default_value_t = norm_train::DEFAULT_GROUPS)]
+    #[arg(long, value_name = "G", default_value_t = norm_train::DEFAULT_GROUPS, allow_negative_numbers = true)]
     pub groups: usize,
     /// Epsilon of the normalisation layers.
-    #[arg(long, default_value_t = norm_train::DEFAULT_EPS)]
+    #[arg(long, default_value_t = norm_train::DEFAULT_EPS, allow_negative_numbers = true)]
     pub eps: f32,
     /// Data set.
     #[arg(long, value_enum, default_value_t = DataSource::Synthetic)]
@@ -171,13 +173,18 @@ pub struct RecipeArgs {
     #[arg(long, value_name = "DIR", required_if_eq("data", "cifar10"))]
     pub data_dir: Option<PathBuf>,
     /// Train images: synthetic, how many to generate; cifar10, use the first N [default: all].
-    #[arg(long, value_name = "N", help = size_help("Train", "N", data::DEFAULT_TRAIN))]
+    #[arg(long, value_name = "N", help = size_help("Train", "N", data::DEFAULT_TRAIN), allow_negative_numbers = true)]
     pub train_size: Option<usize>,
     /// Test images: synthetic, how many to generate; cifar10, use the first M [default: all].
-    #[arg(long, value_name = "M", help = size_help("Test", "M", data::DEFAULT_TEST))]
+    #[arg(long, value_name = "M", help = size_help("Test", "M", data::DEFAULT_TEST), allow_negative_numbers = true)]
     pub test_size: Option<usize>,
     /// Seed of the synthetic data set.
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub data_seed: u64,
 }
 
@@ -238,7 +245,7 @@ impl From<ScheduleArg> for Schedule {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Run everything inside a rayon pool of N threads (default: all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<usize>,
 }
 
@@ -249,23 +256,83 @@ pub struct TrainArgs {
     #[arg(long, value_parser = train_norms(), default_value = "group")]
     pub norm: NormChoice,
     /// Images per step.
-    #[arg(long, default_value_t = defaults().batch)]
+    #[arg(long, default_value_t = defaults().batch, allow_negative_numbers = true)]
     pub batch: usize,
     /// Data-parallel workers: BatchNorm's statistics per share of batch/W images.
     #[arg(long, value_name = "W", default_value_t = defaults().workers)]
     pub workers: usize,
     /// Seed of initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
-    /// Save the trained model to this file.
+    /// Save the trained model to this file (.safetensors; PyTorch loads it), with its training
+    /// curves beside it (PATH without extension + .curves.svg/.png).
     #[arg(long, value_name = "PATH")]
     pub save: Option<PathBuf>,
+    /// Draw the training curves (test accuracy, train loss per epoch) into DIR/training_curves.svg
+    /// and .png.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
     /// Print the report as one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,
     /// The recipe.
     #[command(flatten, next_help_heading = "Recipe")]
     pub recipe: RecipeArgs,
+    /// Execution.
+    #[command(flatten, next_help_heading = "Execution")]
+    pub run: RunArgs,
+}
+
+/// `norm-cli eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Checkpoint written by `train --save` (.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Re-estimate BatchNorm's running statistics from the first N training images (precise BN:
+    /// the average of batch statistics in train mode, weights fixed); report accuracy before and
+    /// after.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub recalibrate_bn: Option<usize>,
+    /// Images per forward pass of --recalibrate-bn.
+    #[arg(long, value_name = "B", default_value_t = norm_train::EVAL_BATCH, requires = "recalibrate_bn", allow_negative_numbers = true)]
+    pub recalibrate_batch: usize,
+    /// Write the recalibrated model to this file (needs --recalibrate-bn).
+    #[arg(long, value_name = "FILE", requires = "recalibrate_bn")]
+    pub save: Option<PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Data set; the one the checkpoint was trained on if unset.
+    #[arg(long, value_enum, help_heading = "Data")]
+    pub data: Option<DataSource>,
+    /// Folder of the CIFAR-10 binary files (a checkpoint trained on CIFAR-10 needs it).
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    pub data_dir: Option<PathBuf>,
+    /// Train images (synthetic: how many to generate; cifar10: the first N); as trained if unset.
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Data",
+        allow_negative_numbers = true
+    )]
+    pub train_size: Option<usize>,
+    /// Test images (synthetic: how many to generate; cifar10: the first M); as trained if unset.
+    #[arg(
+        long,
+        value_name = "M",
+        help_heading = "Data",
+        allow_negative_numbers = true
+    )]
+    pub test_size: Option<usize>,
+    /// Seed of the synthetic data set; as trained if unset.
+    #[arg(
+        long,
+        value_name = "S",
+        help_heading = "Data",
+        allow_negative_numbers = true
+    )]
+    pub data_seed: Option<u64>,
     /// Execution.
     #[command(flatten, next_help_heading = "Execution")]
     pub run: RunArgs,
@@ -283,7 +350,12 @@ pub struct SweepArgs {
     )]
     pub norms: Vec<NormChoice>,
     /// Batch sizes, comma-separated (one worker each).
-    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2,4,8,16,32",
+        allow_negative_numbers = true
+    )]
     pub batches: Vec<usize>,
     /// Images per worker at the fixed total --batch, comma-separated, instead of --batches:
     /// BatchNorm runs with batch/K workers; norms that do not depend on the split run once,
@@ -294,13 +366,14 @@ pub struct SweepArgs {
     #[arg(long, value_name = "B", requires = "per_worker")]
     pub batch: Option<usize>,
     /// Seeds: N for 0..N, A..B for a range (B excluded), or a list a,b,c.
-    #[arg(long, default_value = "3")]
+    #[arg(long, default_value = "3", allow_negative_numbers = true)]
     pub seeds: Seeds,
     /// Sweep folder (created; reused to resume).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Run only the I-th of K shares of the cells (1-based), e.g. 2/4.
-    #[arg(long, value_name = "I/K")]
+    /// Run only the I-th of K shares of the cells (1-based), e.g. 2/4 [default: in a Slurm array
+    /// job, the task's share from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT].
+    #[arg(long, value_name = "I/K", allow_negative_numbers = true)]
     pub cells: Option<Share>,
     /// The recipe.
     #[command(flatten, next_help_heading = "Recipe")]
@@ -335,13 +408,18 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Seed of the synthetic data set.
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub seed: u64,
     /// Train images.
-    #[arg(long, value_name = "N", default_value_t = data::DEFAULT_TRAIN)]
+    #[arg(long, value_name = "N", default_value_t = data::DEFAULT_TRAIN, allow_negative_numbers = true)]
     pub train_size: usize,
     /// Test images.
-    #[arg(long, value_name = "M", default_value_t = data::DEFAULT_TEST)]
+    #[arg(long, value_name = "M", default_value_t = data::DEFAULT_TEST, allow_negative_numbers = true)]
     pub test_size: usize,
 }
 
@@ -352,13 +430,18 @@ pub struct ApplyArgs {
     #[arg(long, value_parser = kernel_norms())]
     pub norm: NormKind,
     /// Groups of GroupNorm (must divide C).
-    #[arg(long, value_name = "G", default_value_t = 32)]
+    #[arg(
+        long,
+        value_name = "G",
+        default_value_t = 32,
+        allow_negative_numbers = true
+    )]
     pub groups: usize,
     /// Added to the variance.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     pub eps: f32,
     /// Running-statistics momentum (norms with running statistics).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub momentum: f32,
     /// Input x: float32 NCHW .npy.
     #[arg(long, value_name = "X.npy")]

@@ -9,12 +9,16 @@
 
 pub mod apply;
 pub mod cli;
+pub mod curves;
 pub mod data_cmd;
+pub mod eval_cmd;
 pub mod font;
+pub mod interrupt;
 pub mod npy;
 pub mod outputs;
 pub mod plot;
 pub mod report_cmd;
+pub mod stdout;
 pub mod store;
 pub mod summary;
 pub mod sweep;
@@ -29,6 +33,7 @@ use cli::{Cli, Command, DataCommand};
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train_cmd::run(&a),
+        Command::Eval(a) => eval_cmd::run(&a),
         Command::Sweep(a) => sweep_cmd::run(&a),
         Command::Report(a) => report_cmd::run(&a),
         Command::Data(DataCommand::Export(a)) => {
@@ -38,7 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Apply(a) => {
             let written = apply::run(&a)?;
             for p in written {
-                println!("{}", p.display());
+                stdout::println(&p.display().to_string())?;
             }
             Ok(())
         }

@@ -46,10 +46,18 @@ fn main() -> ExitCode {
             };
         }
     };
+    norm_cli::interrupt::install();
     match norm_cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line even if a foreign error's message has several.
+            let text = format!("{e:#}");
+            let one: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("error: {}", one.join(" "));
             ExitCode::FAILURE
         }
     }

@@ -33,8 +33,12 @@ pub fn shape_str(shape: &[usize]) -> String {
 pub fn read_f32(path: &Path) -> Result<Array> {
     let name = path.display();
     let file = File::open(path).with_context(|| format!("cannot open {name}"))?;
-    let npy = NpyFile::new(BufReader::new(file))
-        .with_context(|| format!("{name} is not a valid .npy file"))?;
+    // npyz's header errors can span lines (a parser's caret diagram): keep the first line.
+    let npy = NpyFile::new(BufReader::new(file)).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default().trim().to_owned();
+        anyhow::anyhow!("{name} is not a valid .npy file: {first}")
+    })?;
     match npy.dtype() {
         DType::Plain(ts) if matches!(ts.to_string().as_str(), "<f4" | ">f4") => {}
         DType::Plain(ts) => bail!("{name} has dtype '{ts}', expected float32 ('<f4')"),
@@ -47,7 +51,24 @@ pub fn read_f32(path: &Path) -> Result<Array> {
         bail!("{name} is stored in Fortran order; save a C-order (contiguous) array");
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let expected: usize = shape.iter().product();
+    // Checked: a corrupt header can promise more values than fit in memory, or in a usize.
+    let file_len = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| (n as u64).saturating_mul(4) <= file_len)
+        .with_context(|| {
+            format!(
+                "{name} is truncated: its header promises {} values (shape {}), more than its \
+                 {file_len} bytes hold",
+                shape
+                    .iter()
+                    .map(|&d| d as u128)
+                    .try_fold(1u128, |a, d| a.checked_mul(d))
+                    .map_or_else(|| "too many".into(), |n| n.to_string()),
+                shape_str(&shape)
+            )
+        })?;
     let data: Vec<f32> = npy.into_vec().with_context(|| {
         format!(
             "{name} is truncated: its header promises {expected} values of shape {}",

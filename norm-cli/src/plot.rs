@@ -16,9 +16,12 @@ use crate::summary::{Axis, Summary};
 /// Pixel size of both renderings.
 pub const SIZE: (u32, u32) = (800, 520);
 
+/// Width of the legend strip right of the chart: the legend never covers data.
+pub const LEGEND_WIDTH: u32 = 150;
+
 /// A norm's colour, fixed by its place among all norms (so it is the same in every plot); no
 /// norm is grey.
-fn colour(norm: NormChoice) -> RGBColor {
+pub fn colour(norm: NormChoice) -> RGBColor {
     const COLOURS: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
         RGBColor(44, 160, 44),
@@ -55,6 +58,8 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
+    let (w, _) = root.dim_in_pixel();
+    let (root, legend_area) = root.split_horizontally(w.saturating_sub(LEGEND_WIDTH));
     let lx: Vec<f64> = s.batches.iter().map(|&b| (b as f64).log2()).collect();
     let (x0, x1) = match (lx.first(), lx.last()) {
         (Some(a), Some(b)) => (a - 0.4, b + 0.4),
@@ -67,9 +72,8 @@ where
         .map(|p| p.1 + p.2)
         .fold(f64::NEG_INFINITY, f64::max);
     let (y0, y1) = if lo.is_finite() && hi.is_finite() {
-        // Extra room on top for the legend.
         let pad = ((hi - lo) * 0.1).max(1.0);
-        ((lo - pad).max(0.0), (hi + 3.0 * pad).min(100.0))
+        ((lo - pad).max(0.0), (hi + pad).min(100.0))
     } else {
         (0.0, 100.0)
     };
@@ -126,9 +130,7 @@ where
         };
         chart
             .draw_series(LineSeries::new(line, c.stroke_width(2)))
-            .map_err(err)?
-            .label(norm.label())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            .map_err(err)?;
         chart
             .draw_series(xy.iter().map(|&(x, y)| Circle::new((x, y), 4, c.filled())))
             .map_err(err)?;
@@ -145,15 +147,33 @@ where
             }))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((font::FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    let entries: Vec<(String, RGBColor)> = s
+        .norms
+        .iter()
+        .enumerate()
+        .map(|(_, &n)| (n.label().to_owned(), colour(n)))
+        .collect();
+    draw_legend(&legend_area, &entries, 60).map_err(err)?;
     root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A legend in its own drawing area (beside or above the charts, never on them): one entry
+/// per line, a short stroke in the series' colour and its label, from `top` pixels down.
+pub fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(String, RGBColor)],
+    top: i32,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    for (i, (label, c)) in entries.iter().enumerate() {
+        let y = top + 24 * i as i32;
+        area.draw(&PathElement::new(vec![(8, y), (32, y)], c.stroke_width(3)))?;
+        area.draw(&Text::new(
+            label.clone(),
+            (40, y - 8),
+            (font::FAMILY, 15).into_font(),
+        ))?;
+    }
     Ok(())
 }
 

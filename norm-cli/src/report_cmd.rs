@@ -36,6 +36,11 @@ fn results_path(p: &Path) -> PathBuf {
     }
 }
 
+fn acc_text(r: &CellResult) -> String {
+    r.final_test_acc
+        .map_or_else(|| "diverged".into(), |a| a.to_string())
+}
+
 /// Runs the command.
 pub fn run(args: &ReportArgs) -> Result<()> {
     let out = match (&args.out, args.inputs.as_slice()) {
@@ -81,6 +86,9 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
             );
         }
         let (rs, rep) = store::read_results(&path)?;
+        for d in &rep.duplicates {
+            eprintln!("{}", d.warning(&path));
+        }
         if rep.partial_tail > 0 {
             eprintln!(
                 "warning: ignoring a partial last line ({} bytes) of {}",
@@ -144,7 +152,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged> {
                 eprintln!(
                     "warning: {} norm, batch {}, seed {} has different accuracies in the \
                      inputs ({} vs {}); kept the first",
-                    r.norm, r.batch, r.seed, kept.final_test_acc, r.final_test_acc
+                    r.norm,
+                    r.batch,
+                    r.seed,
+                    acc_text(kept),
+                    acc_text(&r)
                 );
             }
             if !existing_keys.contains(&key) {

@@ -21,6 +21,28 @@ pub const RESULTS_FILE: &str = "results.jsonl";
 /// File name of the recipe inside a sweep folder.
 pub const RECIPE_FILE: &str = "recipe.json";
 
+/// How a cell ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellStatus {
+    /// Trained every epoch (lines written before the field existed read as `ok`).
+    #[default]
+    Ok,
+    /// The loss became NaN or infinite; the cell has no accuracy.
+    Diverged,
+}
+
+/// Where a diverged cell stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Step within the epoch, from 1.
+    pub step: usize,
+    /// Learning rate of that step.
+    pub lr: f64,
+}
+
 /// One finished cell: one line of `results.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
@@ -34,14 +56,20 @@ pub struct CellResult {
     pub per_worker: Option<usize>,
     /// Seed of initialisation and shuffling.
     pub seed: u64,
+    /// `ok` or `diverged`.
+    #[serde(default)]
+    pub status: CellStatus,
+    /// Where the loss became non-finite (diverged cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Divergence>,
     /// Everything else that defines the run (see [`crate::sweep::recipe`]).
     pub recipe: Value,
-    /// Test accuracy (0..1) after each epoch.
+    /// Test accuracy (0..1) after each epoch (a diverged cell: the epochs it finished).
     pub test_acc_per_epoch: Vec<f64>,
-    /// Mean training loss of each epoch.
+    /// Mean training loss of each epoch (a diverged cell: the epochs it finished).
     pub train_loss_per_epoch: Vec<f64>,
-    /// Test accuracy (0..1) after the last epoch.
-    pub final_test_acc: f64,
+    /// Test accuracy (0..1) after the last epoch; `null` for a diverged cell.
+    pub final_test_acc: Option<f64>,
     /// Training throughput over the whole run, images per second.
     pub images_per_sec: f64,
     /// Wall time of the cell, seconds.
@@ -69,6 +97,67 @@ impl CellResult {
 pub struct ReadReport {
     /// Bytes after the last newline: a partial line left by an interrupted run.
     pub partial_tail: usize,
+    /// The cell (norm, batch, seed) the partial line was recording, when its start says so.
+    pub partial_cell: Option<CellKey>,
+    /// Complete lines that repeat an earlier line's cell (they are returned too; readers keep
+    /// the first).
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A line of `results.jsonl` whose cell an earlier line already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Its line number, from 1.
+    pub line: usize,
+    /// The line number of the first line of the same cell.
+    pub first_line: usize,
+    /// The cell: norm, batch, seed.
+    pub cell: CellKey,
+}
+
+impl Duplicate {
+    /// `warning: F line 7 repeats the cell of line 3 (batch norm, batch 2, seed 0); the first is kept`.
+    pub fn warning(&self, path: &Path) -> String {
+        format!(
+            "warning: {} line {} repeats the cell of line {} ({} norm, batch {}{}, seed {}); the \
+             first is kept",
+            path.display(),
+            self.line,
+            self.first_line,
+            self.cell.0,
+            self.cell.1,
+            self.cell
+                .2
+                .map(|k| format!(" ({k} per worker)"))
+                .unwrap_or_default(),
+            self.cell.3
+        )
+    }
+}
+
+/// The cell a partial line was recording: its first fields,
+/// `{"norm":"…","batch":N[,"per_worker":K],"seed":S,`, written in that order by
+/// [`ResultsFile::append`]; `None` if the line stops before them.
+fn partial_cell(tail: &[u8]) -> Option<CellKey> {
+    let text = std::str::from_utf8(tail).ok()?;
+    let rest = text.strip_prefix(r#"{"norm":""#)?;
+    let (norm, rest) = rest.split_once('"')?;
+    let rest = rest.strip_prefix(r#","batch":"#)?;
+    let (batch, mut rest) = rest.split_once(',')?;
+    let mut per_worker = None;
+    if let Some(r) = rest.strip_prefix(r#""per_worker":"#) {
+        let (k, r) = r.split_once(',')?;
+        per_worker = Some(k.parse().ok()?);
+        rest = r;
+    }
+    let rest = rest.strip_prefix(r#""seed":"#)?;
+    let (seed, _) = rest.split_once(',')?;
+    Some((
+        norm.parse().ok()?,
+        batch.parse().ok()?,
+        per_worker,
+        seed.parse().ok()?,
+    ))
 }
 
 /// Parses `results.jsonl`, ignoring a partial last line (reported in [`ReadReport`]).
@@ -86,18 +175,33 @@ pub fn read_results(path: &Path) -> Result<(Vec<CellResult>, ReadReport)> {
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let report = ReadReport {
+    let mut report = ReadReport {
         partial_tail: bytes.len() - complete,
+        partial_cell: partial_cell(&bytes[complete..]),
+        duplicates: Vec::new(),
     };
     let text = std::str::from_utf8(&bytes[..complete])
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let mut results = Vec::new();
+    let mut first_line: std::collections::HashMap<CellKey, usize> =
+        std::collections::HashMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let r: CellResult = serde_json::from_str(line)
             .with_context(|| format!("{} line {} is not a cell result", path.display(), i + 1))?;
+        let cell = r.key();
+        match first_line.get(&cell) {
+            Some(&first) => report.duplicates.push(Duplicate {
+                line: i + 1,
+                first_line: first,
+                cell,
+            }),
+            None => {
+                first_line.insert(cell, i + 1);
+            }
+        }
         results.push(r);
     }
     Ok((results, report))
@@ -162,30 +266,29 @@ pub fn read_recipe(path: &Path) -> Result<Option<Value>> {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers and a kill in the
-/// middle never see half a file.
+/// Writes `bytes` to `path` atomically ([`norm_train::atomic::write_atomic`]: temporary file,
+/// fsync, rename), so readers and a kill in the middle never see half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |tmp| {
-        let mut f = File::create(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-        Ok(())
-    })
+    norm_train::atomic::write_atomic(path, |f, _| f.write_all(bytes))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Lets `write` create a temporary file beside `path` (same extension), then renames it over
-/// `path`. The temporary file is removed if anything fails.
+/// Lets `write` fill a temporary file beside `path` (same extension) given its path, then
+/// replaces `path` with it, as [`write_atomic`]. The temporary file is removed if anything fails.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".tmp{}.{name}", std::process::id()));
-    let res = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(Into::into));
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut failure = None;
+    let res = norm_train::atomic::write_atomic(path, |_, tmp| {
+        write(tmp).map_err(|e| {
+            let io = std::io::Error::other(format!("{e:#}"));
+            failure = Some(e);
+            io
+        })
+    });
+    match (res, failure) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(e.context(format!("cannot write {}", path.display()))),
+        (Err(e), None) => Err(e).with_context(|| format!("cannot write {}", path.display())),
     }
-    res.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Lists the keys (dotted paths) where two recipes differ, as `key: a vs b`.
@@ -243,10 +346,12 @@ mod tests {
             batch,
             per_worker: None,
             seed,
+            status: CellStatus::Ok,
+            diverged: None,
             recipe: json!({"epochs": 1}),
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![1.0],
-            final_test_acc: acc,
+            final_test_acc: Some(acc),
             images_per_sec: 100.0,
             seconds: 1.0,
             simd: "scalar".into(),
@@ -292,6 +397,40 @@ mod tests {
             vec![cell("group", 2, 0, 0.5), cell("batch", 4, 0, 0.3)]
         );
         assert_eq!(rep.partial_tail, 0);
+    }
+
+    #[test]
+    fn partial_cell_and_duplicates_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESULTS_FILE);
+        let line = |c: &CellResult| serde_json::to_string(c).unwrap() + "\n";
+        let a = line(&cell("group", 2, 0, 0.5));
+        let b = line(&cell("batch", 4, 1, 0.25));
+        let text = format!("{a}{b}{a}{}", &b[..40]);
+        fs::write(&path, &text).unwrap();
+        let (got, rep) = read_results(&path).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            rep.partial_cell,
+            Some(("batch".parse().unwrap(), 4, None, 1))
+        );
+        assert_eq!(
+            rep.duplicates,
+            vec![Duplicate {
+                line: 3,
+                first_line: 1,
+                cell: ("group".parse().unwrap(), 2, None, 0)
+            }]
+        );
+        assert!(
+            rep.duplicates[0]
+                .warning(&path)
+                .contains("line 3 repeats the cell of line 1")
+        );
+        // A tail that stops before the seed names no cell.
+        for cut in [0, 10, 25, b.find(r#""seed":"#).unwrap() + 8] {
+            assert_eq!(partial_cell(&b.as_bytes()[..cut]), None, "{cut}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use norm_train::NormChoice;
 
-use crate::store::CellResult;
+use crate::store::{CellResult, CellStatus};
 
 /// Mean and spread of one cell's final test accuracy over its seeds.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,26 +52,33 @@ pub struct Summary {
     pub norms: Vec<NormChoice>,
     /// Columns, ascending: batch sizes, or images per worker (see `axis`).
     pub batches: Vec<usize>,
-    /// `(norm, batch)` → statistics; absent when no seed of the cell finished.
+    /// `(norm, batch)` → statistics; absent when no seed of the cell finished with an accuracy.
     pub cells: BTreeMap<(NormChoice, usize), CellStat>,
-    /// Number of results aggregated.
+    /// `(norm, batch)` → the seeds that diverged (no accuracy; not in `cells`).
+    pub diverged: BTreeMap<(NormChoice, usize), Vec<u64>>,
+    /// Number of results aggregated (diverged ones included).
     pub results: usize,
 }
 
 impl Summary {
     /// Aggregates results; a `(norm, batch, seed)` seen twice counts once (the first). Results
-    /// of a `--per-worker` sweep are tabulated by images per worker.
+    /// of a `--per-worker` sweep are tabulated by images per worker. Diverged cells are listed
+    /// apart and never averaged in.
     pub fn from_results(results: &[CellResult]) -> Self {
         let axis = match results.iter().find(|r| r.per_worker.is_some()) {
             Some(r) => Axis::PerWorker { batch: r.batch },
             None => Axis::Batch,
         };
-        let mut accs: BTreeMap<(NormChoice, usize), BTreeMap<u64, f64>> = BTreeMap::new();
+        let mut accs: BTreeMap<(NormChoice, usize), BTreeMap<u64, Option<f64>>> = BTreeMap::new();
         for r in results {
+            let acc = match r.status {
+                CellStatus::Ok => r.final_test_acc,
+                CellStatus::Diverged => None,
+            };
             accs.entry((r.norm, r.per_worker.unwrap_or(r.batch)))
                 .or_default()
                 .entry(r.seed)
-                .or_insert(r.final_test_acc);
+                .or_insert(acc);
         }
         let mut norms: Vec<NormChoice> = accs.keys().map(|(n, _)| *n).collect();
         norms.sort();
@@ -80,30 +87,44 @@ impl Summary {
         batches.sort_unstable();
         batches.dedup();
         let n_results = accs.values().map(BTreeMap::len).sum();
-        let cells = accs
-            .into_iter()
-            .map(|(k, by_seed)| {
-                let v: Vec<f64> = by_seed.values().copied().collect();
-                let n = v.len() as f64;
-                let mean = v.iter().sum::<f64>() / n;
-                let std = (v.len() > 1).then(|| {
-                    (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-                });
-                (
-                    k,
-                    CellStat {
-                        seeds: by_seed.keys().copied().collect(),
-                        mean,
-                        std,
-                    },
-                )
-            })
-            .collect();
+        let mut cells = BTreeMap::new();
+        let mut diverged = BTreeMap::new();
+        for (k, by_seed) in accs {
+            let bad: Vec<u64> = by_seed
+                .iter()
+                .filter(|(_, a)| a.is_none())
+                .map(|(s, _)| *s)
+                .collect();
+            let ok: BTreeMap<u64, f64> = by_seed
+                .into_iter()
+                .filter_map(|(s, a)| a.map(|a| (s, a)))
+                .collect();
+            if !bad.is_empty() {
+                diverged.insert(k.clone(), bad);
+            }
+            if ok.is_empty() {
+                continue;
+            }
+            let v: Vec<f64> = ok.values().copied().collect();
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let std = (v.len() > 1)
+                .then(|| (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+            cells.insert(
+                k,
+                CellStat {
+                    seeds: ok.keys().copied().collect(),
+                    mean,
+                    std,
+                },
+            );
+        }
         Self {
             axis,
             norms,
             batches,
             cells,
+            diverged,
             results: n_results,
         }
     }
@@ -126,6 +147,11 @@ impl Summary {
             })
             .copied()
             .collect()
+    }
+
+    /// Seeds of one cell that diverged (empty if none).
+    pub fn diverged_seeds(&self, norm: NormChoice, batch: usize) -> &[u64] {
+        self.diverged.get(&(norm, batch)).map_or(&[], Vec::as_slice)
     }
 
     /// The statistics of one cell.
@@ -194,7 +220,7 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
             );
         }
     }
-    if s.cells.is_empty() {
+    if s.cells.is_empty() && s.diverged.is_empty() {
         out.push_str("No finished cells yet.\n");
         return out;
     }
@@ -206,6 +232,12 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
                  (seeds {}).\n",
                 seeds.len(),
                 list(seeds)
+            );
+        }
+        None if s.cells.is_empty() => {
+            let _ = writeln!(
+                out,
+                "Every cell diverged: there is no accuracy to average.\n"
             );
         }
         None => {
@@ -237,7 +269,11 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
     for &norm in &s.norms {
         let _ = write!(out, "| {} |", norm.label());
         for &b in &s.batches {
+            let bad = s.diverged_seeds(norm, column(norm, b)).len();
             match s.get(norm, column(norm, b)) {
+                None if bad > 0 => {
+                    let _ = write!(out, " diverged ({bad}) |");
+                }
                 None => out.push_str(" — |"),
                 Some(c) => {
                     let _ = write!(out, " {}", pct(c.mean, 1));
@@ -246,6 +282,9 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
                     }
                     if common.is_none() {
                         let _ = write!(out, " (n = {})", c.seeds.len());
+                    }
+                    if bad > 0 {
+                        let _ = write!(out, " (+{bad} diverged)");
                     }
                     out.push_str(" |");
                 }
@@ -283,6 +322,7 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
                 Some(e) => {
                     let _ = write!(out, " {} |", pct(e, 1));
                 }
+                None if !s.diverged_seeds(norm, b).is_empty() => out.push_str(" diverged |"),
                 None => out.push_str(" — |"),
             }
         }
@@ -303,6 +343,18 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
             out.push('\n');
         }
     }
+    if !s.diverged.is_empty() {
+        let entries: Vec<String> = s
+            .diverged
+            .iter()
+            .map(|((n, b), seeds)| format!("{} batch {b} seed(s) {}", n.label(), list(seeds)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nDiverged (the loss became NaN or infinite; no accuracy, not averaged in): {}.",
+            entries.join("; ")
+        );
+    }
     let _ = writeln!(
         out,
         "\n{} finished cell(s). Recipe: {}.",
@@ -313,7 +365,8 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
 }
 
 /// `summary.csv`: one row per norm, and per batch size the columns `batch{B}_mean`,
-/// `batch{B}_std` (test accuracy in %, two decimals; empty when undefined) and `batch{B}_seeds`.
+/// `batch{B}_std` (test accuracy in %, two decimals; empty when undefined), `batch{B}_seeds` (seeds
+/// averaged) and `batch{B}_diverged` (seeds that diverged).
 pub fn render_csv(s: &Summary) -> String {
     let mut out = String::from("norm");
     let col = match s.axis {
@@ -321,7 +374,10 @@ pub fn render_csv(s: &Summary) -> String {
         Axis::PerWorker { .. } => "per_worker",
     };
     for b in &s.batches {
-        let _ = write!(out, ",{col}{b}_mean,{col}{b}_std,{col}{b}_seeds");
+        let _ = write!(
+            out,
+            ",{col}{b}_mean,{col}{b}_std,{col}{b}_seeds,{col}{b}_diverged"
+        );
     }
     out.push('\n');
     for &norm in &s.norms {
@@ -334,6 +390,7 @@ pub fn render_csv(s: &Summary) -> String {
                 }
                 None => out.push_str(",,,0"),
             }
+            let _ = write!(out, ",{}", s.diverged_seeds(norm, b).len());
         }
         out.push('\n');
     }
@@ -355,10 +412,12 @@ mod tests {
             batch,
             per_worker: None,
             seed,
+            status: CellStatus::Ok,
+            diverged: None,
             recipe: json!({}),
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![1.0],
-            final_test_acc: acc,
+            final_test_acc: Some(acc),
             images_per_sec: 1.0,
             seconds: 1.0,
             simd: String::new(),
@@ -388,9 +447,34 @@ mod tests {
         let s = Summary::from_results(&[r("group", 2, 0, 0.5), r("batch", 4, 0, 0.25)]);
         assert_eq!(
             render_csv(&s),
-            "norm,batch2_mean,batch2_std,batch2_seeds,batch4_mean,batch4_std,batch4_seeds\n\
-             batch,,,0,25.00,,1\n\
-             group,50.00,,1,,,0\n"
+            "norm,batch2_mean,batch2_std,batch2_seeds,batch2_diverged,batch4_mean,batch4_std,\
+             batch4_seeds,batch4_diverged\n\
+             batch,,,0,0,25.00,,1,0\n\
+             group,50.00,,1,0,,,0,0\n"
         );
+    }
+
+    #[test]
+    fn diverged_cells_are_listed_not_averaged() {
+        let mut bad = r("batch", 2, 1, 0.0);
+        bad.status = CellStatus::Diverged;
+        bad.final_test_acc = None;
+        let mut bad2 = r("group", 4, 0, 0.0);
+        bad2.status = CellStatus::Diverged;
+        bad2.final_test_acc = None;
+        let s = Summary::from_results(&[r("batch", 2, 0, 0.5), bad, bad2, r("group", 2, 0, 0.6)]);
+        assert_eq!(s.get(n("batch"), 2).unwrap().seeds, vec![0]);
+        assert_eq!(s.diverged_seeds(n("batch"), 2), &[1]);
+        assert!(s.get(n("group"), 4).is_none());
+        assert_eq!(s.results, 4);
+        let md = render_markdown(&s, &json!({}));
+        assert!(md.contains("| 50.0 (+1 diverged) |"), "{md}");
+        assert!(md.contains("| diverged (1) |"), "{md}");
+        assert!(
+            md.contains("Diverged (the loss became NaN or infinite; no accuracy, not averaged in): BatchNorm batch 2 seed(s) 1; GroupNorm batch 4 seed(s) 0."),
+            "{md}"
+        );
+        let csv = render_csv(&s);
+        assert!(csv.contains("batch,50.00,,1,1,,,0,0"), "{csv}");
     }
 }

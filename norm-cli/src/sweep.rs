@@ -135,6 +135,54 @@ impl Share {
     }
 }
 
+/// The share of a Slurm array task, for a sweep run without `--cells`: from
+/// `SLURM_ARRAY_TASK_ID` and `SLURM_ARRAY_TASK_COUNT` (with `SLURM_ARRAY_TASK_MIN`, default 0,
+/// and `SLURM_ARRAY_TASK_STEP`, default 1, so `--array=1-8` and `--array=0-15:2` both work):
+/// task `min + j·step` runs share `j + 1` of `count`. `None` outside an array job. `var` reads
+/// the environment (a parameter, so tests need not set it). Returns the share and the sentence
+/// that says where it came from.
+pub fn share_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<(Share, String)>> {
+    let Some(id) = var("SLURM_ARRAY_TASK_ID") else {
+        return Ok(None);
+    };
+    let num = |name: &str, text: &str| -> Result<usize> {
+        text.trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={text} is not a whole number"))
+    };
+    let id_n = num("SLURM_ARRAY_TASK_ID", &id)?;
+    let Some(count) = var("SLURM_ARRAY_TASK_COUNT") else {
+        bail!(
+            "SLURM_ARRAY_TASK_ID={id} is set but SLURM_ARRAY_TASK_COUNT is not; pass --cells I/K"
+        );
+    };
+    let k = num("SLURM_ARRAY_TASK_COUNT", &count)?;
+    let min = var("SLURM_ARRAY_TASK_MIN")
+        .map(|m| num("SLURM_ARRAY_TASK_MIN", &m))
+        .transpose()?
+        .unwrap_or(0);
+    let step = var("SLURM_ARRAY_TASK_STEP")
+        .map(|m| num("SLURM_ARRAY_TASK_STEP", &m))
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
+    let offset = id_n.checked_sub(min).filter(|o| o % step == 0);
+    let j = offset.map(|o| o / step).filter(|&j| j < k);
+    let Some(j) = j else {
+        bail!(
+            "SLURM_ARRAY_TASK_ID={id_n} is not one of the {k} tasks from SLURM_ARRAY_TASK_MIN={min} \
+             in steps of {step}; pass --cells I/K"
+        );
+    };
+    let share = Share { i: j + 1, k };
+    let why = format!(
+        "share {}/{} from SLURM_ARRAY_TASK_ID={id_n} (SLURM_ARRAY_TASK_COUNT={k}, MIN={min}, \
+         STEP={step})",
+        share.i, share.k
+    );
+    Ok(Some((share, why)))
+}
+
 /// `--seeds`: `N` means seeds `0..N`; `A..B` the range `A..B` (B excluded); `a,b,c` a list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seeds(pub Vec<u64>);
@@ -179,6 +227,10 @@ pub struct SweepDir {
     done: HashSet<CellKey>,
     /// Bytes of a partial last line that were cut on open (0 if none).
     pub dropped_partial: usize,
+    /// The cell that partial line was recording, if its start names it.
+    pub dropped_cell: Option<CellKey>,
+    /// Complete lines repeating an earlier line's cell (the first is kept).
+    pub duplicates: Vec<store::Duplicate>,
 }
 
 impl SweepDir {
@@ -216,6 +268,8 @@ impl SweepDir {
             results,
             done,
             dropped_partial: report.partial_tail,
+            dropped_cell: report.partial_cell,
+            duplicates: report.duplicates,
         })
     }
 
@@ -276,7 +330,8 @@ pub fn run_missing(
     let todo: Vec<&Cell> = cells.iter().filter(|c| !sd.is_done(c)).collect();
     for (i, c) in todo.iter().enumerate() {
         let r = run(c, i, todo.len()).with_context(|| format!("cell {c}"))?;
-        sd.record(r)?;
+        // Ctrl-C waits for the line and the summaries to be written.
+        crate::interrupt::critical(|| sd.record(r))?;
         recorded(sd.results().last().expect("just recorded"), i, todo.len());
     }
     Ok(todo.len())
@@ -298,10 +353,12 @@ mod tests {
             batch: c.batch,
             per_worker: c.per_worker,
             seed: c.seed,
+            status: store::CellStatus::Ok,
+            diverged: None,
             recipe: recipe.clone(),
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![2.0],
-            final_test_acc: acc,
+            final_test_acc: Some(acc),
             images_per_sec: 10.0,
             seconds: 0.1,
             simd: "scalar".into(),
@@ -347,6 +404,67 @@ mod tests {
     }
 
     #[test]
+    fn slurm_array_shares() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(share_from_env(env(&[])).unwrap().is_none());
+        assert!(
+            share_from_env(env(&[("SLURM_ARRAY_TASK_COUNT", "4")]))
+                .unwrap()
+                .is_none()
+        );
+        let (s, why) = share_from_env(env(&[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(s, Share { i: 2, k: 4 });
+        assert!(
+            why.starts_with("share 2/4 from SLURM_ARRAY_TASK_ID=1"),
+            "{why}"
+        );
+        // --array=1-4 and --array=0-6:2: the first task is share 1.
+        let first = |min: &'static str, step: &'static str, id: &'static str| {
+            let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_COUNT", "4"),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_STEP", step),
+            ]));
+            share_from_env(env(pairs)).map(|o| o.unwrap().0)
+        };
+        assert_eq!(first("1", "1", "1").unwrap(), Share { i: 1, k: 4 });
+        assert_eq!(first("1", "1", "4").unwrap(), Share { i: 4, k: 4 });
+        assert_eq!(first("0", "2", "6").unwrap(), Share { i: 4, k: 4 });
+        for (min, step, id) in [("1", "1", "5"), ("0", "2", "3"), ("2", "1", "1")] {
+            let e = format!("{:#}", first(min, step, id).unwrap_err());
+            assert!(
+                e.contains("is not one of the 4 tasks") && e.contains("--cells"),
+                "{e}"
+            );
+        }
+        let e = share_from_env(env(&[("SLURM_ARRAY_TASK_ID", "2")])).unwrap_err();
+        assert!(
+            format!("{e}").contains("SLURM_ARRAY_TASK_COUNT is not"),
+            "{e}"
+        );
+        let e = share_from_env(env(&[
+            ("SLURM_ARRAY_TASK_ID", "x"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]))
+        .unwrap_err();
+        assert!(format!("{e}").contains("SLURM_ARRAY_TASK_ID=x is not a whole number"));
+    }
+
+    #[test]
     fn resume_runs_only_missing_cells() {
         let dir = tempfile::tempdir().unwrap();
         let recipe = json!({"epochs": 1});
@@ -389,12 +507,7 @@ mod tests {
         assert_eq!(ran, cells[3..].to_vec());
         let (all, _) = store::read_results(&dir.path().join(RESULTS_FILE)).unwrap();
         assert_eq!(all.len(), 8);
-        for f in [
-            "summary.md",
-            "summary.csv",
-            "accuracy_vs_batch.svg",
-            "accuracy_vs_batch.png",
-        ] {
+        for f in crate::outputs::FILES {
             assert!(dir.path().join(f).exists(), "{f}");
         }
     }

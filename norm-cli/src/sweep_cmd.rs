@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use norm_train::Progress;
+use norm_train::{EpochStats, Progress, TrainError};
 
 use crate::cli::SweepArgs;
-use crate::store::CellResult;
+use crate::store::{CellResult, CellStatus, Divergence};
 use crate::summary::{Summary, render_markdown};
 use crate::sweep::{Cell, SweepDir, all_cells, per_worker_cells, run_missing};
 use crate::train_cmd::{self, clean, config, in_pool, load_data, overall_images_per_sec};
@@ -56,9 +56,37 @@ fn shapes(a: &SweepArgs) -> Vec<(usize, usize)> {
     }
 }
 
+/// The note about a partial last line cut on open: it says "runs again" only when that cell is
+/// among the cells this run will train.
+fn partial_note(sd: &SweepDir, cells: &[Cell], path: &str) -> String {
+    let head = format!(
+        "note: cut a partial last line ({} bytes) of {path} left by an interrupted run",
+        sd.dropped_partial
+    );
+    match &sd.dropped_cell {
+        &Some((norm, batch, per_worker, seed)) => {
+            let cell = Cell {
+                norm,
+                batch,
+                per_worker,
+                seed,
+            };
+            if sd.is_done(&cell) {
+                format!("{head}; it repeated {cell}, which is done")
+            } else if cells.contains(&cell) {
+                format!("{head}; that cell ({cell}) runs again")
+            } else {
+                format!("{head}; its cell ({cell}) is not part of this run")
+            }
+        }
+        None => format!("{head} (too short to tell which cell it was)"),
+    }
+}
+
 /// Runs `norm-cli sweep`.
 pub fn run(a: &SweepArgs) -> Result<()> {
     check_lists(a)?;
+    train_cmd::check_recipe(&a.recipe)?;
     let norms = &a.norms;
     // Every cell's settings are checked before any data is made or any cell runs.
     let validate_all = |train_len: usize| -> Result<()> {
@@ -89,12 +117,9 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             obj.insert("batch".into(), b.into());
         }
         let mut sd = SweepDir::open(&a.out, &recipe)?;
-        if sd.dropped_partial > 0 {
-            eprintln!(
-                "note: cut a partial last line ({} bytes) of {}/results.jsonl left by an interrupted run; that cell runs again",
-                sd.dropped_partial,
-                a.out.display()
-            );
+        let results_path = a.out.join(crate::store::RESULTS_FILE);
+        for d in &sd.duplicates {
+            eprintln!("{}", d.warning(&results_path));
         }
         let all = match (&a.per_worker, a.batch) {
             (Some(ks), Some(b)) => per_worker_cells(norms, b, ks, &a.seeds.0, |n| {
@@ -102,13 +127,27 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             }),
             _ => all_cells(norms, &a.batches, &a.seeds.0),
         };
-        let cells = match a.cells {
+        // --cells wins; without it, a Slurm array task takes its own share.
+        let from_env = match a.cells {
+            Some(_) => None,
+            None => crate::sweep::share_from_env(|k| std::env::var(k).ok())?,
+        };
+        if let Some((_, why)) = &from_env {
+            eprintln!("sweep: {why}");
+        }
+        let share_used = a.cells.or(from_env.map(|(s, _)| s));
+        let cells = match share_used {
             Some(share) => share.select(&all),
             None => all.clone(),
         };
+        if sd.dropped_partial > 0 {
+            eprintln!(
+                "{}",
+                partial_note(&sd, &cells, &results_path.display().to_string())
+            );
+        }
         let done = cells.iter().filter(|c| sd.is_done(c)).count();
-        let share = a
-            .cells
+        let share = share_used
             .map(|s| format!(" (share {}/{} of {})", s.i, s.k, all.len()))
             .unwrap_or_default();
         eprintln!(
@@ -131,40 +170,83 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 .progress_chars("=> "),
         );
         let visible = !bar.is_hidden();
+        crate::interrupt::set_bar(Some(bar.clone()));
+        let kept = |n: usize| {
+            format!(
+                "the {n} finished cell(s) are kept in {}; run the same command to resume",
+                results_path.display()
+            )
+        };
+        let before = sd.results().len();
+        crate::interrupt::set_kept(kept(before));
         let epochs = a.recipe.epochs;
         let run_cell = |cell: &Cell, i: usize, n: usize| -> Result<CellResult> {
             let mut cfg = config(&a.recipe, cell.norm, cell.batch, cell.seed);
             cfg.workers = cell.workers();
             let label = format!("{i}/{n} cells done · running {cell}");
             bar.set_message(label.clone());
+            crate::interrupt::set_task(format!("sweep stopped while running {cell}"));
             let t0 = Instant::now();
-            let outcome = norm_train::train(&cfg, &split, &mut |p| {
-                if let Progress::Step {
-                    epoch,
-                    step,
-                    steps,
-                    loss,
-                } = p
-                {
-                    let frac = (*epoch as f64 + (*step + 1) as f64 / *steps as f64) / epochs as f64;
-                    bar.set_position(i as u64 * TICKS + (frac * TICKS as f64) as u64);
-                    bar.set_message(format!(
-                        "{label}, epoch {}/{epochs}, loss {loss:.3}",
-                        epoch + 1
-                    ));
+            let mut finished: Vec<EpochStats> = Vec::new();
+            let trained = norm_train::train(&cfg, &split, &mut |p| {
+                crate::interrupt::park_if_requested(|| {
+                    bar.finish_and_clear();
+                    visible
+                });
+                match p {
+                    Progress::Step {
+                        epoch,
+                        step,
+                        steps,
+                        loss,
+                    } => {
+                        let frac =
+                            (*epoch as f64 + (*step + 1) as f64 / *steps as f64) / epochs as f64;
+                        bar.set_position(i as u64 * TICKS + (frac * TICKS as f64) as u64);
+                        bar.set_message(format!(
+                            "{label}, epoch {}/{epochs}, loss {loss:.3}",
+                            epoch + 1
+                        ));
+                    }
+                    Progress::Epoch(e) => finished.push(e.clone()),
                 }
-            })?;
+            });
+            let (status, diverged, final_acc, ips) = match trained {
+                Ok(outcome) => (
+                    CellStatus::Ok,
+                    None,
+                    Some(clean(outcome.final_test_acc())),
+                    overall_images_per_sec(&outcome.epochs),
+                ),
+                // A diverged cell is a result of the recipe, not a failure of the sweep: record
+                // it and go on with the next cell.
+                Err(TrainError::Diverged {
+                    epoch, step, lr, ..
+                }) => (
+                    CellStatus::Diverged,
+                    Some(Divergence {
+                        epoch,
+                        step,
+                        lr: clean(lr),
+                    }),
+                    None,
+                    overall_images_per_sec(&finished),
+                ),
+                Err(e) => return Err(e.into()),
+            };
             let seconds = t0.elapsed().as_secs_f64();
             let r = CellResult {
                 norm: cell.norm,
                 batch: cell.batch,
                 per_worker: cell.per_worker,
                 seed: cell.seed,
+                status,
+                diverged,
                 recipe: recipe.clone(),
-                test_acc_per_epoch: outcome.epochs.iter().map(|e| clean(e.test_acc)).collect(),
-                train_loss_per_epoch: outcome.epochs.iter().map(|e| clean(e.train_loss)).collect(),
-                final_test_acc: clean(outcome.final_test_acc()),
-                images_per_sec: overall_images_per_sec(&outcome.epochs).round(),
+                test_acc_per_epoch: finished.iter().map(|e| clean(e.test_acc)).collect(),
+                train_loss_per_epoch: finished.iter().map(|e| clean(e.train_loss)).collect(),
+                final_test_acc: final_acc,
+                images_per_sec: ips.round(),
                 seconds: (seconds * 1000.0).round() / 1000.0,
                 simd: norm_kernels::simd_level().to_owned(),
                 threads: rayon::current_num_threads(),
@@ -178,13 +260,22 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 .per_worker
                 .map(|k| format!(" ({k} per worker)"))
                 .unwrap_or_default();
+            let outcome = match (&r.final_test_acc, &r.diverged) {
+                (Some(acc), _) => format!("test acc {:.1} %", 100.0 * acc),
+                (None, Some(d)) => format!(
+                    "diverged at epoch {}, step {} (lr {}), recorded as diverged",
+                    d.epoch,
+                    d.step,
+                    norm_train::short_num(&(d.lr as f32))
+                ),
+                (None, None) => "no accuracy".into(),
+            };
             let line = format!(
-                "done {}/{n}: {} norm, batch {}{per_worker}, seed {}: test acc {:.1} % ({:.1} s)",
+                "done {}/{n}: {} norm, batch {}{per_worker}, seed {}: {outcome} ({:.1} s)",
                 i + 1,
                 r.norm,
                 r.batch,
                 r.seed,
-                100.0 * r.final_test_acc,
                 r.seconds
             );
             if visible {
@@ -192,16 +283,20 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             } else {
                 eprintln!("{line}")
             }
+            crate::interrupt::set_kept(kept(before + i + 1));
         };
-        run_missing(&mut sd, &cells, run_cell, recorded)?;
+        let ran = run_missing(&mut sd, &cells, run_cell, recorded);
         bar.finish_and_clear();
-        sd.write_outputs()?;
+        crate::interrupt::set_bar(None);
+        ran?;
+        crate::interrupt::critical(|| sd.write_outputs())?;
         let s = Summary::from_results(sd.results());
-        print!("{}", render_markdown(&s, &recipe));
-        eprintln!(
-            "wrote {0}/results.jsonl, {0}/summary.md, {0}/summary.csv, {0}/accuracy_vs_batch.svg, {0}/accuracy_vs_batch.png",
-            sd.dir().display()
-        );
+        crate::stdout::print(&render_markdown(&s, &recipe))?;
+        let files: Vec<String> = std::iter::once(crate::store::RESULTS_FILE)
+            .chain(crate::outputs::FILES)
+            .map(|f| sd.dir().join(f).display().to_string())
+            .collect();
+        eprintln!("wrote {}", files.join(", "));
         Ok(())
     })?
 }

@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use norm_train::data::{self, Dataset, Split};
-use norm_train::{Arch, EpochStats, NormChoice, Progress, TrainConfig, TrainOutcome, model_norm};
+use norm_train::{
+    Arch, EpochStats, NormChoice, Progress, TrainConfig, TrainError, TrainOutcome, model_norm,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -30,6 +32,19 @@ pub struct DataInfo {
     /// FNV-1a 64 of all labels and pixels (train then test), in hex: two runs with the same
     /// fingerprint saw the same images.
     pub fingerprint: String,
+}
+
+impl DataInfo {
+    /// What a checkpoint stores about the data.
+    pub fn identity(&self) -> norm_train::checkpoint::DataIdentity {
+        norm_train::checkpoint::DataIdentity {
+            source: self.source.to_owned(),
+            seed: self.seed,
+            train_size: self.train_size,
+            test_size: self.test_size,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
 }
 
 /// 64-bit FNV-1a over the labels and images of both splits.
@@ -59,8 +74,40 @@ pub fn planned_train_len(r: &RecipeArgs) -> Option<usize> {
     }
 }
 
+/// Which images to use: the data options of `train`, `sweep` and `eval`.
+#[derive(Clone, Debug)]
+pub struct DataChoice {
+    /// Synthetic or CIFAR-10.
+    pub data: DataSource,
+    /// The CIFAR-10 folder.
+    pub data_dir: Option<PathBuf>,
+    /// Train images (None: the default or all).
+    pub train_size: Option<usize>,
+    /// Test images (None: the default or all).
+    pub test_size: Option<usize>,
+    /// Seed of the synthetic set.
+    pub data_seed: u64,
+}
+
+impl From<&RecipeArgs> for DataChoice {
+    fn from(r: &RecipeArgs) -> Self {
+        Self {
+            data: r.data,
+            data_dir: r.data_dir.clone(),
+            train_size: r.train_size,
+            test_size: r.test_size,
+            data_seed: r.data_seed,
+        }
+    }
+}
+
 /// Generates or reads the data set the arguments describe.
 pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
+    load_choice(&DataChoice::from(r))
+}
+
+/// Generates or reads the data set `r` describes.
+pub fn load_choice(r: &DataChoice) -> Result<(Split, DataInfo)> {
     let (split, source, seed) = match r.data {
         DataSource::Synthetic => {
             let train = r.train_size.unwrap_or(data::DEFAULT_TRAIN);
@@ -107,6 +154,49 @@ pub fn load_data(r: &RecipeArgs) -> Result<(Split, DataInfo)> {
         fingerprint: fingerprint(&split),
     };
     Ok((split, info))
+}
+
+/// Rejects out-of-range recipe values by the option that set them (`--lr -1 is invalid: ...`),
+/// before norm-train would reject them by its field names.
+pub fn check_recipe(r: &RecipeArgs) -> Result<()> {
+    let checks: [(&str, f32, bool, &str); 5] = [
+        (
+            "--lr",
+            r.lr,
+            r.lr.is_finite() && r.lr > 0.0,
+            "finite and positive",
+        ),
+        (
+            "--warmup",
+            r.warmup,
+            r.warmup.is_finite() && r.warmup >= 0.0,
+            "finite and non-negative",
+        ),
+        (
+            "--momentum",
+            r.momentum,
+            (0.0..1.0).contains(&r.momentum),
+            "in [0, 1)",
+        ),
+        (
+            "--weight-decay",
+            r.weight_decay,
+            r.weight_decay.is_finite() && r.weight_decay >= 0.0,
+            "finite and non-negative",
+        ),
+        (
+            "--eps",
+            r.eps,
+            r.eps.is_finite() && r.eps >= 0.0,
+            "finite and non-negative",
+        ),
+    ];
+    for (flag, value, ok, expected) in checks {
+        if !ok {
+            bail!("{flag} {value} is invalid: must be {expected}");
+        }
+    }
+    Ok(())
 }
 
 /// The training configuration for one run (one worker; callers set `workers`).
@@ -221,6 +311,8 @@ pub struct Report {
     pub threads: usize,
     /// Where the model was saved.
     pub saved: Option<PathBuf>,
+    /// The training curves written (SVG and PNG), if any.
+    pub curves: Vec<PathBuf>,
 }
 
 impl Report {
@@ -250,6 +342,7 @@ impl Report {
             simd: norm_kernels::simd_level().to_owned(),
             threads: rayon::current_num_threads(),
             saved: None,
+            curves: Vec::new(),
         }
     }
 }
@@ -271,9 +364,19 @@ pub fn epoch_line(e: &EpochStats, epochs: usize) -> String {
     )
 }
 
-/// The text report: header, table of epochs, summary block.
+/// The text report: header, table of epochs, summary block — what `train` prints piece by
+/// piece as the run goes ([`render_head`], [`render_row`], [`render_tail`]).
 pub fn render_report(r: &Report) -> String {
-    let c = &r.config;
+    let mut out = render_head(&r.config, &r.data);
+    for e in &r.per_epoch {
+        out.push_str(&render_row(e));
+    }
+    out.push_str(&render_tail(r));
+    out
+}
+
+/// The lines before the first epoch: the run, the data and the table's header.
+pub fn render_head(c: &TrainConfig, data: &DataInfo) -> String {
     let mut out = String::new();
     let workers = if c.workers > 1 {
         format!(
@@ -295,7 +398,7 @@ pub fn render_report(r: &Report) -> String {
         c.batch,
         c.seed,
         c.epochs,
-        r.peak_lr,
+        c.lr(),
         c.base_lr,
         c.batch,
         c.lr_ref_batch,
@@ -304,8 +407,7 @@ pub fn render_report(r: &Report) -> String {
             norm_train::Schedule::Step => "step",
         }
     );
-    let seed = r
-        .data
+    let seed = data
         .seed
         .map(|s| format!(" (seed {s})"))
         .unwrap_or_default();
@@ -320,25 +422,32 @@ pub fn render_report(r: &Report) -> String {
     let _ = writeln!(
         out,
         "data: {}{seed}, {} train / {} test images; {model}\n",
-        r.data.source, r.data.train_size, r.data.test_size
+        data.source, data.train_size, data.test_size
     );
     let _ = writeln!(
         out,
         "epoch        lr  train loss  train acc  test acc  images/s  seconds"
     );
-    for e in &r.per_epoch {
-        let _ = writeln!(
-            out,
-            "{:>5}  {:>8.5}  {:>10.4}  {:>9}  {:>8}  {:>8.0}  {:>7.1}",
-            e.epoch + 1,
-            e.lr,
-            e.train_loss,
-            pct(e.train_acc),
-            pct(e.test_acc),
-            e.images_per_sec,
-            e.seconds
-        );
-    }
+    out
+}
+
+/// One row of the epoch table.
+pub fn render_row(e: &EpochStats) -> String {
+    format!(
+        "{:>5}  {:>8.5}  {:>10.4}  {:>9}  {:>8}  {:>8.0}  {:>7.1}\n",
+        e.epoch + 1,
+        e.lr,
+        e.train_loss,
+        pct(e.train_acc),
+        pct(e.test_acc),
+        e.images_per_sec,
+        e.seconds
+    )
+}
+
+/// The summary block after the last epoch.
+pub fn render_tail(r: &Report) -> String {
+    let mut out = String::new();
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -366,7 +475,26 @@ pub fn render_report(r: &Report) -> String {
     if let Some(p) = &r.saved {
         let _ = writeln!(out, "model saved to       {}", p.display());
     }
+    if !r.curves.is_empty() {
+        let files: Vec<String> = r.curves.iter().map(|p| p.display().to_string()).collect();
+        let _ = writeln!(out, "curves written to    {}", files.join(", "));
+    }
     out
+}
+
+/// Where `train` draws its curves: `--plot DIR`, else beside `--save PATH`, else nowhere.
+pub fn curve_files(a: &TrainArgs) -> Option<(PathBuf, PathBuf)> {
+    match (&a.plot, &a.save) {
+        (Some(dir), _) => Some((
+            dir.join("training_curves.svg"),
+            dir.join("training_curves.png"),
+        )),
+        (None, Some(p)) => Some((
+            p.with_extension("curves.svg"),
+            p.with_extension("curves.png"),
+        )),
+        (None, None) => None,
+    }
 }
 
 /// The per-epoch progress bar of `train`: hidden with `--json` or when stderr is not a
@@ -378,10 +506,12 @@ pub struct EpochProgress {
     quiet: bool,
     visible: bool,
     epoch_start: Instant,
+    /// The first error printing a row on stdout (reported once training ends).
+    pub print_error: Option<anyhow::Error>,
 }
 
 impl EpochProgress {
-    /// `quiet`: no bar and no epoch lines (`--json`).
+    /// `quiet`: no bar, no epoch lines and no table rows (`--json`).
     pub fn new(epochs: usize, batch: usize, quiet: bool) -> Self {
         let visible = !quiet && !ProgressDrawTarget::stderr().is_hidden();
         Self {
@@ -391,11 +521,25 @@ impl EpochProgress {
             quiet,
             visible,
             epoch_start: Instant::now(),
+            print_error: None,
+        }
+    }
+
+    /// Removes the bar of an unfinished epoch (a run that stopped early).
+    pub fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+            crate::interrupt::set_bar(None);
         }
     }
 
     /// Handles one report from the trainer.
     pub fn update(&mut self, p: &Progress) {
+        crate::interrupt::park_if_requested(|| {
+            let shown = self.bar.is_some();
+            self.clear();
+            shown
+        });
         match p {
             Progress::Step {
                 epoch,
@@ -420,7 +564,7 @@ impl EpochProgress {
                     );
                     b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
                     b.set_message("starting");
-
+                    crate::interrupt::set_bar(Some(b.clone()));
                     b
                 });
                 bar.set_position(*step as u64 + 1);
@@ -435,11 +579,23 @@ impl EpochProgress {
                 }
             }
             Progress::Epoch(e) => {
-                if let Some(b) = self.bar.take() {
-                    b.finish_and_clear();
-                }
+                self.clear();
+                crate::interrupt::set_task(format!(
+                    "training stopped after {} of {} epoch(s)",
+                    e.epoch + 1,
+                    self.epochs
+                ));
                 if !self.quiet {
-                    eprintln!("{}", epoch_line(e, self.epochs));
+                    // On a terminal the bar and stdout's row say it; the log line is for a
+                    // redirected stderr.
+                    if !self.visible {
+                        eprintln!("{}", epoch_line(e, self.epochs));
+                    }
+                    if self.print_error.is_none()
+                        && let Err(err) = crate::stdout::print(&render_row(e))
+                    {
+                        self.print_error = Some(err);
+                    }
                 }
             }
         }
@@ -454,12 +610,35 @@ pub fn train_with_progress(
 ) -> Result<(TrainOutcome, f64)> {
     let mut prog = EpochProgress::new(cfg.epochs, cfg.batch, quiet);
     let t0 = Instant::now();
-    let outcome = norm_train::train(cfg, split, &mut |p| prog.update(p))?;
+    crate::interrupt::set_task(format!(
+        "training stopped before the end of epoch 1 of {}",
+        cfg.epochs
+    ));
+    let outcome = norm_train::train(cfg, split, &mut |p| prog.update(p));
+    prog.clear();
+    let outcome = outcome.map_err(|e| with_lr_hint(e, cfg.base_lr))?;
+    if let Some(e) = prog.print_error {
+        return Err(e);
+    }
     Ok((outcome, t0.elapsed().as_secs_f64()))
+}
+
+/// A divergence, with the usual remedy: a lower base learning rate (a tenth of this one).
+pub fn with_lr_hint(e: TrainError, base_lr: f32) -> anyhow::Error {
+    match e {
+        TrainError::Diverged { .. } => {
+            anyhow::anyhow!(
+                "{e}; try a lower --lr, e.g. --lr {}",
+                norm_train::short_num(&(base_lr / 10.0))
+            )
+        }
+        e => e.into(),
+    }
 }
 
 /// Runs `norm-cli train`.
 pub fn run(a: &TrainArgs) -> Result<()> {
+    check_recipe(&a.recipe)?;
     let mut cfg = config(&a.recipe, a.norm, a.batch, a.seed);
     cfg.workers = a.workers;
     // Fail on bad settings before generating or reading any data.
@@ -469,26 +648,47 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if let Some(p) = &a.save {
         check_writable_parent(p)?;
     }
+    // Created before training, so a bad --plot fails at once, not after the run.
+    if let Some(dir) = &a.plot {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create plot folder {}", dir.display()))?;
+    }
+    crate::interrupt::set_kept(if a.save.is_some() {
+        "no model was saved (--save writes it at the end of the run)"
+    } else {
+        "nothing was saved"
+    });
     let report = in_pool(a.run.threads, || -> Result<Report> {
         let (split, info) = load_data(&a.recipe)?;
         cfg.validate(split.train.len())?;
+        if !a.json {
+            crate::stdout::print(&render_head(&cfg, &info))?;
+        }
         let (outcome, wall) = train_with_progress(&cfg, &split, a.json)?;
         let mut report = Report::new(&cfg, info, outcome.epochs.clone(), wall);
         if let Some(p) = &a.save {
-            outcome
-                .model
-                .save(p)
+            let meta = norm_train::checkpoint::CheckpointMeta {
+                normalizer: data::Normalizer::from_dataset(&split.train),
+                data: Some(report.data.identity()),
+            };
+            // Ctrl-C waits for the checkpoint to be complete.
+            crate::interrupt::critical(|| norm_train::checkpoint::save(p, &outcome.model, &meta))
                 .with_context(|| format!("cannot save the model to {}", p.display()))?;
             report.saved = Some(p.clone());
+            crate::interrupt::set_kept(format!("the model was saved to {}", p.display()));
+        }
+        if let Some((svg, png)) = curve_files(a) {
+            let cols = crate::curves::from_epochs(cfg.model.choice(), cfg.batch, &report.per_epoch);
+            crate::interrupt::critical(|| crate::curves::write(&cols, &svg, &png))?;
+            report.curves = vec![svg, png];
         }
         Ok(report)
     })??;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::stdout::println(&serde_json::to_string(&report)?)
     } else {
-        print!("{}", render_report(&report));
+        crate::stdout::print(&render_tail(&report))
     }
-    Ok(())
 }
 
 /// Fails early when `path`'s folder does not exist or is not a folder, so a long run does not

@@ -62,10 +62,10 @@ fn train_report() {
     r.threads = 2;
     assert_eq!(r.best_epoch, 2);
     insta::assert_snapshot!("train_report", render_report(&r));
-    r.saved = Some("model.ckpt".into());
+    r.saved = Some("model.safetensors".into());
     let text = render_report(&r);
     assert!(
-        text.ends_with("model saved to       model.ckpt\n"),
+        text.ends_with("model saved to       model.safetensors\n"),
         "{text}"
     );
 }
@@ -76,10 +76,12 @@ fn cell(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
         batch,
         per_worker: None,
         seed,
+        status: norm_cli::store::CellStatus::Ok,
+        diverged: None,
         recipe: recipe(),
         test_acc_per_epoch: vec![acc / 2.0, acc],
         train_loss_per_epoch: vec![2.0, 1.5],
-        final_test_acc: acc,
+        final_test_acc: Some(acc),
         images_per_sec: 800.0,
         seconds: 30.0,
         simd: "avx2+fma".into(),
@@ -178,6 +180,7 @@ fn help(args: &[&str]) -> String {
 fn help_texts() {
     insta::assert_snapshot!("help", help(&["--help"]));
     insta::assert_snapshot!("help_train", help(&["train", "-h"]));
+    insta::assert_snapshot!("help_eval", help(&["eval", "-h"]));
     insta::assert_snapshot!("help_sweep", help(&["sweep", "-h"]));
     insta::assert_snapshot!("help_report", help(&["report", "-h"]));
     insta::assert_snapshot!("help_data_export", help(&["data", "export", "-h"]));

@@ -61,8 +61,8 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     assert_unique(&rs);
     for r in &rs {
         assert_eq!(r.test_acc_per_epoch.len(), 1);
-        assert_eq!(r.final_test_acc, r.test_acc_per_epoch[0]);
-        assert!((0.0..=1.0).contains(&r.final_test_acc));
+        assert_eq!(r.final_test_acc, Some(r.test_acc_per_epoch[0]));
+        assert!((0.0..=1.0).contains(&r.final_test_acc.unwrap()));
         assert!(r.images_per_sec > 0.0);
         assert_eq!(r.recipe["epochs"], 1);
         assert_eq!(r.recipe["data"]["train_size"], 64);
@@ -73,6 +73,8 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
         "summary.csv",
         "accuracy_vs_batch.svg",
         "accuracy_vs_batch.png",
+        "training_curves.svg",
+        "training_curves.png",
     ] {
         assert!(dir.join(f).metadata().unwrap().len() > 0, "{f}");
     }
@@ -81,13 +83,19 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     let csv = fs::read_to_string(dir.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(
-        csv.starts_with("norm,batch2_mean,batch2_std,batch2_seeds,batch4_mean"),
+        csv.starts_with("norm,batch2_mean,batch2_std,batch2_seeds,batch2_diverged,batch4_mean"),
         "{csv}"
     );
     let svg = fs::read_to_string(dir.join("accuracy_vs_batch.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("GroupNorm") && svg.contains("BatchNorm"));
     let png = fs::read(dir.join("accuracy_vs_batch.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
+    let curves = fs::read_to_string(dir.join("training_curves.svg")).unwrap();
+    assert!(
+        curves.contains("batch 2") && curves.contains("batch 4") && curves.contains("GroupNorm"),
+        "one column per batch size, a line per norm"
+    );
+    assert!(curves.contains("mean ± std over 2 seeds"));
 
     // Simulate a run killed while writing its 6th line: keep 5 lines and half of the 6th.
     let text = fs::read_to_string(dir.join("results.jsonl")).unwrap();
@@ -100,6 +108,7 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     let out = sweep(&dir, &[]).success().get_output().clone();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("cut a partial last line"), "{stderr}");
+    assert!(stderr.contains(") runs again"), "{stderr}");
     assert!(stderr.contains("5 already in"), "{stderr}");
     assert_eq!(
         stderr.matches("done ").count(),
@@ -119,7 +128,12 @@ fn sweep_writes_all_outputs_and_resumes_after_an_interruption() {
     let acc = |rs: &[CellResult]| {
         let mut v: Vec<_> = rs
             .iter()
-            .map(|r| ((r.norm, r.batch, r.seed), r.final_test_acc.to_bits()))
+            .map(|r| {
+                (
+                    (r.norm, r.batch, r.seed),
+                    r.final_test_acc.unwrap().to_bits(),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -370,4 +384,179 @@ fn shards_merge_into_the_full_sweep() {
     );
     let msg = one_line_error(cli().arg("report").args([t.join("a"), t.join("b")]));
     assert!(msg.contains("--out"), "{msg}");
+}
+
+#[test]
+fn diverged_cells_are_recorded_and_the_sweep_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let out = sweep(&dir, &["--lr", "1e30"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.matches("recorded as diverged").count(),
+        8,
+        "{stderr}"
+    );
+    let rs = results(&dir);
+    assert_eq!(rs.len(), 8, "every cell ran");
+    for r in &rs {
+        assert_eq!(r.status, norm_cli::store::CellStatus::Diverged);
+        assert_eq!(r.final_test_acc, None);
+        let d = r.diverged.as_ref().unwrap();
+        assert!(d.epoch == 1 && d.step >= 1 && d.lr > 0.0, "{d:?}");
+    }
+    let text = fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    assert!(
+        text.contains(r#""status":"diverged","diverged":{"epoch":1,"step":"#),
+        "{text}"
+    );
+    let md = fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| BatchNorm | diverged (2) | diverged (2) |"),
+        "{md}"
+    );
+    assert!(md.contains("Every cell diverged"), "{md}");
+    let csv = fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(csv.contains("group,,,0,2,,,0,2"), "{csv}");
+    // A resumed sweep counts them as done.
+    let out = sweep(&dir, &["--lr", "1e30"])
+        .success()
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("8 already in"));
+}
+
+#[test]
+fn partial_line_note_only_when_its_cell_runs_and_duplicates_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    sweep(&dir, &["--cells", "1/2"]).success();
+    let path = dir.join("results.jsonl");
+    let text = fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    // A partial copy of line 2: its cell is done, nothing runs again.
+    fs::write(&path, format!("{text}{}", &lines[1][..lines[1].len() / 2])).unwrap();
+    let out = sweep(&dir, &["--cells", "1/2"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cut a partial last line"), "{stderr}");
+    assert!(!stderr.contains("runs again"), "{stderr}");
+    assert!(stderr.contains("which is done"), "{stderr}");
+    // A partial line of a cell of the other share: not part of this run.
+    let other = results(&tmp.path().join("p")); // 4 cells of share 1
+    let mut foreign = other[0].clone();
+    foreign.seed = 99;
+    let line = serde_json::to_string(&foreign).unwrap();
+    fs::write(&path, format!("{text}{}", &line[..line.len() / 2])).unwrap();
+    let out = sweep(&dir, &["--cells", "1/2"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("is not part of this run"), "{stderr}");
+    assert!(!stderr.contains("runs again"), "{stderr}");
+    // A duplicated complete line: warned about, counted once.
+    fs::write(&path, format!("{text}{}\n", lines[0])).unwrap();
+    let out = sweep(&dir, &["--cells", "1/2"])
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("line 5 repeats the cell of line 1")
+            && stderr.contains("the first is kept"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("4 already in"), "{stderr}");
+    let md = fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(md.contains("4 finished cell(s)"), "{md}");
+}
+
+#[test]
+fn slurm_array_tasks_take_their_share_from_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for id in 1..=3 {
+        let out = cli()
+            .arg("sweep")
+            .args(GRID)
+            .args(TINY)
+            .args(["--threads", "1"])
+            .arg("--out")
+            .arg(t.join(format!("task-{id}")))
+            .env("SLURM_ARRAY_TASK_ID", id.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "3")
+            .env("SLURM_ARRAY_TASK_MIN", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "sweep: share {id}/3 from SLURM_ARRAY_TASK_ID={id}"
+            )),
+            "{stderr}"
+        );
+        // The same cells as --cells I/3.
+        cli()
+            .arg("sweep")
+            .args(GRID)
+            .args(TINY)
+            .args(["--threads", "1", "--cells", &format!("{id}/3")])
+            .arg("--out")
+            .arg(t.join(format!("cells-{id}")))
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .assert()
+            .success();
+        assert_eq!(
+            keys(&results(&t.join(format!("task-{id}")))),
+            keys(&results(&t.join(format!("cells-{id}"))))
+        );
+    }
+    cli()
+        .arg("report")
+        .args((1..=3).map(|i| t.join(format!("task-{i}"))))
+        .arg("--out")
+        .arg(t.join("merged"))
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("8 cell(s)"));
+    // --cells wins over the environment.
+    let out = cli()
+        .arg("sweep")
+        .args(GRID)
+        .args(TINY)
+        .args(["--cells", "1/1"])
+        .arg("--out")
+        .arg(t.join("merged"))
+        .env("SLURM_ARRAY_TASK_ID", "2")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("8 already in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SLURM"), "{stderr}");
+    let msg = one_line_error(
+        cli()
+            .arg("sweep")
+            .args(GRID)
+            .args(TINY)
+            .arg("--out")
+            .arg(t.join("bad"))
+            .env("SLURM_ARRAY_TASK_ID", "7")
+            .env("SLURM_ARRAY_TASK_COUNT", "3"),
+    );
+    assert!(
+        msg.contains("SLURM_ARRAY_TASK_ID=7 is not one of the 3 tasks"),
+        "{msg}"
+    );
 }

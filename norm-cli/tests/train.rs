@@ -93,7 +93,7 @@ fn json_report_and_thread_independence() {
 #[test]
 fn save_writes_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("model.ckpt");
+    let p = tmp.path().join("model.safetensors");
     let out = cli()
         .args(["train", "--norm", "layer", "--batch", "8", "--save"])
         .arg(&p)
@@ -105,11 +105,22 @@ fn save_writes_a_loadable_checkpoint() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("model saved to"));
-    let m = norm_train::Model::load(&p).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("model saved to"));
+    // The curves go beside the checkpoint.
+    assert!(stdout.contains("curves written to"), "{stdout}");
+    let png = std::fs::read(tmp.path().join("model.curves.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(tmp.path().join("model.curves.svg").exists());
+    let c = norm_train::checkpoint::load(&p).unwrap();
     assert_eq!(
-        m.config().norm.map(|n| n.kind()),
+        c.model.config().norm.map(|n| n.kind()),
         Some(norm_train::NormKind::Layer)
+    );
+    let data = c.meta.data.unwrap();
+    assert_eq!(
+        (data.source.as_str(), data.seed, data.train_size),
+        ("synthetic", Some(0), 64)
     );
 }
 
@@ -185,4 +196,29 @@ fn exported_data_trains_identically_as_cifar10() {
     );
     let first: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(first["data"]["train_size"], 40);
+}
+
+#[test]
+fn plot_draws_the_training_curves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plots");
+    let out = cli()
+        .args(["train", "--batch", "8", "--plot"])
+        .arg(&dir)
+        .args(TINY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(dir.join("training_curves.svg")).unwrap();
+    assert!(
+        svg.contains("test accuracy (%)")
+            && svg.contains("train loss")
+            && svg.contains("GroupNorm")
+    );
+    let png = std::fs::read(dir.join("training_curves.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
 }

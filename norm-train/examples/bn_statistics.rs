@@ -1,5 +1,5 @@
 //! Where does BatchNorm's small-batch loss come from? Loads a checkpoint of a model trained with
-//! BatchNorm (e.g. `norm-cli train --norm batch --batch 2 --save bn2.ckpt`) and measures its test
+//! BatchNorm (e.g. `norm-cli train --norm batch --batch 2 --save bn2.safetensors`) and measures its test
 //! accuracy on the default synthetic set in four ways:
 //!
 //! 1. eval mode with the running statistics gathered during training (what the study reports);
@@ -13,7 +13,10 @@
 //! (1) vs (2) isolates the running statistics; (3) shows what the noise of small-batch statistics
 //! does to the same weights.
 //!
-//! `cargo run --release -p norm-train --example bn_statistics -- bn2.ckpt [data-seed]`
+//! `cargo run --release -p norm-train --example bn_statistics -- bn2.safetensors [data-seed]`
+//!
+//! `norm-cli eval --checkpoint bn2.safetensors --recalibrate-bn 10000` does (1) against (2) as a
+//! feature, with a cumulative average over the batches instead of momentum.
 
 use norm_train::{Model, count_correct, data};
 use rand::SeedableRng;
@@ -46,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .first()
         .ok_or("usage: bn_statistics CHECKPOINT [data-seed]")?;
     let data_seed: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(0);
-    let mut model = Model::load(std::path::Path::new(path))?;
+    let mut model = norm_train::checkpoint::load(std::path::Path::new(path))?.model;
     let split = data::synthetic(data_seed, data::DEFAULT_TRAIN, data::DEFAULT_TEST);
     let norm = data::Normalizer::from_dataset(&split.train);
     println!("checkpoint {path}: {:?}", model.config());
@@ -72,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("plain", data::Augment::NONE),
         ("augmented", data::Augment::CIFAR),
     ] {
-        let mut m = Model::load(std::path::Path::new(path))?;
+        let mut m = norm_train::checkpoint::load(std::path::Path::new(path))?.model;
         m.train_mode();
         accuracy_in_batches(&mut m, &split.train, &norm, 250, &augment)?;
         precise.push((what, m.evaluate(&split.test, &norm)));

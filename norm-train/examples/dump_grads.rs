@@ -31,7 +31,14 @@ fn main() -> Result<(), BoxError> {
         ..ModelConfig::new([16, 32, 64], norm, 8, 1e-5)
     };
     let mut model = Model::new(&cfg, 7)?;
-    model.save(&dir.join("model.ckpt"))?;
+    let meta = norm_train::checkpoint::CheckpointMeta {
+        normalizer: norm_train::data::Normalizer {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        },
+        data: None,
+    };
+    norm_train::checkpoint::save(&dir.join("model.safetensors"), &model, &meta)?;
     model.set_workers(workers, RunningFrom::Worker0);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x: Vec<f32> = (0..n * 3 * 32 * 32)

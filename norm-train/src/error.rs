@@ -76,10 +76,47 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The loss became NaN or infinite: training stopped at that step (the learning rate is the
+    /// usual cause).
+    #[error(
+        "training diverged: the loss is {loss} at epoch {epoch}/{epochs}, step {step}/{steps} \
+         (learning rate {} at that step)",
+        short_num(.lr)
+    )]
+    Diverged {
+        /// Epoch, from 1.
+        epoch: usize,
+        /// Epochs of the run.
+        epochs: usize,
+        /// Step within the epoch, from 1.
+        step: usize,
+        /// Steps per epoch.
+        steps: usize,
+        /// Learning rate of that step (after warm-up and schedule).
+        lr: f32,
+        /// The non-finite loss.
+        loss: f32,
+    },
+    /// [`crate::Model::recalibrate_batch_norm`] cannot run.
+    #[error("cannot recalibrate BatchNorm: {reason}")]
+    Recalibration {
+        /// Why.
+        reason: String,
+    },
     /// A normalisation kernel rejected its arguments.
     #[error(transparent)]
     Kernel(#[from] norm_kernels::NormError),
     /// A dfdx tensor operation failed (allocation or element count).
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] dfdx::tensor::CpuError),
+}
+
+/// `0.05` as `0.05`, `1e30` as `1e30` (not thirty digits): plain notation between 1e-4 and 1e6.
+pub fn short_num(x: &f32) -> String {
+    let a = x.abs();
+    if a == 0.0 || (1e-4..1e6).contains(&a) || !a.is_finite() {
+        x.to_string()
+    } else {
+        format!("{x:e}")
+    }
 }

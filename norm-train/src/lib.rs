@@ -25,12 +25,14 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod checkpoint;
 mod config;
 pub mod data;
 mod error;
 mod model;
 pub mod ops;
+mod recalibrate;
 mod resnet;
 mod train;
 
@@ -39,8 +41,13 @@ pub use config::{
     model_norm,
 };
 pub use error::TrainError;
-pub use model::{EVAL_BATCH, INPUT, LossAndGrads, Model, Param, count_correct, split_matters};
+pub use error::short_num;
+pub use model::{
+    EVAL_BATCH, INPUT, LossAndGrads, Model, Param, StateData, StateDataMut, StateTensor,
+    StateTensorMut, count_correct, split_matters,
+};
 pub use norm_kernels::{Norm, NormKind, ParseNormError};
+pub use recalibrate::Recalibration;
 pub use train::{
     EpochStats, Progress, Sgd, TrainOutcome, learning_rate, norm_ramp_progress, train,
 };

@@ -41,6 +41,46 @@ pub struct Param {
     pub decay: bool,
 }
 
+/// One entry of [`Model::state_dict`]: PyTorch's name and shape, and the values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateTensor<'a> {
+    /// `conv1.weight`, `norm1.running_mean`, ...
+    pub name: String,
+    /// PyTorch's shape (`[]` for a scalar).
+    pub shape: Vec<usize>,
+    /// The values.
+    pub data: StateData<'a>,
+}
+
+/// The values of a [`StateTensor`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StateData<'a> {
+    /// `float32`, row-major.
+    F32(&'a [f32]),
+    /// A counter stored as PyTorch's `int64` scalar (`num_batches_tracked`).
+    Count(u64),
+}
+
+/// One entry of [`Model::state_dict_mut`].
+#[derive(Debug)]
+pub struct StateTensorMut<'a> {
+    /// As in [`StateTensor`].
+    pub name: String,
+    /// As in [`StateTensor`].
+    pub shape: Vec<usize>,
+    /// The values to overwrite.
+    pub data: StateDataMut<'a>,
+}
+
+/// The values of a [`StateTensorMut`].
+#[derive(Debug)]
+pub enum StateDataMut<'a> {
+    /// `float32`, row-major.
+    F32(&'a mut [f32]),
+    /// An `int64` scalar counter.
+    Count(&'a mut u64),
+}
+
 /// What [`Model::loss_and_grads`] returns: the mean loss, the logits `[n, 10]` and one gradient
 /// per parameter.
 pub type LossAndGrads = (f32, Vec<f32>, Vec<Vec<f32>>);
@@ -219,6 +259,93 @@ impl Model {
     /// Mutable access to the parameter values (the list itself is fixed).
     pub fn params_mut(&mut self) -> &mut [Param] {
         &mut self.params
+    }
+
+    /// Every tensor of PyTorch's `state_dict()` for the same module, learnable or not: the
+    /// parameters ([`Model::params`]) and the buffers of every norm layer with running
+    /// statistics, `{layer}.running_mean`, `{layer}.running_var` and `{layer}.num_batches_tracked`
+    /// (an int64 scalar). Checkpoints are written from this list and read back into
+    /// [`Model::state_dict_mut`], so a model with other layers only has to list its tensors here.
+    pub fn state_dict(&self) -> Vec<StateTensor<'_>> {
+        let mut out: Vec<StateTensor<'_>> = self
+            .params
+            .iter()
+            .map(|p| StateTensor {
+                name: p.name.clone(),
+                shape: p.shape.clone(),
+                data: StateData::F32(&p.data),
+            })
+            .collect();
+        for (layer, name) in self.layers.iter().zip(&self.layer_names) {
+            let Some(r) = layer.running() else { continue };
+            let c = r.mean.len();
+            out.push(StateTensor {
+                name: format!("{name}.running_mean"),
+                shape: vec![c],
+                data: StateData::F32(&r.mean),
+            });
+            out.push(StateTensor {
+                name: format!("{name}.running_var"),
+                shape: vec![c],
+                data: StateData::F32(&r.var),
+            });
+            out.push(StateTensor {
+                name: format!("{name}.num_batches_tracked"),
+                shape: vec![],
+                data: StateData::Count(r.num_batches_tracked),
+            });
+        }
+        out
+    }
+
+    /// [`Model::state_dict`] with mutable data, same names, shapes and order.
+    pub fn state_dict_mut(&mut self) -> Vec<StateTensorMut<'_>> {
+        let mut out: Vec<StateTensorMut<'_>> = self
+            .params
+            .iter_mut()
+            .map(|p| StateTensorMut {
+                name: p.name.clone(),
+                shape: p.shape.clone(),
+                data: StateDataMut::F32(&mut p.data),
+            })
+            .collect();
+        for (layer, name) in self.layers.iter_mut().zip(&self.layer_names) {
+            let Some(r) = layer.running_mut() else {
+                continue;
+            };
+            let c = r.mean.len();
+            out.push(StateTensorMut {
+                name: format!("{name}.running_mean"),
+                shape: vec![c],
+                data: StateDataMut::F32(&mut r.mean),
+            });
+            out.push(StateTensorMut {
+                name: format!("{name}.running_var"),
+                shape: vec![c],
+                data: StateDataMut::F32(&mut r.var),
+            });
+            out.push(StateTensorMut {
+                name: format!("{name}.num_batches_tracked"),
+                shape: vec![],
+                data: StateDataMut::Count(&mut r.num_batches_tracked),
+            });
+        }
+        out
+    }
+
+    /// Switches every norm layer with running statistics to PyTorch's `momentum = None` (a
+    /// cumulative average of the batches' statistics, for re-estimating them), or back to the
+    /// configured norm.
+    pub(crate) fn set_cumulative_running(&mut self, on: bool) {
+        let Some(base) = self.cfg.norm else { return };
+        let norm = if on {
+            base.with("momentum", "none").unwrap_or(base)
+        } else {
+            base
+        };
+        for layer in &mut self.layers {
+            layer.set_norm(norm);
+        }
     }
 
     /// Running statistics per norm layer, for norms that track them (empty for the others).

@@ -153,6 +153,8 @@ pub fn norm_ramp_progress(share: f32, step: usize, total: usize) -> f32 {
 /// statistics; each epoch visits `⌊len / batch⌋` batches of a fresh permutation (the remainder
 /// is dropped, so BatchNorm never sees a tiny last batch).
 ///
+/// A non-finite loss stops the run with [`TrainError::Diverged`] before that step's update.
+///
 /// Randomness: the initialisation uses ChaCha8 stream 0 of `seed`, the shuffling and the
 /// augmentation stream 1; results are bit-identical for any number of rayon threads.
 pub fn train(
@@ -201,6 +203,18 @@ pub fn train(
             ));
             let t0 = Instant::now();
             let (loss, logits, grads) = model.loss_and_grads(&xb, &lb)?;
+            // Stop at once: one more update would spread NaN into every weight, and the rest of
+            // the run would only report chance accuracy.
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    epochs: cfg.epochs,
+                    step: step + 1,
+                    steps,
+                    lr,
+                    loss,
+                });
+            }
             sgd.step(&mut model, &grads, lr);
             step_secs += t0.elapsed().as_secs_f64();
             loss_sum += loss as f64;

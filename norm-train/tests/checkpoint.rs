@@ -1,18 +1,36 @@
-//! Checkpoint round trips and load errors.
+//! Checkpoint round trips (every norm, bit for bit) and load errors.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use norm_train::{Model, ModelConfig, NormChoice, NormKind, TrainConfig, TrainError, data, train};
+use norm_train::checkpoint::{self, CheckpointMeta, DataIdentity, keys};
+use norm_train::{
+    Model, ModelConfig, NormChoice, NormKind, StateData, TrainConfig, TrainError, data, train,
+};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+fn meta(split: &data::Split) -> CheckpointMeta {
+    CheckpointMeta {
+        normalizer: data::Normalizer::from_dataset(&split.train),
+        data: Some(DataIdentity {
+            source: "synthetic".into(),
+            seed: Some(2),
+            train_size: split.train.len(),
+            test_size: split.test.len(),
+            fingerprint: "0123456789abcdef".into(),
+        }),
+    }
+}
+
 #[test]
-fn save_then_load_restores_parameters_statistics_and_config() {
+fn save_then_load_restores_tensors_config_and_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let split = data::synthetic(2, 96, 60);
-    let norm = data::Normalizer::from_dataset(&split.train);
+    let m = meta(&split);
     for kind in NormChoice::all() {
         let mut cfg = TrainConfig {
             epochs: 1,
@@ -21,30 +39,58 @@ fn save_then_load_restores_parameters_statistics_and_config() {
         };
         cfg.model = ModelConfig::new([8, 16, 16], kind, 4, 1e-4);
         let mut out = train(&cfg, &split, &mut |_| {}).unwrap();
-        let path = dir.path().join(format!("{kind}.ckpt"));
-        out.model.save(&path).unwrap();
-        let mut back = Model::load(&path).unwrap();
-        assert_eq!(back.config(), &cfg.model);
-        assert!(!back.is_training());
-        for (a, b) in out.model.params().iter().zip(back.params()) {
-            assert_eq!(
-                (&a.name, &a.shape, bits(&a.data)),
-                (&b.name, &b.shape, bits(&b.data))
-            );
+        let path = dir.path().join(format!("{kind}.safetensors"));
+        checkpoint::save(&path, &out.model, &m).unwrap();
+        let back = checkpoint::load(&path).unwrap();
+        assert_eq!(back.meta, m);
+        let mut model = back.model;
+        assert_eq!(model.config(), &cfg.model);
+        assert!(!model.is_training());
+        let (a, b) = (out.model.state_dict(), model.state_dict());
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!((&a.name, &a.shape), (&b.name, &b.shape));
+            match (a.data, b.data) {
+                (StateData::F32(x), StateData::F32(y)) => {
+                    assert_eq!(bits(x), bits(y), "{}", a.name)
+                }
+                (x, y) => assert_eq!(x, y, "{}", a.name),
+            }
         }
-        assert_eq!(out.model.running(), back.running());
         if kind == NormChoice::Norm(NormKind::Batch) {
-            assert!(back.running()[0].num_batches_tracked > 0);
+            assert!(model.running()[0].num_batches_tracked > 0);
         }
         assert_eq!(
-            out.model.evaluate(&split.test, &norm),
-            back.evaluate(&split.test, &norm)
+            out.model.evaluate(&split.test, &m.normalizer).to_bits(),
+            model.evaluate(&split.test, &m.normalizer).to_bits()
         );
+        // PyTorch's names, dtypes and shapes, and its `format` key.
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let md = header.metadata().as_ref().unwrap();
+        assert_eq!(md["format"], "pt");
+        assert_eq!(md[keys::CHECKPOINT], "1");
+        assert_eq!(st.tensor("conv1.weight").unwrap().shape(), &[8, 3, 3, 3]);
+        assert_eq!(st.tensor("fc.weight").unwrap().shape(), &[10, 16]);
+        match kind {
+            NormChoice::Norm(NormKind::Batch | NormKind::BatchRenorm) => {
+                let t = st.tensor("norm2.num_batches_tracked").unwrap();
+                assert_eq!((t.dtype(), t.shape()), (Dtype::I64, &[][..]));
+                assert_eq!(st.tensor("norm3.running_var").unwrap().shape(), &[16]);
+                assert_eq!(st.len(), 3 * 7 + 2);
+            }
+            NormChoice::Norm(NormKind::Layer) => {
+                assert_eq!(st.tensor("norm1.weight").unwrap().shape(), &[8, 32, 32]);
+            }
+            NormChoice::None => assert_eq!(st.len(), 3 * 2 + 2),
+            _ => assert_eq!(st.len(), 3 * 4 + 2),
+        }
     }
 }
 
 fn load_err(path: &Path) -> String {
-    match Model::load(path) {
+    match checkpoint::load(path) {
         Err(e) => {
             let msg = e.to_string();
             assert!(
@@ -58,69 +104,111 @@ fn load_err(path: &Path) -> String {
     }
 }
 
+/// A stored tensor taken apart: name, dtype, shape, bytes.
+type Raw = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The tensors of a BatchNorm model and its metadata, to edit.
+fn parts() -> (Vec<Raw>, HashMap<String, String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let cfg = ModelConfig::new([16, 32, 64], NormChoice::Norm(NormKind::Batch), 8, 1e-5);
+    let m = Model::new(&cfg, 1).unwrap();
+    checkpoint::save(&p, &m, &meta(&data::synthetic(0, 10, 10))).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    (tensors, header.metadata().clone().unwrap())
+}
+
+fn write_parts(path: &Path, tensors: &[Raw], md: Option<HashMap<String, String>>) {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, md).unwrap()).unwrap();
+}
+
 #[test]
 fn load_errors_name_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.ckpt");
-    let model = Model::new(
-        &ModelConfig::new([16, 32, 64], NormChoice::Norm(NormKind::Batch), 8, 1e-5),
-        1,
-    )
-    .unwrap();
-    model.save(&good).unwrap();
-    let bytes = std::fs::read(&good).unwrap();
-
-    let missing = dir.path().join("missing.ckpt");
-    assert!(matches!(Model::load(&missing), Err(TrainError::Io { .. })));
+    let f = |name: &str| dir.path().join(name);
+    let missing = f("missing.safetensors");
+    assert!(matches!(
+        checkpoint::load(&missing),
+        Err(TrainError::Io { .. })
+    ));
     load_err(&missing);
 
-    let write = |name: &str, b: &[u8]| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, b).unwrap();
-        p
-    };
-    assert!(
-        load_err(&write("magic.ckpt", b"PK\x03\x04 not a checkpoint at all")).contains("magic")
-    );
-    let mut v2 = bytes.clone();
-    v2[7] = 2;
-    assert!(load_err(&write("version.ckpt", &v2)).contains("version 2"));
-    assert!(
-        load_err(&write("truncated.ckpt", &bytes[..bytes.len() - 4]))
-            .contains("bytes of tensor data")
-    );
-    let mut longer = bytes.clone();
-    longer.extend_from_slice(&[0; 4]);
-    assert!(load_err(&write("trailing.ckpt", &longer)).contains("bytes of tensor data"));
-    assert!(load_err(&write("short.ckpt", &bytes[..10])).contains("magic"));
-    let mut huge = bytes.clone();
-    huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(load_err(&write("header_len.ckpt", &huge)).contains("header length"));
+    let (tensors, md) = parts();
+    write_parts(&f("good.safetensors"), &tensors, Some(md.clone()));
+    checkpoint::load(&f("good.safetensors")).unwrap();
+    let good = std::fs::read(f("good.safetensors")).unwrap();
 
-    // A header edited to another config no longer matches its tensors.
-    let hlen = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&bytes[16..16 + hlen]).unwrap();
-    let edited = header.replacen("\"widths\":[16,32,64]", "\"widths\":[16,32,32]", 1);
-    assert_ne!(edited, header);
-    let mut b = bytes[..8].to_vec();
-    b.extend_from_slice(&(edited.len() as u64).to_le_bytes());
-    b.extend_from_slice(edited.as_bytes());
-    b.extend_from_slice(&bytes[16 + hlen..]);
-    assert!(load_err(&write("mismatch.ckpt", &b)).contains("does not match"));
-    let spec_at = header.find("\"norm\":\"").unwrap() + "\"norm\":\"".len();
-    let spec_end = spec_at + header[spec_at..].find('"').unwrap();
-    let bad_groups = format!(
-        "{}group:groups=5,eps=0.00001,affine=true{}",
-        &header[..spec_at],
-        &header[spec_end..]
+    std::fs::write(f("old.ckpt"), b"NLCKPT\0\x01 and the rest").unwrap();
+    assert!(load_err(&f("old.ckpt")).contains("earlier normlab versions"));
+    std::fs::write(f("junk"), b"PK\x03\x04 not a checkpoint at all").unwrap();
+    assert!(load_err(&f("junk")).contains("not a safetensors file"));
+    std::fs::write(f("trunc"), &good[..good.len() - 4]).unwrap();
+    assert!(load_err(&f("trunc")).contains("not a safetensors file"));
+    std::fs::write(f("short"), &good[..5]).unwrap();
+    assert!(load_err(&f("short")).contains("not a safetensors file"));
+
+    write_parts(&f("foreign"), &tensors, None);
+    assert!(load_err(&f("foreign")).contains("without normlab's metadata"));
+    let edit = |name: &str, key: &str, value: &str| {
+        let mut m = md.clone();
+        m.insert(key.into(), value.into());
+        write_parts(&f(name), &tensors, Some(m));
+        load_err(&f(name))
+    };
+    assert!(edit("v2", keys::CHECKPOINT, "2").contains("checkpoint layout 2 is not supported"));
+    let cfg = &md[keys::MODEL];
+    let other = cfg.replacen("[16,32,64]", "[16,32,32]", 1);
+    assert_ne!(&other, cfg);
+    let msg = edit("widths", keys::MODEL, &other);
+    assert!(
+        msg.contains("tensor conv3.weight has shape [64, 32, 3, 3], the model (batch norm, widths [16, 32, 32]) needs [32, 32, 3, 3]"),
+        "{msg}"
     );
-    let mut b = bytes[..8].to_vec();
-    b.extend_from_slice(&(bad_groups.len() as u64).to_le_bytes());
-    b.extend_from_slice(bad_groups.as_bytes());
-    b.extend_from_slice(&bytes[16 + hlen..]);
-    assert!(load_err(&write("groups.ckpt", &b)).contains("groups = 5"));
-    let mut b = bytes[..8].to_vec();
-    b.extend_from_slice(&3u64.to_le_bytes());
-    b.extend_from_slice(b"{x}");
-    assert!(load_err(&write("json.ckpt", &b)).contains("bad header"));
+    let group = cfg.replacen("\"groups\":8", "\"groups\":5", 1).replacen(
+        "\"norm\":\"batch\"",
+        "\"norm\":\"group\"",
+        1,
+    );
+    assert!(edit("groups", keys::MODEL, &group).contains("groups = 5"));
+    let layer = cfg.replacen("\"norm\":\"batch\"", "\"norm\":\"layer\"", 1);
+    assert!(
+        edit("layer", keys::MODEL, &layer)
+            .contains("has tensor norm1.num_batches_tracked, which the model (layer norm")
+    );
+    assert!(edit("json", keys::MODEL, "{x}").contains("is not JSON"));
+    assert!(
+        edit(
+            "norm",
+            keys::INPUT_NORMALIZATION,
+            r#"{"mean":[0.5,0.5,0.5],"std":[0.2,0.0,0.2]}"#
+        )
+        .contains("std that is not positive")
+    );
+
+    let without: Vec<_> = tensors
+        .iter()
+        .filter(|t| t.0 != "norm2.running_var")
+        .cloned()
+        .collect();
+    write_parts(&f("lacks"), &without, Some(md.clone()));
+    assert!(load_err(&f("lacks")).contains("lacks tensor norm2.running_var"));
+    let mut dtype = tensors.clone();
+    for t in &mut dtype {
+        if t.0 == "norm1.num_batches_tracked" {
+            t.1 = Dtype::F64;
+        }
+    }
+    write_parts(&f("dtype"), &dtype, Some(md.clone()));
+    assert!(load_err(&f("dtype")).contains("norm1.num_batches_tracked is F64, expected I64"));
 }

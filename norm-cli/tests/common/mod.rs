@@ -9,6 +9,10 @@ use assert_cmd::Command;
 pub fn cli() -> Command {
     let mut c = Command::cargo_bin("norm-cli").expect("binary built");
     c.env_remove("RAYON_NUM_THREADS");
+    // Tests run inside a Slurm array job must not pick up a share.
+    for v in ["ID", "COUNT", "MIN", "MAX", "STEP"] {
+        c.env_remove(format!("SLURM_ARRAY_TASK_{v}"));
+    }
     c
 }
 

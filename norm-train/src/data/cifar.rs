@@ -68,6 +68,12 @@ pub enum DataError {
         /// Its size in bytes.
         size: u64,
     },
+    /// A file has no record at all.
+    #[error("{} is empty: a CIFAR-10 file holds 3073-byte records, this one none", path.display())]
+    EmptyFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// A record's label byte is above 9.
     #[error("{}: record {record} (0-based) has label {label}, above 9", path.display())]
     BadLabel {
@@ -127,7 +133,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
 /// `batches.meta.txt` is not read.
 ///
 /// Errors: [`DataError::MissingDir`], [`DataError::MissingFile`] (no `test_batch.bin`),
-/// [`DataError::NoTrainBatches`], [`DataError::BadSize`], [`DataError::BadLabel`],
+/// [`DataError::NoTrainBatches`], [`DataError::EmptyFile`], [`DataError::BadSize`],
+/// [`DataError::BadLabel`],
 /// [`DataError::Io`].
 pub fn load_cifar10(dir: &Path) -> Result<Split, DataError> {
     if !dir.is_dir() {
@@ -167,6 +174,13 @@ pub fn load_cifar10(dir: &Path) -> Result<Split, DataError> {
 /// Appends the records of the file at `path` to `out`.
 fn read_records(path: &Path, out: &mut Dataset) -> Result<(), DataError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
+    // Said apart: an empty file would otherwise surface later as an empty split, far from the
+    // file that caused it.
+    if bytes.is_empty() {
+        return Err(DataError::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
     if bytes.len() % RECORD_BYTES != 0 {
         return Err(DataError::BadSize {
             path: path.to_path_buf(),
