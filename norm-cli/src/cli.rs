@@ -186,6 +186,23 @@ pub struct RecipeArgs {
         allow_negative_numbers = true
     )]
     pub data_seed: u64,
+    /// A norm setting KEY=VALUE, for every norm that has KEY (repeatable): e.g. r_max=2,
+    /// d_max=3 for BatchRenorm, momentum=0.01 (see `apply --help` for the norms).
+    #[arg(
+        long = "norm-set",
+        value_name = "KEY=VALUE",
+        allow_hyphen_values = true
+    )]
+    pub norm_set: Vec<String>,
+    /// Share of training (0 to 1) over which a norm with a warm-up of its settings reaches
+    /// them (BatchRenorm: r_max from 1, d_max from 0, as in its paper); 0: none.
+    #[arg(
+        long,
+        value_name = "SHARE",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub norm_ramp: f32,
 }
 
 fn size_help(what: &str, n: &str, synthetic: usize) -> String {

@@ -159,6 +159,7 @@ pub fn load_choice(r: &DataChoice) -> Result<(Split, DataInfo)> {
 /// Rejects out-of-range recipe values by the option that set them (`--lr -1 is invalid: ...`),
 /// before norm-train would reject them by its field names.
 pub fn check_recipe(r: &RecipeArgs) -> Result<()> {
+    check_norm_set(r)?;
     let checks: [(&str, f32, bool, &str); 5] = [
         (
             "--lr",
@@ -199,6 +200,41 @@ pub fn check_recipe(r: &RecipeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `norm` with every `--norm-set KEY=VALUE` whose key it has ([`check_norm_set`] has checked
+/// them).
+fn with_settings(mut norm: norm_train::Norm, r: &RecipeArgs) -> norm_train::Norm {
+    for kv in &r.norm_set {
+        if let Some((k, v)) = kv.split_once('=')
+            && norm.keys().contains(&k.trim())
+        {
+            let _ = norm.set(k.trim(), v.trim());
+        }
+    }
+    norm
+}
+
+/// Each `--norm-set` is KEY=VALUE with a key some norm has and a value every such norm takes.
+pub fn check_norm_set(r: &RecipeArgs) -> Result<()> {
+    for kv in &r.norm_set {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--norm-set {kv}: expected KEY=VALUE");
+        };
+        let mut known = false;
+        for &kind in norm_train::NormKind::ALL {
+            let mut n = norm_train::Norm::new(kind);
+            if n.keys().contains(&k.trim()) {
+                known = true;
+                n.set(k.trim(), v.trim())
+                    .map_err(|e| anyhow::anyhow!("--norm-set {kv}: {e}"))?;
+            }
+        }
+        if !known {
+            bail!("--norm-set {kv}: no norm has a setting `{}`", k.trim());
+        }
+    }
+    Ok(())
+}
+
 /// The training configuration for one run (one worker; callers set `workers`).
 pub fn config(r: &RecipeArgs, norm: NormChoice, batch: usize, seed: u64) -> TrainConfig {
     let mut c = TrainConfig::default();
@@ -206,7 +242,10 @@ pub fn config(r: &RecipeArgs, norm: NormChoice, batch: usize, seed: u64) -> Trai
     c.model.width = r.width.unwrap_or(1.0);
     c.running_from = r.running_from.into();
     c.model.widths = r.widths.0;
-    c.model.norm = norm.kind().map(|k| model_norm(k, r.groups, r.eps));
+    c.model.norm = norm
+        .kind()
+        .map(|k| with_settings(model_norm(k, r.groups, r.eps), r));
+    c.norm_ramp = r.norm_ramp;
     c.epochs = r.epochs;
     c.batch = batch;
     c.base_lr = r.lr;

@@ -33,7 +33,10 @@ fn contains(msg: &str, want: &str) {
 fn unknown_norm() {
     let msg = one_line_error(cli().args(["train", "--norm", "groupp"]));
     contains(&msg, "invalid value 'groupp' for '--norm <NORM>'");
-    contains(&msg, "possible values: batch, layer, instance, group, none");
+    contains(
+        &msg,
+        "possible values: batch, layer, instance, group, renorm, none",
+    );
     let msg = one_line_error(cli().args(["sweep", "--norms", "batch,foo", "--out", "x"]));
     contains(&msg, "invalid value 'foo'");
     let out = cli().args(["apply", "--norm", "none"]).output().unwrap();
@@ -648,7 +651,6 @@ fn ctrl_c_says_what_was_interrupted_and_kept() {
 
 /// PyTorch gives finite outputs for finite inputs near `f32::MAX`; so must `apply`.
 #[test]
-#[ignore = "enabled once the kernels' statistics are scale-safe"]
 fn group_norm_of_values_near_f32_max_is_finite() {
     let tmp = tempfile::tempdir().unwrap();
     let x = tmp.path().join("x.npy");

@@ -135,7 +135,8 @@ fn eval_errors_are_one_line() {
             .arg(&g),
     );
     assert!(
-        msg.contains("--recalibrate-bn needs a BatchNorm model") && msg.contains("group norm"),
+        msg.contains("--recalibrate-bn needs a model whose norm keeps running statistics")
+            && msg.contains("GroupNorm (G = 8)"),
         "{msg}"
     );
     let msg = one_line_error(

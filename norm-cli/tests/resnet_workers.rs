@@ -82,7 +82,9 @@ fn resnet_trains_with_workers_and_saves_its_kind() {
     let bytes = fs::read(&ckpt).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(
-        text.contains(r#""arch":"resnet8""#) && text.contains("layer3.0.shortcut.1.running_mean")
+        text.contains(r#"\"arch\":\"resnet8\""#)
+            && text.contains("layer3.0.shortcut.1.running_mean"),
+        "{text}"
     );
     // The text report names the model and the split.
     let out = cli()

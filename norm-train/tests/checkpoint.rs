@@ -172,19 +172,21 @@ fn load_errors_name_the_file_and_the_problem() {
     assert_ne!(&other, cfg);
     let msg = edit("widths", keys::MODEL, &other);
     assert!(
-        msg.contains("tensor conv3.weight has shape [64, 32, 3, 3], the model (batch norm, widths [16, 32, 32]) needs [32, 32, 3, 3]"),
+        msg.contains("tensor conv3.weight has shape [64, 32, 3, 3], the model (BatchNorm, plain widths [16, 32, 32]) needs [32, 32, 3, 3]"),
         "{msg}"
     );
-    let group = cfg.replacen("\"groups\":8", "\"groups\":5", 1).replacen(
-        "\"norm\":\"batch\"",
-        "\"norm\":\"group\"",
-        1,
-    );
+    // The norm is its descriptor's spec string, `"norm":"batch:eps=...,..."`.
+    let with_norm = |spec: &str| {
+        let at = cfg.find("\"norm\":\"").unwrap() + "\"norm\":\"".len();
+        let end = at + cfg[at..].find('"').unwrap();
+        format!("{}{spec}{}", &cfg[..at], &cfg[end..])
+    };
+    let group = with_norm("group:groups=5,eps=0.00001,affine=true");
     assert!(edit("groups", keys::MODEL, &group).contains("groups = 5"));
-    let layer = cfg.replacen("\"norm\":\"batch\"", "\"norm\":\"layer\"", 1);
+    let layer = with_norm("layer:eps=0.00001,affine=true");
     assert!(
         edit("layer", keys::MODEL, &layer)
-            .contains("has tensor norm1.num_batches_tracked, which the model (layer norm")
+            .contains("has tensor norm1.num_batches_tracked, which the model (LayerNorm")
     );
     assert!(edit("json", keys::MODEL, "{x}").contains("is not JSON"));
     assert!(
