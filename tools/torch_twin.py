@@ -8,7 +8,7 @@ Modes
                    carries "twin": "pytorch", so `norm-cli report` never mixes it with
                    norm-cli's cells.
   --throughput     training images/s per model x batch on random inputs, one JSON line each.
-  --check-grads D  loads D/model.ckpt (a normlab checkpoint) and D/batch.bin written by
+  --check-grads D  loads D/model.safetensors (a normlab checkpoint) and D/batch.bin written by
                    `cargo run --release -p norm-train --example dump_grads -- D ...`, computes
                    the loss and every gradient in PyTorch and compares them with D/grads.bin.
 
@@ -345,23 +345,24 @@ def throughput(a):
 # ---------------------------------------------------------------- gradient check
 
 def read_ckpt(path):
-    b = open(path, "rb").read()
-    if b[:8] != b"NLCKPT\x00\x01":
-        sys.exit(f"error: {path} is not a normlab checkpoint")
-    (hlen,) = struct.unpack("<Q", b[8:16])
-    header = json.loads(b[16:16 + hlen])
-    vals = np.frombuffer(b[16 + hlen:], dtype="<f4")
-    out, at = {}, 0
-    for t in header["tensors"]:
-        n = int(np.prod(t["shape"])) if t["shape"] else 1
-        out[t["name"]] = vals[at:at + n].reshape(t["shape"])
-        at += n
-    return header, out
+    """A normlab .safetensors checkpoint: (model config, {name: array})."""
+    from safetensors import safe_open
+    with safe_open(path, framework="np") as f:
+        meta = f.metadata() or {}
+        if "normlab.model" not in meta:
+            sys.exit(f"error: {path} is not a normlab checkpoint (no normlab.model metadata)")
+        out = {k: f.get_tensor(k) for k in f.keys()}
+    model = json.loads(meta["normlab.model"])
+    # The norm is the kernels' descriptor spec, `name:key=value,...`, or null for none.
+    spec = model.get("norm") or "none"
+    name, _, settings = spec.partition(":")
+    kv = dict(p.split("=", 1) for p in settings.split(",") if "=" in p)
+    model["norm"], model["groups"] = name, int(kv.get("groups", 8))
+    return model, out
 
 
 def check_grads(a):
-    header, tensors = read_ckpt(os.path.join(a.check_grads, "model.ckpt"))
-    m = header["model"]
+    m, tensors = read_ckpt(os.path.join(a.check_grads, "model.safetensors"))
     meta = json.load(open(os.path.join(a.check_grads, "meta.json")))
     a.model, a.width, a.widths, a.groups = m.get("arch", "plain"), m.get("width", 1.0), m["widths"], m["groups"]
     a.running_from = meta.get("running_from", "worker0")
