@@ -103,7 +103,7 @@ pub fn from_results(results: &[CellResult], norm_order: &[NormChoice]) -> Vec<Co
                         .map(|r| &r.train_loss_per_epoch[..])
                         .collect();
                     Series {
-                        norm: n.clone(),
+                        norm: *n,
                         seeds: seeds.len(),
                         test_acc: points(&acc, 100.0),
                         train_loss: points(&loss, 1.0),

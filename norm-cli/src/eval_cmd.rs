@@ -173,7 +173,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         let (split, info) = load_choice(&choice(a, trained.as_ref())?)?;
         let same = trained.as_ref().map(|d| d.fingerprint == info.fingerprint);
         let norm = &ckpt.meta.normalizer;
-        let before = model.try_evaluate(&split.test, norm)?;
+        let before = model.evaluate(&split.test, norm)?;
         let mut recalibrated = None;
         let mut saved = None;
         let mut acc = before;
@@ -185,7 +185,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             } = model
                 .recalibrate_batch_norm(&split.train, norm, n, a.recalibrate_batch)
                 .with_context(|| format!("--recalibrate-bn {n}"))?;
-            acc = model.try_evaluate(&split.test, norm)?;
+            acc = model.evaluate(&split.test, norm)?;
             recalibrated = Some(Recalibrated {
                 images,
                 batches,

@@ -150,8 +150,7 @@ where
     let entries: Vec<(String, RGBColor)> = s
         .norms
         .iter()
-        .enumerate()
-        .map(|(_, &n)| (n.label().to_owned(), colour(n)))
+        .map(|&n| (n.label().to_owned(), colour(n)))
         .collect();
     draw_legend(&legend_area, &entries, 60).map_err(err)?;
     root.present().map_err(err)?;

@@ -100,7 +100,7 @@ impl Summary {
                 .filter_map(|(s, a)| a.map(|a| (s, a)))
                 .collect();
             if !bad.is_empty() {
-                diverged.insert(k.clone(), bad);
+                diverged.insert(k, bad);
             }
             if ok.is_empty() {
                 continue;

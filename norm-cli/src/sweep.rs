@@ -35,7 +35,7 @@ impl Cell {
     }
 
     fn key(&self) -> CellKey {
-        (self.norm.clone(), self.batch, self.per_worker, self.seed)
+        (self.norm, self.batch, self.per_worker, self.seed)
     }
 }
 

@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let norm = data::Normalizer::from_dataset(&split.train);
     println!("checkpoint {path}: {:?}", model.config());
 
-    let reported = model.evaluate(&split.test, &norm);
+    let reported = model.evaluate(&split.test, &norm)?;
     println!(
         "eval mode, running statistics from training:      {:5.1} %",
         100.0 * reported
@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut m = norm_train::checkpoint::load(std::path::Path::new(path))?.model;
         m.train_mode();
         accuracy_in_batches(&mut m, &split.train, &norm, 250, &augment)?;
-        precise.push((what, m.evaluate(&split.test, &norm)));
+        precise.push((what, m.evaluate(&split.test, &norm)?));
     }
     for (what, acc) in precise {
         println!(

@@ -39,7 +39,7 @@ fn main() -> Result<(), BoxError> {
         data: None,
     };
     norm_train::checkpoint::save(&dir.join("model.safetensors"), &model, &meta)?;
-    model.set_workers(workers, RunningFrom::Worker0);
+    model.set_workers(workers, RunningFrom::Worker0)?;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x: Vec<f32> = (0..n * 3 * 32 * 32)
         .map(|_| rng.random_range(-2.0..2.0))

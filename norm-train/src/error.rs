@@ -106,9 +106,13 @@ pub enum TrainError {
     /// A normalisation kernel rejected its arguments.
     #[error(transparent)]
     Kernel(#[from] norm_kernels::NormError),
-    /// A dfdx tensor operation failed (allocation or element count).
+    /// Inputs of the wrong size or labels out of range, given to [`crate::Model`] directly.
+    #[error("{0}")]
+    Input(String),
+    /// A tensor operation failed (allocation or element count); the message of the autodiff
+    /// library, which is not part of this crate's interface.
     #[error("tensor operation failed: {0}")]
-    Tensor(#[from] dfdx::tensor::CpuError),
+    Tensor(String),
 }
 
 /// `0.05` as `0.05`, `1e30` as `1e30` (not thirty digits): plain notation between 1e-4 and 1e6.
@@ -118,5 +122,12 @@ pub fn short_num(x: &f32) -> String {
         x.to_string()
     } else {
         format!("{x:e}")
+    }
+}
+
+/// The `?` of the crate's dfdx calls; the error keeps only dfdx's message.
+impl From<dfdx::tensor::CpuError> for TrainError {
+    fn from(e: dfdx::tensor::CpuError) -> Self {
+        TrainError::Tensor(e.to_string())
     }
 }

@@ -11,7 +11,7 @@
 //! ([`Arch`]), and [`TrainConfig::workers`] splits each batch into data-parallel worker shares
 //! over which BatchNorm computes its statistics, as in the paper's images-per-GPU protocol.
 //!
-//! * [`ops`]: custom dfdx tape ops with their own backward — the 3×3 convolution (im2col +
+//! * `ops` (crate-private, since they are written in dfdx types): custom tape ops with their own backward — the 3×3 convolution (im2col +
 //!   `gemm`), the ResNets' strided and 1×1 convolutions and residual join, the batch split into
 //!   worker shares, the norms (calling `norm-kernels`), 2×2 max pooling. ReLU, global average pooling,
 //!   the linear layer and the loss are dfdx's own ops.
@@ -31,9 +31,11 @@ mod config;
 pub mod data;
 mod error;
 mod model;
-pub mod ops;
+mod ops;
 mod recalibrate;
 mod resnet;
+#[cfg(test)]
+mod tests;
 mod train;
 
 pub use config::{
@@ -47,6 +49,7 @@ pub use model::{
     StateTensorMut, count_correct, split_matters,
 };
 pub use norm_kernels::{Norm, NormKind, ParseNormError};
+pub use ops::norm::Running;
 pub use recalibrate::Recalibration;
 pub use train::{
     EpochStats, Progress, Sgd, TrainOutcome, learning_rate, norm_ramp_progress, train,

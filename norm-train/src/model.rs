@@ -221,11 +221,19 @@ impl Model {
 
     /// Sets the data-parallel split of train-mode forward passes: BatchNorm computes its
     /// statistics per share of `workers` equal shares (the batch must divide), its running
-    /// statistics follow `running_from`. `1` is one worker, the plain computation.
-    pub fn set_workers(&mut self, workers: usize, running_from: RunningFrom) {
-        assert!(workers > 0, "workers must be at least 1");
+    /// statistics follow `running_from`. `1` is one worker, the plain computation. `0` is
+    /// [`TrainError::WorkersZero`].
+    pub fn set_workers(
+        &mut self,
+        workers: usize,
+        running_from: RunningFrom,
+    ) -> Result<(), TrainError> {
+        if workers == 0 {
+            return Err(TrainError::WorkersZero);
+        }
         self.workers = workers;
         self.running_from = running_from;
+        Ok(())
     }
 
     /// The data-parallel split ([`Model::set_workers`]).
@@ -445,12 +453,12 @@ impl Model {
 
     fn input(&self, x: &[f32], n: usize) -> Result<Tensor<Shape4, f32, Cpu>, TrainError> {
         let (c, h, w) = INPUT;
-        assert_eq!(
-            x.len(),
-            n * c * h * w,
-            "input has {} values, expected {n}×{c}×{h}×{w}",
-            x.len()
-        );
+        if x.len() != n * c * h * w {
+            return Err(TrainError::Input(format!(
+                "the input has {} values, expected {n}×{c}×{h}×{w}",
+                x.len()
+            )));
+        }
         Ok(crate::ops::write(&self.dev, (n, c, h, w), x)?)
     }
 
@@ -486,7 +494,12 @@ impl Model {
         let logits_v = logits.as_vec();
         let mut onehot = vec![0.0f32; n * data::NUM_CLASSES];
         for (i, &l) in labels.iter().enumerate() {
-            assert!(l < data::NUM_CLASSES, "label {l} out of range");
+            if l >= data::NUM_CLASSES {
+                return Err(TrainError::Input(format!(
+                    "label {l} is out of range (0..{})",
+                    data::NUM_CLASSES
+                )));
+            }
             onehot[i * data::NUM_CLASSES + l] = 1.0;
         }
         let targets = crate::ops::from_vec(&self.dev, (n, data::NUM_CLASSES), onehot)?;
@@ -499,13 +512,7 @@ impl Model {
 
     /// Top-1 accuracy (fraction) on `data` in eval mode, in batches of [`EVAL_BATCH`]; restores the
     /// previous mode. An empty set gives `NaN`.
-    pub fn evaluate(&mut self, data: &data::Dataset, norm: &data::Normalizer) -> f32 {
-        self.try_evaluate(data, norm)
-            .expect("evaluation of a validated model cannot fail")
-    }
-
-    /// [`Model::evaluate`] returning errors instead of panicking.
-    pub fn try_evaluate(
+    pub fn evaluate(
         &mut self,
         data: &data::Dataset,
         norm: &data::Normalizer,

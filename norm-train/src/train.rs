@@ -164,7 +164,7 @@ pub fn train(
 ) -> Result<TrainOutcome, TrainError> {
     cfg.validate(data.train.len())?;
     let mut model = Model::new(&cfg.model, cfg.seed)?;
-    model.set_workers(cfg.workers, cfg.running_from);
+    model.set_workers(cfg.workers, cfg.running_from)?;
     let normalizer = data::Normalizer::from_dataset(&data.train);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     rng.set_stream(1);
@@ -226,7 +226,7 @@ pub fn train(
                 loss,
             });
         }
-        let test_acc = model.try_evaluate(&data.test, &normalizer)?;
+        let test_acc = model.evaluate(&data.test, &normalizer)?;
         let stats = EpochStats {
             epoch,
             lr,

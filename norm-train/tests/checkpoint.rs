@@ -61,8 +61,14 @@ fn save_then_load_restores_tensors_config_and_metadata() {
             assert!(model.running()[0].num_batches_tracked > 0);
         }
         assert_eq!(
-            out.model.evaluate(&split.test, &m.normalizer).to_bits(),
-            model.evaluate(&split.test, &m.normalizer).to_bits()
+            out.model
+                .evaluate(&split.test, &m.normalizer)
+                .unwrap()
+                .to_bits(),
+            model
+                .evaluate(&split.test, &m.normalizer)
+                .unwrap()
+                .to_bits()
         );
         // PyTorch's names, dtypes and shapes, and its `format` key.
         let bytes = std::fs::read(&path).unwrap();

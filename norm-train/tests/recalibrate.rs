@@ -41,7 +41,7 @@ fn recalibration_is_the_average_of_batch_statistics() {
     for (l, run) in all.iter().enumerate() {
         assert_eq!(run.num_batches_tracked, 3);
         for ch in 0..run.mean.len() {
-            let avg = |f: fn(&norm_train::ops::norm::Running, usize) -> f32| {
+            let avg = |f: fn(&norm_train::Running, usize) -> f32| {
                 (f(&a[l], ch) as f64 + f(&b[l], ch) as f64 + f(&c[l], ch) as f64) / 3.0
             };
             let m = avg(|r, i| r.mean[i]);

@@ -107,7 +107,7 @@ fn batchnorm_with_workers_is_batchnorm_per_share() {
         let labels: Vec<usize> = (0..n).map(|i| (i * 3) % 10).collect();
         for from in [RunningFrom::Worker0, RunningFrom::Every] {
             let mut split = Model::new(&cfg, 1).unwrap();
-            split.set_workers(w, from);
+            split.set_workers(w, from).unwrap();
             let (_, logits, grads) = split.loss_and_grads(&x, &labels).unwrap();
             let mut alone = Model::new(&cfg, 1).unwrap();
             let mut mean_grads: Vec<Vec<f64>> = grads.iter().map(|g| vec![0.0; g.len()]).collect();

@@ -34,6 +34,7 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    #[cfg(test)]
     /// `C_in · 9`, the GEMM's inner dimension.
     pub const fn k(&self) -> usize {
         self.c_in * 9
@@ -80,6 +81,7 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 /// For kernel offset `k` (0..3) along a dimension of size `len`: the output range whose input
 /// `o + k - 1` is inside the image.
 #[inline]
+#[cfg(test)]
 fn valid(k: usize, len: usize) -> (usize, usize) {
     (
         if k == 0 { 1 } else { 0 },
@@ -87,6 +89,7 @@ fn valid(k: usize, len: usize) -> (usize, usize) {
     )
 }
 
+#[cfg(test)]
 /// `col[(ci·9 + ky·3 + kx)·hw + oy·w + ox] = x[ci, oy+ky-1, ox+kx-1]` (0 outside).
 pub fn im2col(c_in: usize, h: usize, w: usize, x: &[f32], col: &mut [f32]) {
     let hw = h * w;
@@ -114,6 +117,7 @@ pub fn im2col(c_in: usize, h: usize, w: usize, x: &[f32], col: &mut [f32]) {
     }
 }
 
+#[cfg(test)]
 /// The adjoint of [`im2col`]: `dx[ci, oy+ky-1, ox+kx-1] += col[...]`.
 pub fn col2im_add(c_in: usize, h: usize, w: usize, col: &[f32], dx: &mut [f32]) {
     let hw = h * w;
@@ -185,6 +189,7 @@ pub(crate) fn gemm_strided(
     }
 }
 
+#[cfg(test)]
 /// Forward as im2col + GEMM: `y = conv(x, weight) + bias`. `weight` is `[C_out, C_in, 3, 3]`,
 /// `bias` `[C_out]`. The twin of [`conv3x3_forward`] (same arguments), kept as its independent
 /// check and for the layers a direct kernel would not suit.
@@ -216,6 +221,7 @@ type GradChunk<'a> = (
     Option<&'a mut [f32]>,
 );
 
+#[cfg(test)]
 /// Backward as GEMMs and col2im, the twin of [`conv3x3_backward`] (same arguments).
 /// Accumulates (`+=`) into `dweight` and `dbias`, and into `dx` when given.
 pub fn conv3x3_backward_gemm(

@@ -87,11 +87,6 @@ impl<T: Copy + Default> BufferPool<T> {
         b.fill(T::default());
         b
     }
-
-    /// Number of free allocations held (for tests).
-    pub fn free_len(&self) -> usize {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 /// A buffer on loan from a [`BufferPool`]; derefs to `[T]` and returns itself on drop.

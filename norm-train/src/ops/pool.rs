@@ -4,11 +4,15 @@
 //! row-major order, as PyTorch); backward routes the output gradient to it. Odd trailing rows or
 //! columns are dropped (floor mode).
 
+#[cfg(test)]
 use dfdx::shapes::HasShape;
+#[cfg(test)]
 use dfdx::tensor::{Cpu, PutTape, SplitTape, Tape, Tensor};
 use rayon::prelude::*;
 
+#[cfg(test)]
 use super::{BufferPool, Shape4, put_grad, read, take_grad, write};
+#[cfg(test)]
 use crate::TrainError;
 
 /// Forward on one batch: `x` is `[planes, h, w]`, `y` `[planes, h/2, w/2]`, `arg` the winner
@@ -80,6 +84,7 @@ pub fn max_pool2_backward(
         });
 }
 
+#[cfg(test)]
 /// The tape op: `[N, C, H, W] → [N, C, H/2, W/2]`.
 pub fn max_pool2<T: Tape<f32, Cpu>>(
     x: Tensor<Shape4, f32, Cpu, T>,

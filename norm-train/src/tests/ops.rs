@@ -3,9 +3,7 @@
 //! (`normalize`, `max`, `broadcast_like`, ...), forward values and the gradients dfdx's tape
 //! delivers for every input.
 
-use dfdx::prelude::*;
-use norm_kernels::Mode;
-use norm_train::{
+use crate::{
     NormChoice, NormKind, model_norm,
     ops::{
         BufferPool, conv,
@@ -13,6 +11,8 @@ use norm_train::{
         pool,
     },
 };
+use dfdx::prelude::*;
+use norm_kernels::Mode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -1,18 +1,20 @@
-//! The 3×3 convolutions of the default CNN (widths 16/32/64) at batch 2 and 32: the direct
+//! Timing: the 3×3 convolutions of the default CNN (widths 16/32/64) at batch 2 and 32: the direct
 //! kernels (`conv3x3_forward` / `conv3x3_backward`, what the model runs) against their
 //! im2col + GEMM twins, interleaved, with GFLOP/s (2 flops per multiply-add; the backward
 //! counts `dW` and `dx`; `dW ms` is the direct backward without `dx`). Each figure is the fastest
 //! of 31 calls.
 //!
-//! `cargo run --release -p norm-train --example conv3x3 -- [batch ...]` (default: 2 32).
-//! Threads: `RAYON_NUM_THREADS` (default: all cores).
+//! `NORMLAB_CONV_BATCHES="2 32" cargo test --release -p norm-train --lib conv3x3_timing --
+//! --ignored --nocapture` (a timing, not a test: ignored in CI). Threads: `RAYON_NUM_THREADS`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use norm_train::ops::conv::{self, ConvShape};
+use crate::ops::conv::{self, ConvShape};
 
-fn main() {
+#[test]
+#[ignore = "a timing; run by hand"]
+fn conv3x3_timing() {
     rayon::scope(|_| run());
 }
 
@@ -33,8 +35,9 @@ fn fastest_ms(mut f: impl FnMut()) -> f64 {
 }
 
 fn run() {
-    let batches: Vec<usize> = std::env::args()
-        .skip(1)
+    let batches: Vec<usize> = std::env::var("NORMLAB_CONV_BATCHES")
+        .unwrap_or_default()
+        .split_whitespace()
         .filter_map(|a| a.parse().ok())
         .collect();
     let batches = if batches.is_empty() {

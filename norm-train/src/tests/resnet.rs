@@ -2,8 +2,7 @@
 //! loops), the whole ResNet against finite differences, checkpoints of a ResNet, and short
 //! runs of every model learning above chance.
 
-use dfdx::prelude::*;
-use norm_train::{
+use crate::{
     Arch, Model, ModelConfig, NormChoice, NormKind, TrainConfig, data,
     ops::{
         BufferPool, conv,
@@ -12,6 +11,7 @@ use norm_train::{
     },
     train,
 };
+use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -377,7 +377,7 @@ fn resnet_gradients_match_finite_differences() {
             // loss gradient is not the finite difference unless they are 1 and 0: the start of its
             // ramp. Its kernels' check with r, d frozen is norm-kernels/tests/batch_renorm.rs.
             model.ramp_norm(0.0);
-            model.set_workers(workers, Default::default());
+            model.set_workers(workers, Default::default()).unwrap();
             let (_, _, grads) = model.loss_and_grads(&x, &labels).unwrap();
             let h = 1e-3f32;
             for (pi, g) in grads.iter().enumerate() {
@@ -429,15 +429,15 @@ fn resnet_checkpoint_round_trips() {
     let mut m = Model::new(&cfg, 3).unwrap();
     let x: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| (i % 7) as f32 - 3.0).collect();
     m.loss_and_grads(&x, &[1, 2]).unwrap(); // moves the running statistics
-    let meta = norm_train::checkpoint::CheckpointMeta {
-        normalizer: norm_train::data::Normalizer {
+    let meta = crate::checkpoint::CheckpointMeta {
+        normalizer: crate::data::Normalizer {
             mean: [0.5; 3],
             std: [0.25; 3],
         },
         data: None,
     };
-    norm_train::checkpoint::save(&path, &m, &meta).unwrap();
-    let mut back = norm_train::checkpoint::load(&path).unwrap().model;
+    crate::checkpoint::save(&path, &m, &meta).unwrap();
+    let mut back = crate::checkpoint::load(&path).unwrap().model;
     assert_eq!(back.config(), &cfg);
     assert_eq!(back.params(), m.params());
     assert_eq!(back.running(), m.running());

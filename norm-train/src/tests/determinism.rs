@@ -1,10 +1,10 @@
 //! Same seed → same result, bit for bit, for any number of rayon threads.
 
-use dfdx::prelude::*;
-use norm_train::{
+use crate::{
     DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, NormKind, TrainConfig, TrainOutcome,
     data, ops::conv, train,
 };
+use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -131,7 +131,7 @@ fn dfdx_matmul_and_conv_gemm_do_not_depend_on_the_thread_count() {
 /// The same with the ResNets and with BatchNorm split over workers.
 #[test]
 fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
-    use norm_train::{Arch, RunningFrom};
+    use crate::{Arch, RunningFrom};
     let split = data::synthetic(1, 96, 40);
     let runs = [
         (
@@ -176,9 +176,9 @@ fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
             };
             cfg.model.arch = arch;
             cfg.model.width = if arch == Arch::Plain { 1.0 } else { 0.5 };
-            cfg.model.norm = norm.kind().map(|k| {
-                norm_train::model_norm(k, norm_train::DEFAULT_GROUPS, norm_train::DEFAULT_EPS)
-            });
+            cfg.model.norm = norm
+                .kind()
+                .map(|k| crate::model_norm(k, crate::DEFAULT_GROUPS, crate::DEFAULT_EPS));
             in_pool(threads, || train(&cfg, &split, &mut |_| {}).unwrap())
         };
         let (a, b) = (run(1), run(2));
