@@ -279,6 +279,13 @@ impl ModelConfig {
                     expected: "finite and non-negative",
                 });
             }
+            // A norm whose statistics mix samples is evaluated with its running statistics.
+            if norm.kind().mixes_samples() && !norm.tracks_running() {
+                return Err(TrainError::Input(format!(
+                    "{} in a model needs running statistics (track_running_stats = true)",
+                    norm.label()
+                )));
+            }
             for &width in &widths {
                 norm.validate(norm_kernels::Nchw::new(1, width, 2, 2))
                     .map_err(|reason| TrainError::Norm { width, reason })?;

@@ -106,7 +106,8 @@ pub enum TrainError {
     /// A normalisation kernel rejected its arguments.
     #[error(transparent)]
     Kernel(#[from] norm_kernels::NormError),
-    /// Inputs of the wrong size or labels out of range, given to [`crate::Model`] directly.
+    /// What the model cannot take: inputs of the wrong size or labels out of range given to
+    /// [`crate::Model`] directly, or norm settings a model cannot use.
     #[error("{0}")]
     Input(String),
     /// A tensor operation failed (allocation or element count); the message of the autodiff

@@ -113,6 +113,13 @@ fn validation_rejects_bad_settings_with_one_line_messages() {
     // Groups only matter for GroupNorm.
     g.model.norm = Some(model_norm(NormKind::Batch, 3, 1e-5));
     g.validate(1000).unwrap();
+    let mut b = ok.clone();
+    b.model.norm = Some(
+        model_norm(NormKind::Batch, 8, 1e-5)
+            .with("track_running_stats", false)
+            .unwrap(),
+    );
+    check(b, 1000, &["BatchNorm in a model needs running statistics"]);
     let mut w = ok.clone();
     w.model.widths = [16, 0, 64];
     check(w, 1000, &["widths"]);
