@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Criterion benches of an older build against this one, interleaved (old, new; per norm; 3 rounds):
+#   tools/bench_old_new.sh OLD_CHECKOUT      (both built with `cargo bench -p normlab-benches --no-run`)
+# Prints "round build bench median unit" lines; docs/performance.md tabulates their medians.
+set -euo pipefail
+old=${1:?usage: tools/bench_old_new.sh OLD_CHECKOUT}
+new=$(cd "$(dirname "$0")/.." && pwd)
+bin() { ls -t "$1"/target/release/deps/"$2"-* | grep -v '\.d$' | head -1; }
+for round in 1 2 3; do
+  for n in batch_norm group_norm instance_norm layer_norm; do
+    for v in old new; do
+      if [ $v = old ]; then b=$(bin "$old" $n); else b=$(bin "$new" $n); fi
+      (cd /tmp && "$b" --bench simd_rayon --warm-up-time 0.5 --measurement-time 1.5 --noplot 2>/dev/null) |
+        awk -v v=$v -v r=$round '/^[a-z_0-9]+\/[a-z_]+\/[0-9x]+\/simd_rayon/ {id=$1}
+                                 /time:/ && id != "" {print r, v, id, $4, $5; id=""}'
+    done
+  done
+done
