@@ -14,9 +14,60 @@ use rayon::prelude::*;
 
 use super::moments::{Moments, fold_affine, rstd_of};
 use super::schedule::{nests, run};
+use crate::error::{check_affine, check_eval, check_tracking};
 use crate::simd::{self, Center};
 use crate::tuning::{BLOCK, TILE};
-use crate::{Affine, AffineGrads, Nchw, Parallelism, Running};
+use crate::{Affine, AffineGrads, Grads, Nchw, NormError, Parallelism, Running, Saved};
+
+/// The settings eval mode reads: `eps`, `affine`, `track_running_stats`.
+pub(crate) type EvalSettings = (f32, bool, bool);
+
+/// Eval-mode forward of every norm with running statistics: validates the call against its
+/// settings, then [`channel_map_forward`].
+pub(crate) fn eval_forward(
+    op: &'static str,
+    (eps, affine_flag, track): EvalSettings,
+    shape: Nchw,
+    (x, y): (&[f32], &mut [f32]),
+    affine: Option<Affine<'_>>,
+    running: Running<'_>,
+    par: Parallelism,
+) -> Result<(), NormError> {
+    let affine = affine.as_ref();
+    check_tracking(op, track, true)?;
+    let lens = (x.len(), ("y", y.len()), None);
+    check_eval(op, shape, lens, running, (affine_flag, affine, None), eps)?;
+    channel_map_forward(shape, (x, y), running, affine, eps, par);
+    Ok(())
+}
+
+/// Eval-mode backward of every norm with running statistics: validates the call against its
+/// settings, then [`channel_map_backward`].
+pub(crate) fn eval_backward(
+    op: &'static str,
+    (eps, affine_flag, track): EvalSettings,
+    shape: Nchw,
+    (saved, dy): (Saved<'_, Running<'_>>, &[f32]),
+    gamma: Option<&[f32]>,
+    grads: Grads<'_>,
+    par: Parallelism,
+) -> Result<(), NormError> {
+    let Saved { x, stats: running } = saved;
+    check_tracking(op, track, true)?;
+    let lens = (x.len(), ("dx", grads.dx.len()), Some(dy.len()));
+    check_eval(op, shape, lens, running, (affine_flag, None, gamma), eps)?;
+    check_affine(op, shape.c, None, grads.affine.as_ref())?;
+    channel_map_backward(
+        shape,
+        (x, dy, grads.dx),
+        running,
+        gamma,
+        eps,
+        grads.affine,
+        par,
+    );
+    Ok(())
+}
 
 /// Backward sums of a group around its saved mean `m`: `(Σ dy, Σ dy·(x - m), Σ (x - m))`.
 pub(crate) type Sums = (f64, f64, f64);
@@ -260,7 +311,7 @@ pub(crate) fn channels_backward(
 /// The fixed per-channel map `y = (x - mean_c)/sqrt(var_c + eps)·gamma_c + beta_c` over every
 /// plane: eval mode of every norm with running statistics. One read of x, one write of y
 /// (8 bytes/element); planes are the parallel tasks.
-pub(crate) fn channel_map_forward(
+fn channel_map_forward(
     shape: Nchw,
     (x, y): (&[f32], &mut [f32]),
     running: Running<'_>,
@@ -296,7 +347,7 @@ fn eval_center(mean: f32) -> Center {
 
 /// Backward of [`channel_map_forward`]: `dx = dy·gamma_c·rstd_c` and, if `grads` is given,
 /// `dgamma_c = Σ dy·(x - mean_c)·rstd_c`, `dbeta_c = Σ dy`. Channels are the parallel tasks.
-pub(crate) fn channel_map_backward(
+fn channel_map_backward(
     shape: Nchw,
     (x, dy, dx): (&[f32], &[f32], &mut [f32]),
     running: Running<'_>,

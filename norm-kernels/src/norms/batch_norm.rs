@@ -39,12 +39,10 @@
 //! count. The work is the per-plane engine's (`engine::plane`).
 
 use crate::engine::plane::{
-    affine_at, channel_map_backward, channel_map_forward, channels_backward, channels_forward,
+    affine_at, channels_backward, channels_forward, eval_backward, eval_forward,
     write_channel_grads,
 };
-use crate::error::{
-    check_affine, check_backward, check_channel_forward, check_eval, check_tracking,
-};
+use crate::error::{check_backward, check_channel_forward};
 use crate::{
     Affine, Grads, Momentum, Nchw, NormError, Output, Parallelism, Running, RunningStats, Saved,
     Stats,
@@ -130,20 +128,16 @@ pub fn batch_norm_forward_eval(
     y: &mut [f32],
     par: Parallelism,
 ) -> Result<(), NormError> {
-    const OP: &str = "batch_norm_forward_eval";
-    let affine = affine.as_ref();
-    check_tracking(OP, norm.track_running_stats, true)?;
-    let lens = (x.len(), ("y", y.len()), None);
-    check_eval(
-        OP,
+    let settings = (norm.eps, norm.affine, norm.track_running_stats);
+    eval_forward(
+        "batch_norm_forward_eval",
+        settings,
         shape,
-        lens,
+        (x, y),
+        affine,
         running,
-        (norm.affine, affine, None),
-        norm.eps,
-    )?;
-    channel_map_forward(shape, (x, y), running, affine, norm.eps, par);
-    Ok(())
+        par,
+    )
 }
 
 /// Training-mode BatchNorm2d backward from the saved input and statistics (`[C]`): overwrites
@@ -194,27 +188,7 @@ pub fn batch_norm_backward_eval(
     grads: Grads<'_>,
     par: Parallelism,
 ) -> Result<(), NormError> {
-    const OP: &str = "batch_norm_backward_eval";
-    let Saved { x, stats: running } = saved;
-    check_tracking(OP, norm.track_running_stats, true)?;
-    let lens = (x.len(), ("dx", grads.dx.len()), Some(dy.len()));
-    check_eval(
-        OP,
-        shape,
-        lens,
-        running,
-        (norm.affine, None, gamma),
-        norm.eps,
-    )?;
-    check_affine(OP, shape.c, None, grads.affine.as_ref())?;
-    channel_map_backward(
-        shape,
-        (x, dy, grads.dx),
-        running,
-        gamma,
-        norm.eps,
-        grads.affine,
-        par,
-    );
-    Ok(())
+    let settings = (norm.eps, norm.affine, norm.track_running_stats);
+    let op = "batch_norm_backward_eval";
+    eval_backward(op, settings, shape, (saved, dy), gamma, grads, par)
 }

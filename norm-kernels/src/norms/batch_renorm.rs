@@ -23,9 +23,9 @@
 
 use crate::engine::moments::Moments;
 use crate::engine::plane::{
-    affine_at, channel_map_backward, channel_map_forward, channels_backward, channels_forward,
+    affine_at, channels_backward, channels_forward, eval_backward, eval_forward,
 };
-use crate::error::{check_affine, check_backward, check_channel_forward, check_eval, check_len};
+use crate::error::{check_backward, check_channel_forward, check_len};
 use crate::{
     Affine, Grads, Momentum, Nchw, NormError, Output, Parallelism, Running, RunningStats, Saved,
 };
@@ -178,19 +178,16 @@ pub fn batch_renorm_forward_eval(
     y: &mut [f32],
     par: Parallelism,
 ) -> Result<(), NormError> {
-    const OP: &str = "batch_renorm_forward_eval";
-    let affine = affine.as_ref();
-    let lens = (x.len(), ("y", y.len()), None);
-    check_eval(
-        OP,
+    let settings = (norm.eps, norm.affine, true);
+    eval_forward(
+        "batch_renorm_forward_eval",
+        settings,
         shape,
-        lens,
+        (x, y),
+        affine,
         running,
-        (norm.affine, affine, None),
-        norm.eps,
-    )?;
-    channel_map_forward(shape, (x, y), running, affine, norm.eps, par);
-    Ok(())
+        par,
+    )
 }
 
 /// Training-mode BatchRenorm backward from the saved input and [`RenormStats`]: overwrites
@@ -243,26 +240,7 @@ pub fn batch_renorm_backward_eval(
     grads: Grads<'_>,
     par: Parallelism,
 ) -> Result<(), NormError> {
-    const OP: &str = "batch_renorm_backward_eval";
-    let Saved { x, stats: running } = saved;
-    let lens = (x.len(), ("dx", grads.dx.len()), Some(dy.len()));
-    check_eval(
-        OP,
-        shape,
-        lens,
-        running,
-        (norm.affine, None, gamma),
-        norm.eps,
-    )?;
-    check_affine(OP, shape.c, None, grads.affine.as_ref())?;
-    channel_map_backward(
-        shape,
-        (x, dy, grads.dx),
-        running,
-        gamma,
-        norm.eps,
-        grads.affine,
-        par,
-    );
-    Ok(())
+    let settings = (norm.eps, norm.affine, true);
+    let op = "batch_renorm_backward_eval";
+    eval_backward(op, settings, shape, (saved, dy), gamma, grads, par)
 }

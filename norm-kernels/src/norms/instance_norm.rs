@@ -39,13 +39,13 @@
 
 use crate::engine::moments::{Moments, fold_affine};
 use crate::engine::plane::{
-    affine_at, channel_map_backward, channel_map_forward, dx_coefs, plane_center_scale_shift,
-    plane_dx, plane_sums,
+    affine_at, dx_coefs, eval_backward, eval_forward, plane_center_scale_shift, plane_dx,
+    plane_sums,
 };
 use crate::engine::schedule::{nests, run};
 use crate::error::{
-    check_affine, check_affine_flag, check_backward, check_eval, check_io, check_momentum,
-    check_running_len, check_stats_len, check_tracking,
+    check_affine, check_affine_flag, check_backward, check_io, check_momentum, check_running_len,
+    check_stats_len, check_tracking,
 };
 use crate::{
     Affine, Grads, Momentum, Nchw, NormError, Output, Parallelism, Running, RunningStats, Saved,
@@ -164,20 +164,16 @@ pub fn instance_norm_forward_eval(
     y: &mut [f32],
     par: Parallelism,
 ) -> Result<(), NormError> {
-    const OP: &str = "instance_norm_forward_eval";
-    let affine = affine.as_ref();
-    check_tracking(OP, norm.track_running_stats, true)?;
-    let lens = (x.len(), ("y", y.len()), None);
-    check_eval(
-        OP,
+    let settings = (norm.eps, norm.affine, norm.track_running_stats);
+    eval_forward(
+        "instance_norm_forward_eval",
+        settings,
         shape,
-        lens,
+        (x, y),
+        affine,
         running,
-        (norm.affine, affine, None),
-        norm.eps,
-    )?;
-    channel_map_forward(shape, (x, y), running, affine, norm.eps, par);
-    Ok(())
+        par,
+    )
 }
 
 /// Training-mode InstanceNorm2d backward from the saved input and statistics (`[N·C]`):
@@ -252,27 +248,7 @@ pub fn instance_norm_backward_eval(
     grads: Grads<'_>,
     par: Parallelism,
 ) -> Result<(), NormError> {
-    const OP: &str = "instance_norm_backward_eval";
-    let Saved { x, stats: running } = saved;
-    check_tracking(OP, norm.track_running_stats, true)?;
-    let lens = (x.len(), ("dx", grads.dx.len()), Some(dy.len()));
-    check_eval(
-        OP,
-        shape,
-        lens,
-        running,
-        (norm.affine, None, gamma),
-        norm.eps,
-    )?;
-    check_affine(OP, shape.c, None, grads.affine.as_ref())?;
-    channel_map_backward(
-        shape,
-        (x, dy, grads.dx),
-        running,
-        gamma,
-        norm.eps,
-        grads.affine,
-        par,
-    );
-    Ok(())
+    let settings = (norm.eps, norm.affine, norm.track_running_stats);
+    let op = "instance_norm_backward_eval";
+    eval_backward(op, settings, shape, (saved, dy), gamma, grads, par)
 }
