@@ -162,3 +162,22 @@ fn eval_with_running_stats_needs_tracking() {
 fn snapshot_small_case() {
     insta::assert_snapshot!("batch_norm_small", t::snapshot_small_case(&BATCH));
 }
+
+/// The ResNets' planes (h·w a multiple of 8, which the odd-shape proptest never draws), one
+/// thread and the pool.
+#[test]
+fn aligned_planes_match_reference() {
+    for (n, c, h) in [
+        (4, 64, 8),
+        (4, 32, 16),
+        (4, 16, 32),
+        (2, 64, 8),
+        (8, 64, 8),
+        (4, 64, 4),
+    ] {
+        for par in [Parallelism::None, Parallelism::Rayon] {
+            let s = Nchw::new(n, c, h, h);
+            t::check_train(&BATCH, s, 3, true, 0.0, Momentum::Exponential(0.1), par);
+        }
+    }
+}

@@ -24,7 +24,11 @@ fn run(shape: Nchw, inp: &Inputs, eps: f32, par: Parallelism) -> Outputs {
         affine: inp.affine.is_some(),
     };
     let n = shape.n;
-    let (mut y, mut mean, mut rstd) = (vec![0.0; shape.len()], vec![0.0; n], vec![0.0; n]);
+    let (mut y, mut mean, mut rstd) = (
+        vec![f32::NAN; shape.len()],
+        vec![f32::NAN; n],
+        vec![f32::NAN; n],
+    );
     let out = Output {
         y: &mut y,
         stats: StatsMut {
@@ -104,13 +108,16 @@ proptest! {
 
 /// Samples longer than a 16 Ki-element tile and a 2 Ki-element backward strip, and batches of
 /// samples in the backward: 40 small samples in one batch; 3 samples of 700 K elements in
-/// batches of 2 and 1.
+/// batches of 2 and 1; the ResNets' sample shapes.
 #[test]
 fn matches_reference_on_long_samples_and_batches() {
     let shapes = [
         Nchw::new(2, 3, 97, 61),
         Nchw::new(3, 7, 100, 1000),
         Nchw::new(40, 3, 17, 9),
+        Nchw::new(4, 64, 8, 8),
+        Nchw::new(4, 32, 16, 16),
+        Nchw::new(4, 16, 32, 32),
     ];
     for shape in shapes {
         for (affine, shift) in [(true, 0.0), (false, 1000.0), (true, 1000.0)] {

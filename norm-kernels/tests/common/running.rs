@@ -109,7 +109,12 @@ impl<S> Kernels<S> {
         par: Parallelism,
     ) -> [Vec<f32>; 3] {
         let st = (self.stats_len)(s);
-        let (mut y, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; st], vec![0.0; st]);
+        // NaN-filled, as a reused buffer is dirty: every output must be written, not added to.
+        let (mut y, mut mean, mut rstd) = (
+            vec![f32::NAN; s.len()],
+            vec![f32::NAN; st],
+            vec![f32::NAN; st],
+        );
         let out = Output {
             y: &mut y,
             stats: StatsMut {
@@ -173,7 +178,11 @@ impl<S> Kernels<S> {
         gamma: Option<&[f32]>,
         par: Parallelism,
     ) -> [Vec<f32>; 3] {
-        let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
+        let (mut dx, mut dg, mut db) = (
+            vec![f32::NAN; s.len()],
+            vec![f32::NAN; s.c],
+            vec![f32::NAN; s.c],
+        );
         let grads = Grads {
             dx: &mut dx,
             affine: Some(AffineGrads {
