@@ -392,6 +392,11 @@ pub struct SweepArgs {
     /// job, the task's share from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT].
     #[arg(long, value_name = "I/K", allow_negative_numbers = true)]
     pub cells: Option<Share>,
+    /// After each cell of a norm with running statistics, also re-estimate them from the first N
+    /// training images (precise BN, weights fixed), once over batches of the cell's images per
+    /// worker and once over batches of its whole batch, and record both test accuracies.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub recalibrate_bn: Option<usize>,
     /// The recipe.
     #[command(flatten, next_help_heading = "Recipe")]
     pub recipe: RecipeArgs,

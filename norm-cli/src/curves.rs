@@ -344,6 +344,7 @@ mod tests {
             test_acc_per_epoch: acc.to_vec(),
             train_loss_per_epoch: vec![2.0, 1.0 + seed as f64],
             final_test_acc: Some(acc[1]),
+            recalibrated: None,
             images_per_sec: 1.0,
             seconds: 1.0,
             simd: String::new(),

@@ -70,6 +70,9 @@ pub struct CellResult {
     pub train_loss_per_epoch: Vec<f64>,
     /// Test accuracy (0..1) after the last epoch; `null` for a diverged cell.
     pub final_test_acc: Option<f64>,
+    /// Test accuracies with re-estimated running statistics (`sweep --recalibrate-bn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalibrated: Option<RecalibratedAcc>,
     /// Training throughput over the whole run, images per second.
     pub images_per_sec: f64,
     /// Wall time of the cell, seconds.
@@ -80,6 +83,19 @@ pub struct CellResult {
     /// Rayon threads it ran on.
     #[serde(default)]
     pub threads: usize,
+}
+
+/// A finished cell's test accuracy after its running statistics were re-estimated (precise BN:
+/// the cumulative average of train-mode batch statistics, weights fixed, one worker).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecalibratedAcc {
+    /// Training images the statistics were averaged over.
+    pub images: usize,
+    /// Test accuracy (0..1), statistics from batches of the cell's images per worker (its
+    /// batch, without workers).
+    pub per_worker: f64,
+    /// Test accuracy (0..1), statistics from batches of the cell's whole batch.
+    pub whole_batch: f64,
 }
 
 /// A cell's identity: norm, batch, images per worker (`None`: one worker), seed.
@@ -352,6 +368,7 @@ mod tests {
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![1.0],
             final_test_acc: Some(acc),
+            recalibrated: None,
             images_per_sec: 100.0,
             seconds: 1.0,
             simd: "scalar".into(),

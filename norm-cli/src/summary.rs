@@ -21,6 +21,70 @@ pub struct CellStat {
     pub std: Option<f64>,
 }
 
+impl CellStat {
+    /// Mean and sample std of per-seed accuracies (at least one).
+    fn of(by_seed: &BTreeMap<u64, f64>) -> Self {
+        let v: Vec<f64> = by_seed.values().copied().collect();
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.len() > 1)
+            .then(|| (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+        Self {
+            seeds: by_seed.keys().copied().collect(),
+            mean,
+            std,
+        }
+    }
+}
+
+/// One cell's accuracies with re-estimated running statistics (`sweep --recalibrate-bn`), over
+/// the seeds that have them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecalStat {
+    /// Training images the statistics were averaged over (of the first such seed).
+    pub images: usize,
+    /// With the running statistics of training, the same seeds.
+    pub trained: CellStat,
+    /// Statistics over batches of the images per worker.
+    pub per_worker: CellStat,
+    /// Statistics over batches of the whole batch.
+    pub whole_batch: CellStat,
+}
+
+/// `(norm, column)` → [`RecalStat`] of the finished cells that were re-estimated.
+fn recalibrated(results: &[CellResult]) -> BTreeMap<(NormChoice, usize), RecalStat> {
+    type BySeed = BTreeMap<u64, f64>;
+    let mut acc: BTreeMap<(NormChoice, usize), (usize, [BySeed; 3])> = BTreeMap::new();
+    for r in results {
+        let (Some(rc), Some(final_acc)) = (r.recalibrated, r.final_test_acc) else {
+            continue;
+        };
+        let e = acc
+            .entry((r.norm, r.per_worker.unwrap_or(r.batch)))
+            .or_insert_with(|| (rc.images, Default::default()));
+        if e.1[0].contains_key(&r.seed) {
+            continue;
+        }
+        for (m, v) in
+            e.1.iter_mut()
+                .zip([final_acc, rc.per_worker, rc.whole_batch])
+        {
+            m.insert(r.seed, v);
+        }
+    }
+    acc.into_iter()
+        .map(|(k, (images, [t, p, w]))| {
+            let stat = RecalStat {
+                images,
+                trained: CellStat::of(&t),
+                per_worker: CellStat::of(&p),
+                whole_batch: CellStat::of(&w),
+            };
+            (k, stat)
+        })
+        .collect()
+}
+
 /// What the columns are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Axis {
@@ -56,6 +120,8 @@ pub struct Summary {
     pub cells: BTreeMap<(NormChoice, usize), CellStat>,
     /// `(norm, batch)` → the seeds that diverged (no accuracy; not in `cells`).
     pub diverged: BTreeMap<(NormChoice, usize), Vec<u64>>,
+    /// `(norm, batch)` → accuracies with re-estimated running statistics, where recorded.
+    pub recalibrated: BTreeMap<(NormChoice, usize), RecalStat>,
     /// Number of results aggregated (diverged ones included).
     pub results: usize,
 }
@@ -105,26 +171,16 @@ impl Summary {
             if ok.is_empty() {
                 continue;
             }
-            let v: Vec<f64> = ok.values().copied().collect();
-            let n = v.len() as f64;
-            let mean = v.iter().sum::<f64>() / n;
-            let std = (v.len() > 1)
-                .then(|| (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
-            cells.insert(
-                k,
-                CellStat {
-                    seeds: ok.keys().copied().collect(),
-                    mean,
-                    std,
-                },
-            );
+            cells.insert(k, CellStat::of(&ok));
         }
+        let recalibrated = recalibrated(results);
         Self {
             axis,
             norms,
             batches,
             cells,
             diverged,
+            recalibrated,
             results: n_results,
         }
     }
@@ -343,6 +399,7 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
             out.push('\n');
         }
     }
+    render_recalibrated(&mut out, s);
     if !s.diverged.is_empty() {
         let entries: Vec<String> = s
             .diverged
@@ -362,6 +419,64 @@ pub fn render_markdown(s: &Summary, recipe: &Value) -> String {
         recipe_line(recipe)
     );
     out
+}
+
+/// The section on re-estimated running statistics, if any cell has them.
+fn render_recalibrated(out: &mut String, s: &Summary) {
+    let Some(images) = s.recalibrated.values().next().map(|r| r.images) else {
+        return;
+    };
+    let whole = match s.axis {
+        Axis::Batch => "of the batch size".to_owned(),
+        Axis::PerWorker { batch } => format!("of {batch}"),
+    };
+    let _ = writeln!(
+        out,
+        "\n## Re-estimated running statistics\n\nFinal test accuracy (%) with the running \
+         statistics of training, and with them re-estimated after training from the first \
+         {images} training images (the plain average of train-mode batch statistics, weights \
+         fixed, one worker), over batches of the images per worker and over batches {whole}; \
+         mean ± std over the same seeds.\n"
+    );
+    let _ = write!(out, "| norm, statistics |");
+    for &b in &s.batches {
+        let _ = write!(out, " {} |", s.axis.column(b));
+    }
+    out.push_str("\n| --- |");
+    for _ in &s.batches {
+        out.push_str(" ---: |");
+    }
+    out.push('\n');
+    let norms: Vec<NormChoice> = s
+        .norms
+        .iter()
+        .copied()
+        .filter(|n| s.recalibrated.keys().any(|(m, _)| m == n))
+        .collect();
+    let rows: [(&str, fn(&RecalStat) -> &CellStat); 3] = [
+        ("of training", |r| &r.trained),
+        ("re-estimated, images per worker", |r| &r.per_worker),
+        ("re-estimated, whole batch", |r| &r.whole_batch),
+    ];
+    for norm in norms {
+        for (what, pick) in rows {
+            let _ = write!(out, "| {}, {what} |", norm.label());
+            for &b in &s.batches {
+                match s.recalibrated.get(&(norm, b)) {
+                    Some(r) => {
+                        let c = pick(r);
+                        let _ = write!(out, " {}", pct(c.mean, 1));
+                        if let Some(sd) = c.std {
+                            let _ = write!(out, " ± {}", pct(sd, 1));
+                        }
+                        out.push_str(" |");
+                    }
+                    None => out.push_str(" — |"),
+                }
+            }
+            out.push('\n');
+        }
+    }
 }
 
 /// `summary.csv`: one row per norm, and per batch size the columns `batch{B}_mean`,
@@ -418,6 +533,7 @@ mod tests {
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![1.0],
             final_test_acc: Some(acc),
+            recalibrated: None,
             images_per_sec: 1.0,
             seconds: 1.0,
             simd: String::new(),

@@ -359,6 +359,7 @@ mod tests {
             test_acc_per_epoch: vec![acc],
             train_loss_per_epoch: vec![2.0],
             final_test_acc: Some(acc),
+            recalibrated: None,
             images_per_sec: 10.0,
             seconds: 0.1,
             simd: "scalar".into(),

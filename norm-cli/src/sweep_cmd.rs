@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use norm_train::{EpochStats, Progress, TrainError};
 
 use crate::cli::SweepArgs;
-use crate::store::{CellResult, CellStatus, Divergence};
+use crate::store::{CellResult, CellStatus, Divergence, RecalibratedAcc};
 use crate::summary::{Summary, render_markdown};
 use crate::sweep::{Cell, SweepDir, all_cells, per_worker_cells, run_missing};
 use crate::train_cmd::{self, clean, config, in_pool, load_data, overall_images_per_sec};
@@ -83,6 +83,32 @@ fn partial_note(sd: &SweepDir, cells: &[Cell], path: &str) -> String {
     }
 }
 
+/// Test accuracies of a trained cell's model with its running statistics re-estimated from the
+/// first `images` training images, over batches of its images per worker and of its whole batch
+/// (`None` for a norm without running statistics). Each re-estimate replaces the statistics
+/// outright, so the model's own are gone afterwards.
+fn recalibrate(
+    model: &mut norm_train::Model,
+    cell: &Cell,
+    split: &norm_train::data::Split,
+    images: usize,
+) -> Result<Option<RecalibratedAcc>> {
+    if !model.config().norm.is_some_and(|n| n.tracks_running()) {
+        return Ok(None);
+    }
+    let norm = norm_train::data::Normalizer::from_dataset(&split.train);
+    let mut acc_at = |batch: usize| -> Result<f64> {
+        model.set_workers(1, norm_train::RunningFrom::Worker0)?;
+        model.recalibrate_batch_norm(&split.train, &norm, images, batch)?;
+        Ok(clean(model.evaluate(&split.test, &norm)?))
+    };
+    Ok(Some(RecalibratedAcc {
+        images,
+        per_worker: acc_at(cell.per_worker.unwrap_or(cell.batch))?,
+        whole_batch: acc_at(cell.batch)?,
+    }))
+}
+
 /// Runs `norm-cli sweep`.
 pub fn run(a: &SweepArgs) -> Result<()> {
     check_lists(a)?;
@@ -106,6 +132,14 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     in_pool(a.run.threads, || -> Result<()> {
         let (split, info) = load_data(&a.recipe)?;
         validate_all(split.train.len())?;
+        if let Some(n) = a.recalibrate_bn
+            && (n == 0 || n > split.train.len())
+        {
+            bail!(
+                "--recalibrate-bn {n}: needs 1 to {} images (the training set's size)",
+                split.train.len()
+            );
+        }
         let base = config(&a.recipe, norms[0], shapes(a)[0].0, 0);
         let mut recipe = train_cmd::recipe(&base, &info)?;
         // A per-worker sweep fixes the total batch: it belongs to the recipe (and keeps such a
@@ -211,13 +245,20 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                     Progress::Epoch(e) => finished.push(e.clone()),
                 }
             });
+            let mut recalibrated = None;
             let (status, diverged, final_acc, ips) = match trained {
-                Ok(outcome) => (
-                    CellStatus::Ok,
-                    None,
-                    Some(clean(outcome.final_test_acc())),
-                    overall_images_per_sec(&outcome.epochs),
-                ),
+                Ok(mut outcome) => {
+                    if let Some(images) = a.recalibrate_bn {
+                        bar.set_message(format!("{label}, re-estimating running statistics"));
+                        recalibrated = recalibrate(&mut outcome.model, cell, &split, images)?;
+                    }
+                    (
+                        CellStatus::Ok,
+                        None,
+                        Some(clean(outcome.final_test_acc())),
+                        overall_images_per_sec(&outcome.epochs),
+                    )
+                }
                 // A diverged cell is a result of the recipe, not a failure of the sweep: record
                 // it and go on with the next cell.
                 Err(TrainError::Diverged {
@@ -246,6 +287,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 test_acc_per_epoch: finished.iter().map(|e| clean(e.test_acc)).collect(),
                 train_loss_per_epoch: finished.iter().map(|e| clean(e.train_loss)).collect(),
                 final_test_acc: final_acc,
+                recalibrated,
                 images_per_sec: ips.round(),
                 seconds: (seconds * 1000.0).round() / 1000.0,
                 simd: norm_kernels::simd_level().to_owned(),

@@ -41,6 +41,13 @@ fn bad_models_and_worker_counts_are_one_line_errors() {
             .args(TINY),
     );
     contains(&msg, "--per-worker 3 does not divide --batch 8");
+    let msg = one_line_error(
+        cli()
+            .args(["sweep", "--recalibrate-bn", "100000", "--out"])
+            .arg(tempfile::tempdir().unwrap().path().join("s"))
+            .args(TINY),
+    );
+    contains(&msg, "--recalibrate-bn 100000: needs 1 to");
     let msg = one_line_error(cli().args(["sweep", "--per-worker", "4", "--out", "x"]));
     contains(&msg, "--batch <B>");
 }
@@ -117,7 +124,7 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
             .args([
                 "--seeds", "1", "--model", "resnet8", "--width", "0.25", "--groups", "2",
             ])
-            .args(["--threads", "2"])
+            .args(["--threads", "2", "--recalibrate-bn", "8"])
             .args(TINY)
             .arg("--out")
             .arg(dir.path())
@@ -145,6 +152,14 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
             ("group".into(), 4, Some(4))
         ]
     );
+    // Re-estimated statistics for the norm that keeps them, at both batch sizes.
+    for r in &rs {
+        let rc = r.recalibrated;
+        assert_eq!(rc.is_some(), r.norm.to_string() == "batch", "{r:?}");
+        assert!(rc.is_none_or(|rc| rc.images == 8
+            && (0.0..=1.0).contains(&rc.per_worker)
+            && (0.0..=1.0).contains(&rc.whole_batch)));
+    }
     let recipe = fs::read_to_string(dir.path().join("recipe.json")).unwrap();
     contains(&recipe, r#""batch": 4"#);
     contains(&recipe, r#""arch": "resnet8""#);
@@ -152,6 +167,8 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
     contains(&md, "images per worker (total batch 4)");
     contains(&md, "| 2 per worker | 4 per worker |");
     contains(&md, "GroupNorm does not depend on the worker split");
+    contains(&md, "## Re-estimated running statistics");
+    contains(&md, "| BatchNorm, re-estimated, whole batch |");
     let gn_rows: Vec<&str> = md
         .lines()
         .filter(|l| l.starts_with("| GroupNorm |"))

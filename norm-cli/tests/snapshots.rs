@@ -82,6 +82,7 @@ fn cell(norm: &str, batch: usize, seed: u64, acc: f64) -> CellResult {
         test_acc_per_epoch: vec![acc / 2.0, acc],
         train_loss_per_epoch: vec![2.0, 1.5],
         final_test_acc: Some(acc),
+        recalibrated: None,
         images_per_sec: 800.0,
         seconds: 30.0,
         simd: "avx2+fma".into(),
@@ -131,6 +132,26 @@ fn sweep_summary_with_uneven_seeds_and_gaps() {
     rs.push(cell("instance", 4, 0, 0.5));
     let s = Summary::from_results(&rs);
     insta::assert_snapshot!("summary_md_uneven", render_markdown(&s, &recipe()));
+}
+
+/// BatchNorm cells with re-estimated statistics (two of three seeds at batch 2): the section
+/// averages over the seeds that have them, and its "of training" row over the same seeds.
+#[test]
+fn sweep_summary_with_recalibrated_cells() {
+    let mut rs = fixed_results();
+    for r in rs.iter_mut().filter(|r| r.norm.name() == "batch") {
+        if r.batch == 2 && r.seed == 2 {
+            continue;
+        }
+        let a = r.final_test_acc.unwrap_or(0.0);
+        r.recalibrated = Some(norm_cli::store::RecalibratedAcc {
+            images: 2000,
+            per_worker: a + 0.01,
+            whole_batch: a + 0.02 * (32.0 / r.batch as f64).log2(),
+        });
+    }
+    let s = Summary::from_results(&rs);
+    insta::assert_snapshot!("summary_md_recalibrated", render_markdown(&s, &recipe()));
 }
 
 /// `-h` of a subcommand with norm-train's defaults (which may be retuned) replaced by a marker.
