@@ -6,7 +6,8 @@
 //!   calls of `normlab_benches::kernels::Case` (`norm`: batch, layer, instance, group);
 //! - `floor:<N>x<C>x<H>x<W>` — the `bandwidth` bench's `y = a·x + b` on the rayon pool;
 //! - `train:<model>:<norm>:<batch>` — one training step (forward + backward + SGD update, as
-//!   `norm-train/examples/train_step.rs`), batch preparation not timed (`model`: cnn).
+//!   `norm-train/examples/train_step.rs`), batch preparation not timed (`model`: cnn (alias
+//!   plain), resnet8, resnet14, resnet20).
 //!
 //! Everything runs on a worker of the rayon pool (`RAYON_NUM_THREADS`, default all cores), as
 //! `norm-cli` trains. A case is timed in samples of at least [`SAMPLE_MS`] (several calls when
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use norm_kernels::{Nchw, Parallelism};
-use norm_train::{DEFAULT_EPS, DEFAULT_GROUPS, Model, ModelConfig, NormChoice, Sgd, data};
+use norm_train::{Arch, DEFAULT_EPS, DEFAULT_GROUPS, Model, ModelConfig, NormChoice, Sgd, data};
 use normlab_benches::kernels::{Case, Norm};
 use normlab_benches::{floor, machine};
 use rand::{SeedableRng, seq::SliceRandom};
@@ -152,14 +153,16 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The models the harness knows; a new architecture plugs in here (and in `torch_peer.py`).
 fn build_model(case: &str, model: &str, norm: NormChoice) -> Result<Model, BoxError> {
-    match model {
-        // `plain` is the name norm-train's `Arch` gives this model once the ResNets land.
-        "cnn" | "plain" => {
-            let cfg = ModelConfig::new([16, 32, 64], norm, DEFAULT_GROUPS, DEFAULT_EPS);
-            Ok(Model::new(&cfg, 0)?)
-        }
-        _ => Err(format!("{case}: unknown model `{model}` (known: cnn, alias plain)").into()),
-    }
+    // `cnn` is the plain CNN's name in the harness's tables from before the ResNets.
+    let arch: Arch = match model {
+        "cnn" => Arch::Plain,
+        m => m.parse().map_err(|e| format!("{case}: {e} (or cnn)"))?,
+    };
+    let cfg = ModelConfig {
+        arch,
+        ..ModelConfig::new([16, 32, 64], norm, DEFAULT_GROUPS, DEFAULT_EPS)
+    };
+    Ok(Model::new(&cfg, 0)?)
 }
 
 /// One training step of `model` at `batch`, timed per step: median ms per step.

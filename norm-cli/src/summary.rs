@@ -453,7 +453,8 @@ fn render_recalibrated(out: &mut String, s: &Summary) {
         .copied()
         .filter(|n| s.recalibrated.keys().any(|(m, _)| m == n))
         .collect();
-    let rows: [(&str, fn(&RecalStat) -> &CellStat); 3] = [
+    type Pick = fn(&RecalStat) -> &CellStat;
+    let rows: [(&str, Pick); 3] = [
         ("of training", |r| &r.trained),
         ("re-estimated, images per worker", |r| &r.per_worker),
         ("re-estimated, whole batch", |r| &r.whole_batch),

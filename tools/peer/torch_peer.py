@@ -12,7 +12,7 @@ Cases (the same strings as benches/examples/peer.rs):
   train:<model>:<norm>:<batch>  one training step as norm-train/examples/train_step.rs: forward,
       cross-entropy, backward, SGD (lr 0.01, momentum 0.9, weight decay 5e-4 on conv and linear
       weights only), zero_grad(set_to_none=True); the batch is prepared outside the timing.
-      model: cnn (MODELS below; further architectures plug in there).
+      model: cnn (alias plain), resnet8, resnet14, resnet20 (MODELS below).
 
 Threads: torch.set_num_threads(PEER_THREADS or RAYON_NUM_THREADS or os.cpu_count()).
 Timing: as peer.rs -- warm-up 150 ms, samples of >= 5 ms (several calls if one is shorter)
@@ -120,44 +120,18 @@ def kernel_case(norm, shape, mode):
     return time_calls(f)
 
 
-# The models of norm-train, by name. cnn = norm-train/src/model.rs: three blocks of conv3x3
-# (padding 1, bias) -> norm -> ReLU (-> 2x2 max pool after the first two), global average pool,
-# linear; widths 16/32/64; GroupNorm with 8 groups; eps 1e-5.
-def cnn_norm(norm, c, h, w):
-    if norm == "batch":
-        return nn.BatchNorm2d(c, eps=1e-5)
-    if norm == "layer":
-        return nn.LayerNorm([c, h, w], eps=1e-5)
-    if norm == "instance":
-        return nn.InstanceNorm2d(c, eps=1e-5, affine=True)
-    if norm == "group":
-        return nn.GroupNorm(8, c, eps=1e-5)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm `{norm}`")
+# The models of norm-train, by name: the twin's definitions (tools/torch_twin.py), so the harness
+# and the twin time and train the same networks. cnn/plain: widths 16/32/64; GroupNorm with 8
+# groups; eps 1e-5; one worker.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch_twin  # noqa: E402
 
-
-class Cnn(nn.Module):
-    def __init__(self, norm, widths=(16, 32, 64)):
-        super().__init__()
-        layers, c_in, size = [], 3, 32
-        for b, c in enumerate(widths):
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=True), cnn_norm(norm, c, size, size),
-                       nn.ReLU(inplace=True)]
-            if b < 2:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            c_in = c
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in, 10)
-
-    def forward(self, x):
-        return self.fc(self.features(x).mean(dim=(2, 3)))
-
-
-# "plain" is the name norm-train's Arch gives the CNN once the ResNets land; their PyTorch
-# twins (tools/torch_twin.py on that branch) plug in here by name.
-MODELS = {"cnn": Cnn, "plain": Cnn}
+MODELS = {
+    "cnn": lambda norm: torch_twin.Plain(norm, (16, 32, 64), 8, 1, False),
+    "plain": lambda norm: torch_twin.Plain(norm, (16, 32, 64), 8, 1, False),
+    **{m: (lambda norm, d=d: torch_twin.ResNet(d, 1.0, norm, 8, 1, False))
+       for m, d in torch_twin.DEPTH.items()},
+}
 
 
 def train_case(model, norm, batch):
@@ -165,10 +139,7 @@ def train_case(model, norm, batch):
         raise ValueError(f"unknown model `{model}` (known: {', '.join(MODELS)})")
     torch.manual_seed(0)
     net = MODELS[model](norm).train()
-    decay = [p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1]
-    rest = [p for n, p in net.named_parameters() if not (n.endswith("weight") and p.dim() > 1)]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4},
-                           {"params": rest, "weight_decay": 0.0}], lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(torch_twin.param_groups(net, 5e-4), lr=0.01, momentum=0.9)
     xs = torch.randn(512, 3, 32, 32)
     ys = torch.randint(0, 10, (512,))
 

@@ -215,8 +215,9 @@ pub fn conv3x3_forward_gemm(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32
         });
 }
 
-/// One chunk of the backward pass: its `[dW | db]` partial, `x`, `dy` and (optionally) `dx`.
-type GradChunk<'a> = (
+/// One chunk of a backward pass: its weight-gradient partial (`[dW | db]` or `dW`), `x`, `dy`
+/// and (optionally) `dx`.
+pub(super) type GradChunk<'a> = (
     ((&'a mut [f32], &'a [f32]), &'a [f32]),
     Option<&'a mut [f32]>,
 );
@@ -298,7 +299,7 @@ pub fn conv3x3_backward_gemm(
 // ---------------------------------------------------------------------------------------------
 
 /// Lanes of one vector of the direct kernels (one AVX2 register of `f32`).
-const L: usize = 8;
+pub(super) const L: usize = 8;
 /// Output channels per register block of the forward kernel: its weights are broadcast.
 const CO_BLOCK: usize = 4;
 /// Pixel vectors per register block of the forward kernel: `CO_BLOCK × PIX_BLOCK` = 12
@@ -426,26 +427,26 @@ use lanes::V;
 /// `(y, x)` at `(y + 1)·pitch + x + 1`. `pitch` leaves room for a full vector read at the last
 /// column block; those extra columns are zero too.
 #[derive(Clone, Copy, Debug)]
-struct Padded {
+pub(super) struct Padded {
     h: usize,
     w: usize,
-    pitch: usize,
+    pub(super) pitch: usize,
 }
 
 impl Padded {
-    fn new(h: usize, w: usize) -> Self {
+    pub(super) fn new(h: usize, w: usize) -> Self {
         Self {
             h,
             w,
             pitch: w.next_multiple_of(L) + 2,
         }
     }
-    const fn plane(&self) -> usize {
+    pub(super) const fn plane(&self) -> usize {
         (self.h + 2) * self.pitch
     }
     /// Copies `planes` planes of `h × w` from `src` into `dst` (`planes · plane()` values),
     /// borders and tails zero.
-    fn fill(&self, planes: usize, src: &[f32], dst: &mut [f32]) {
+    pub(super) fn fill(&self, planes: usize, src: &[f32], dst: &mut [f32]) {
         let (h, w, pitch) = (self.h, self.w, self.pitch);
         debug_assert_eq!(src.len(), planes * h * w);
         debug_assert_eq!(dst.len(), planes * self.plane());
@@ -467,13 +468,18 @@ impl Padded {
     }
 }
 
-/// Weights regrouped for the forward kernel: per block of [`CO_BLOCK`] output channels, per
-/// input channel and tap, the block's weights side by side (zero past the last channel).
-/// `get(o, i, tap)` gives the weight of output `o`, input `i`, tap `ky·3 + kx`.
-fn pack_weights(c_out: usize, c_in: usize, get: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
-    let mut p = vec![0.0f32; c_out.div_ceil(CO_BLOCK) * c_in * 9 * CO_BLOCK];
-    for (b, block) in p.chunks_exact_mut(c_in * 9 * CO_BLOCK).enumerate() {
-        for (ci, taps) in block.chunks_exact_mut(9 * CO_BLOCK).enumerate() {
+/// Weights regrouped for the direct kernel with `T` taps: per block of [`CO_BLOCK`] output
+/// channels, per input channel and tap, the block's weights side by side (zero past the last
+/// channel). `get(o, i, tap)` gives the weight of output `o`, input `i`, tap `tap` (the
+/// [`Geometry`]'s tap order; `ky·3 + kx` for a whole 3×3 kernel).
+pub(super) fn pack_weights<const T: usize>(
+    c_out: usize,
+    c_in: usize,
+    get: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f32> {
+    let mut p = vec![0.0f32; c_out.div_ceil(CO_BLOCK) * c_in * T * CO_BLOCK];
+    for (b, block) in p.chunks_exact_mut(c_in * T * CO_BLOCK).enumerate() {
+        for (ci, taps) in block.chunks_exact_mut(T * CO_BLOCK).enumerate() {
             for (tap, lane) in taps.chunks_exact_mut(CO_BLOCK).enumerate() {
                 for (j, v) in lane.iter_mut().enumerate() {
                     let o = b * CO_BLOCK + j;
@@ -489,22 +495,63 @@ fn pack_weights(c_out: usize, c_in: usize, get: impl Fn(usize, usize, usize) -> 
 
 /// How the forward kernel starts each output and what it does with the sum.
 #[derive(Clone, Copy)]
-enum Init<'a> {
+pub(super) enum Init<'a> {
     /// `y = bias[o] + Σ` (overwrites `y`).
     Bias(&'a [f32]),
     /// `y += Σ` (the sum starts from zero and is added once at the end).
     Add,
 }
 
-/// One image of the direct convolution: `y[o, oy, ox] (init) Σ_{i, ky, kx}
-/// w[o, i, ky, kx] · xp[i, oy + ky, ox + kx]` over the padded input `xp` (`c_in` planes of
-/// `pad`), for `c_out` output planes of `pad.h × pad.w` in `y`. `packed` is [`pack_weights`].
+/// Where the direct kernel reads and writes, for one image: per output vector the offset of its
+/// taps' origin in a padded input plane, its first pixel in an output plane and its lanes; per tap
+/// the offset from that origin (tap `t` multiplies the weights packed as tap `t`, [`pack_weights`]).
+pub(super) struct Geometry<const T: usize> {
+    /// Values of one padded input plane.
+    pub plane: usize,
+    /// Pixels of one output plane.
+    pub out_plane: usize,
+    /// `(input origin, output offset, lanes)` per vector of [`L`] output pixels.
+    pub vectors: Vec<(usize, usize, usize)>,
+    /// The taps' offsets, in summation order (a fixed count, so the kernel's tap loop unrolls
+    /// with the weights at fixed places).
+    pub taps: [usize; T],
+}
+
+impl Geometry<9> {
+    /// The stride-1 3×3 convolution over [`Padded`] planes: output `(oy, ox)` reads the padded
+    /// pixels `(oy + ky, ox + kx)`.
+    fn stride1(pad: Padded) -> Self {
+        let (h, w, pitch) = (pad.h, pad.w, pad.pitch);
+        Self {
+            plane: pad.plane(),
+            out_plane: h * w,
+            vectors: row_vectors(h, w, |oy, ox| oy * pitch + ox),
+            taps: std::array::from_fn(|t| (t / 3) * pitch + t % 3),
+        }
+    }
+}
+
+/// The vectors of an `h × w` output, row by row (the last of a row partly past its end), with
+/// their input origins from `origin(oy, ox)`.
+pub(super) fn row_vectors(
+    h: usize,
+    w: usize,
+    origin: impl Fn(usize, usize) -> usize,
+) -> Vec<(usize, usize, usize)> {
+    (0..h)
+        .flat_map(|oy| (0..w).step_by(L).map(move |ox| (oy, ox)))
+        .map(|(oy, ox)| (origin(oy, ox), oy * w + ox, L.min(w - ox)))
+        .collect()
+}
+
+/// One image of the direct convolution: `y[o, v] (init) Σ_i Σ_t w[o, i, t] · xp[i, v + taps[t]]`
+/// over the padded input `xp` (`c_in` planes of `g.plane`), for `c_out` output planes of
+/// `g.out_plane` in `y`. `packed` is [`pack_weights`].
 ///
-/// The image's vectors of [`L`] pixels (row by row, the last of a row partly past its end) are
-/// taken [`PIX_BLOCK`] at a time; each weight broadcast feeds `PIX_BLOCK` multiply-adds and each
-/// pixel vector [`CO_BLOCK`], as in a GEMM micro-kernel.
-fn direct_image(
-    pad: Padded,
+/// The image's vectors are taken [`PIX_BLOCK`] at a time; each weight broadcast feeds
+/// `PIX_BLOCK` multiply-adds and each pixel vector [`CO_BLOCK`], as in a GEMM micro-kernel.
+pub(super) fn direct_image<const T: usize>(
+    g: &Geometry<T>,
     c_in: usize,
     c_out: usize,
     xp: &[f32],
@@ -512,22 +559,15 @@ fn direct_image(
     init: Init<'_>,
     y: &mut [f32],
 ) {
-    let (h, w, pitch, plane) = (pad.h, pad.w, pad.pitch, pad.plane());
+    let (plane, out_plane) = (g.plane, g.out_plane);
     debug_assert_eq!(xp.len(), c_in * plane);
-    debug_assert_eq!(y.len(), c_out * h * w);
-    // (offset in a padded plane of the vector's top-left tap, offset in an output plane, lanes).
-    let vectors: Vec<(usize, usize, usize)> = (0..h)
-        .flat_map(|oy| {
-            (0..w)
-                .step_by(L)
-                .map(move |ox| (oy * pitch + ox, oy * w + ox, L.min(w - ox)))
-        })
-        .collect();
+    debug_assert_eq!(y.len(), c_out * out_plane);
     assert!(
-        xp.len() >= c_in * plane && packed.len() >= c_out.div_ceil(CO_BLOCK) * c_in * 9 * CO_BLOCK
+        xp.len() >= c_in * plane && packed.len() >= c_out.div_ceil(CO_BLOCK) * c_in * T * CO_BLOCK
     );
-    assert!(vectors.iter().all(|v| v.0 + 2 * pitch + 2 + L <= plane));
-    let block_len = c_in * 9 * CO_BLOCK;
+    let reach = g.taps.iter().copied().max().unwrap_or(0);
+    assert!(g.vectors.iter().all(|v| v.0 + reach + L <= plane));
+    let block_len = c_in * T * CO_BLOCK;
     for (b, wb) in packed
         .chunks_exact(block_len.max(1))
         .enumerate()
@@ -539,34 +579,29 @@ fn direct_image(
         if let Init::Bias(bias) = init {
             start[..n_o].copy_from_slice(&bias[o0..o0 + n_o]);
         }
-        for group in vectors.chunks(PIX_BLOCK) {
+        for group in g.vectors.chunks(PIX_BLOCK) {
             // A short last group repeats its first vector; the repeats are not stored.
             let offs: [usize; PIX_BLOCK] =
                 std::array::from_fn(|p| group.get(p).unwrap_or(&group[0]).0);
             let mut acc: [[V; PIX_BLOCK]; CO_BLOCK] =
                 std::array::from_fn(|o| [lanes::splat(start[o]); PIX_BLOCK]);
-            for (ci, wci) in wb.chunks_exact(9 * CO_BLOCK).enumerate() {
+            for (ci, wci) in wb.chunks_exact(T * CO_BLOCK).enumerate() {
                 let xc = &xp[ci * plane..][..plane];
-                let wci: &[f32; 9 * CO_BLOCK] = wci.try_into().unwrap();
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let t = ky * pitch + kx;
-                        // SAFETY: offs[p] + t + L <= offs[p] + 2·pitch + 2 + L <= plane = xc.len()
-                        // (asserted for every vector above).
-                        let xv: [V; PIX_BLOCK] =
-                            std::array::from_fn(|p| unsafe { lanes::load(xc, offs[p] + t) });
-                        let wv = &wci[(ky * 3 + kx) * CO_BLOCK..][..CO_BLOCK];
-                        for (a, &wo) in acc.iter_mut().zip(wv) {
-                            let wo = lanes::splat(wo);
-                            for (ap, &xp) in a.iter_mut().zip(&xv) {
-                                *ap = lanes::fma(wo, xp, *ap);
-                            }
+                for (&t, wv) in g.taps.iter().zip(wci.chunks_exact(CO_BLOCK)) {
+                    // SAFETY: offs[p] + t + L <= offs[p] + reach + L <= plane = xc.len()
+                    // (asserted for every vector above).
+                    let xv: [V; PIX_BLOCK] =
+                        std::array::from_fn(|p| unsafe { lanes::load(xc, offs[p] + t) });
+                    for (a, &wo) in acc.iter_mut().zip(wv) {
+                        let wo = lanes::splat(wo);
+                        for (ap, &xp) in a.iter_mut().zip(&xv) {
+                            *ap = lanes::fma(wo, xp, *ap);
                         }
                     }
                 }
             }
             for (o, a) in acc.iter().enumerate().take(n_o) {
-                let yo = &mut y[(o0 + o) * h * w..][..h * w];
+                let yo = &mut y[(o0 + o) * out_plane..][..out_plane];
                 for (&(_, out, n), &v) in group.iter().zip(a) {
                     let v = lanes::to_array(v);
                     let dst = &mut yo[out..out + n];
@@ -582,7 +617,7 @@ fn direct_image(
 
 /// `dy` of `images` images (`[images, c_out, hw]`) channels-last: `dst[(img·hw + p)·c8 + o]`
 /// with `c8 = c_out` rounded up to [`L`], the lanes past `c_out` zero.
-fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], dst: &mut [f32]) {
+pub(super) fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], dst: &mut [f32]) {
     let c8 = c_out.next_multiple_of(L);
     debug_assert_eq!(dy.len(), images * c_out * hw);
     debug_assert_eq!(dst.len(), images * hw * c8);
@@ -607,45 +642,49 @@ fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], dst: &mut [
     }
 }
 
-/// Weight and bias gradients of the images of one chunk, added to `dw` (`[C_out, C_in, 3, 3]`)
-/// and `db`: `dW[o, i, ky, kx] += Σ_images Σ_p dy[o, p] · xp[i, p + (ky, kx)]` and
-/// `db[o] += Σ dy[o, p]`. `xp` holds the chunk's padded inputs (`c_in` planes of `pad` per
-/// image), `dyc` its output gradients channels-last ([`channels_last`]). The lanes are 8 output
-/// channels, so one `(output block, input channel)` pair keeps its 9 taps in 9 accumulators and
-/// every pixel costs one vector load of `dy`, 9 broadcasts of `x` and 9 multiply-adds; each sum
-/// runs over the chunk's images and pixels in order.
+/// Weight and bias gradients of the images of one chunk, stride `S`, added to `dw`
+/// (`[C_out, C_in, 3, 3]`) and `db` when given: `dW[o, i, ky, kx] += Σ_images Σ_(oy, ox)
+/// dy[o, oy, ox] · xp[i, S·oy + ky, S·ox + kx]` and `db[o] += Σ dy[o, ·]`. `xp` holds the chunk's
+/// padded inputs (`c_in` planes of `pad` per image), `dyc` its output gradients (`out` = `oh ×
+/// ow` pixels) channels-last ([`channels_last`]). The lanes are 8 output channels, so one
+/// `(output block, input channel)` pair keeps its 9 taps in 9 accumulators and every pixel costs
+/// one vector load of `dy`, 9 broadcasts of `x` and 9 multiply-adds; each sum runs over the
+/// chunk's images and pixels in order.
 #[allow(clippy::too_many_arguments)]
-fn weight_grad_chunk(
+pub(super) fn weight_grad_chunk<const S: usize>(
     pad: Padded,
+    (oh, ow): (usize, usize),
     images: usize,
     c_in: usize,
     c_out: usize,
     xp: &[f32],
     dyc: &[f32],
     dw: &mut [f32],
-    db: &mut [f32],
+    db: Option<&mut [f32]>,
 ) {
-    let (h, w, pitch, plane) = (pad.h, pad.w, pad.pitch, pad.plane());
-    let (hw, c8) = (h * w, c_out.next_multiple_of(L));
-    assert!(xp.len() >= images * c_in * plane && dyc.len() >= images * hw * c8);
+    let (pitch, plane) = (pad.pitch, pad.plane());
+    let (ohw, c8) = (oh * ow, c_out.next_multiple_of(L));
+    assert!(xp.len() >= images * c_in * plane && dyc.len() >= images * ohw * c8);
+    assert!(S * (oh - 1) + 3 <= pad.h + 2 && S * (ow - 1) + 3 <= pitch);
+    let mut db = db;
     for o0 in (0..c_out).step_by(L) {
         let n_o = L.min(c_out - o0);
         for ci in 0..c_in {
             let mut acc = [lanes::splat(0.0); 9];
             for img in 0..images {
                 let xc = &xp[(img * c_in + ci) * plane..][..plane];
-                let dc = &dyc[img * hw * c8..][..hw * c8];
-                for oy in 0..h {
+                let dc = &dyc[img * ohw * c8..][..ohw * c8];
+                for oy in 0..oh {
                     let rows: [&[f32]; 3] =
-                        std::array::from_fn(|ky| &xc[(oy + ky) * pitch..][..w + 2]);
-                    for ox in 0..w {
-                        // SAFETY: (oy·w + ox)·c8 + o0 + L <= hw·c8 = dc.len(), as o0 < c8.
-                        let d = unsafe { lanes::load(dc, (oy * w + ox) * c8 + o0) };
+                        std::array::from_fn(|ky| &xc[(S * oy + ky) * pitch..][..S * (ow - 1) + 3]);
+                    for ox in 0..ow {
+                        // SAFETY: (oy·ow + ox)·c8 + o0 + L <= ohw·c8 = dc.len(), as o0 < c8.
+                        let d = unsafe { lanes::load(dc, (oy * ow + ox) * c8 + o0) };
                         for (ky, row) in rows.iter().enumerate() {
                             for kx in 0..3 {
                                 let a = &mut acc[ky * 3 + kx];
-                                // SAFETY: ox + kx <= w + 1 < row.len().
-                                let xv = unsafe { lanes::broadcast(row, ox + kx) };
+                                // SAFETY: S·ox + kx <= S·(ow − 1) + 2 < row.len().
+                                let xv = unsafe { lanes::broadcast(row, S * ox + kx) };
                                 *a = lanes::fma(d, xv, *a);
                             }
                         }
@@ -658,9 +697,12 @@ fn weight_grad_chunk(
                 }
             }
         }
+        let Some(db) = db.as_deref_mut() else {
+            continue;
+        };
         let mut acc = lanes::splat(0.0);
-        for p in 0..images * hw {
-            // SAFETY: p·c8 + o0 + L <= images·hw·c8 <= dyc.len(), as o0 < c8.
+        for p in 0..images * ohw {
+            // SAFETY: p·c8 + o0 + L <= images·ohw·c8 <= dyc.len(), as o0 < c8.
             acc = lanes::add(acc, unsafe { lanes::load(dyc, p * c8 + o0) });
         }
         for (j, &g) in lanes::to_array(acc).iter().enumerate().take(n_o) {
@@ -687,11 +729,12 @@ pub fn conv3x3_forward(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y:
         return;
     }
     let pad = Padded::new(s.h, s.w);
-    let packed = pack_weights(s.c_out, s.c_in, |o, i, t| weight[(o * s.c_in + i) * 9 + t]);
+    let geom = Geometry::stride1(pad);
+    let packed = pack_weights::<9>(s.c_out, s.c_in, |o, i, t| weight[(o * s.c_in + i) * 9 + t]);
     y.par_chunks_mut(chw_out).enumerate().for_each(|(i, y)| {
         with_scratch(s.c_in * pad.plane(), |xp| {
             pad.fill(s.c_in, &x[i * chw_in..][..chw_in], xp);
-            direct_image(pad, s.c_in, s.c_out, xp, &packed, Init::Bias(bias), y);
+            direct_image(&geom, s.c_in, s.c_out, xp, &packed, Init::Bias(bias), y);
         });
     });
 }
@@ -724,11 +767,12 @@ pub fn conv3x3_backward(
         return;
     }
     let pad = Padded::new(s.h, s.w);
+    let geom = Geometry::stride1(pad);
     let per = grad_chunk_images(s.n);
     let wl = s.weight_len();
     // dx = conv(dy) with c_out inputs and c_in outputs: tap t of w' is tap 8 - t of w.
     let flipped = dx.is_some().then(|| {
-        pack_weights(s.c_in, s.c_out, |i, o, t| {
+        pack_weights::<9>(s.c_in, s.c_out, |i, o, t| {
             weight[(o * s.c_in + i) * 9 + 8 - t]
         })
     });
@@ -748,12 +792,22 @@ pub fn conv3x3_backward(
             let (dyc, dyp) = rest.split_at_mut(dyc_len);
             pad.fill(images * s.c_in, x, xp);
             channels_last(images, s.c_out, s.hw(), dy, dyc);
-            weight_grad_chunk(pad, images, s.c_in, s.c_out, xp, dyc, pw, pb);
+            weight_grad_chunk::<1>(
+                pad,
+                (s.h, s.w),
+                images,
+                s.c_in,
+                s.c_out,
+                xp,
+                dyc,
+                pw,
+                Some(pb),
+            );
             if let (Some(dx), Some(flipped)) = (dx, &flipped) {
                 pad.fill(images * s.c_out, dy, dyp);
                 for (img, dx) in dx.chunks_exact_mut(chw_in).enumerate() {
                     let dyi = &dyp[img * s.c_out * pad.plane()..][..s.c_out * pad.plane()];
-                    direct_image(pad, s.c_out, s.c_in, dyi, flipped, Init::Add, dx);
+                    direct_image(&geom, s.c_out, s.c_in, dyi, flipped, Init::Add, dx);
                 }
             }
         });

@@ -5,7 +5,8 @@
 //! `col_i = im2col_s(x_i)` is `[C_in·k², oh·ow]`, `y_i = W · col_i`; backward
 //! `dW += dy_i · col_iᵀ`, `dx_i = col2im_s(Wᵀ · dy_i)`. A 3×3 stride-1 convolution is handed to
 //! [`super::conv`]'s kernels (with a zero bias), so it runs exactly the plain CNN's code; a 1×1
-//! stride-1 convolution needs no im2col (`col_i = x_i`).
+//! stride-1 convolution needs no im2col (`col_i = x_i`). A 3×3 stride-2 convolution runs
+//! [`super::conv3x3_s2`]'s direct kernels; im2col + GEMM is left for the 1×1 shortcuts.
 //!
 //! Threads: images over rayon, single-threaded GEMMs, the weight gradient summed per fixed chunk
 //! of images ([`super::conv::grad_chunk_images`]) in chunk order — bit-identical for any thread
@@ -15,7 +16,8 @@ use dfdx::shapes::HasShape;
 use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{self, ConvShape, gemm_strided, grad_chunk_images, with_scratch};
+use super::conv::{self, ConvShape, GradChunk, gemm_strided, grad_chunk_images, with_scratch};
+use super::conv3x3_s2;
 use super::{BufferPool, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
 
@@ -69,6 +71,16 @@ impl StridedShape {
     /// The 3×3 stride-1 case, which [`super::conv`] computes.
     fn as_conv3x3(&self) -> Option<ConvShape> {
         (self.k == 3 && self.stride == 1).then_some(ConvShape {
+            n: self.n,
+            c_in: self.c_in,
+            c_out: self.c_out,
+            h: self.h,
+            w: self.w,
+        })
+    }
+    /// The 3×3 stride-2 case, which [`super::conv3x3_s2`] computes (`c_out` in the shape).
+    fn as_conv3x3_s2(&self) -> Option<ConvShape> {
+        (self.k == 3 && self.stride == 2).then_some(ConvShape {
             n: self.n,
             c_in: self.c_in,
             c_out: self.c_out,
@@ -168,6 +180,9 @@ pub fn conv_strided_forward(s: StridedShape, x: &[f32], weight: &[f32], y: &mut 
     if let Some(c) = s.as_conv3x3() {
         return conv::conv3x3_forward(c, x, weight, &vec![0.0; s.c_out], y);
     }
+    if let Some(c) = s.as_conv3x3_s2() {
+        return conv3x3_s2::forward(c, x, weight, y);
+    }
     let (chw_in, ohw, kk) = (s.c_in * s.h * s.w, s.oh() * s.ow(), s.kk());
     let chw_out = s.c_out * ohw;
     if s.n == 0 || chw_out == 0 {
@@ -186,12 +201,6 @@ pub fn conv_strided_forward(s: StridedShape, x: &[f32], weight: &[f32], y: &mut 
             }
         });
 }
-
-/// One chunk of the backward pass: its `dW` partial, `x`, `dy` and (optionally) `dx`.
-type GradChunk<'a> = (
-    ((&'a mut [f32], &'a [f32]), &'a [f32]),
-    Option<&'a mut [f32]>,
-);
 
 /// Backward. Accumulates (`+=`) into `dweight`, and into `dx` when given.
 pub fn conv_strided_backward(
@@ -213,6 +222,9 @@ pub fn conv_strided_backward(
     if let Some(c) = s.as_conv3x3() {
         let mut db = vec![0.0; s.c_out];
         return conv::conv3x3_backward(c, x, weight, dy, dx, dweight, &mut db);
+    }
+    if let Some(c) = s.as_conv3x3_s2() {
+        return conv3x3_s2::backward(c, x, weight, dy, dx, dweight);
     }
     let (chw_in, ohw, kk) = (s.c_in * s.h * s.w, s.oh() * s.ow(), s.kk());
     let chw_out = s.c_out * ohw;

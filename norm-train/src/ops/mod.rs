@@ -12,6 +12,7 @@
 //! records nothing and saves nothing.
 
 pub mod conv;
+pub mod conv3x3_s2;
 pub mod conv_strided;
 pub mod norm;
 pub mod pool;
