@@ -314,6 +314,10 @@ pub struct EvalArgs {
     /// Images per forward pass of --recalibrate-bn.
     #[arg(long, value_name = "B", default_value_t = norm_train::EVAL_BATCH, requires = "recalibrate_bn", allow_negative_numbers = true)]
     pub recalibrate_batch: usize,
+    /// Give the images of --recalibrate-bn the training augmentation (pad-4 crop and flip, from a
+    /// fixed seed): the statistics of the inputs the weights were trained on.
+    #[arg(long, requires = "recalibrate_bn")]
+    pub recalibrate_augment: bool,
     /// Write the recalibrated model to this file (needs --recalibrate-bn).
     #[arg(long, value_name = "FILE", requires = "recalibrate_bn")]
     pub save: Option<PathBuf>,
@@ -393,8 +397,9 @@ pub struct SweepArgs {
     #[arg(long, value_name = "I/K", allow_negative_numbers = true)]
     pub cells: Option<Share>,
     /// After each cell of a norm with running statistics, also re-estimate them from the first N
-    /// training images (precise BN, weights fixed), once over batches of the cell's images per
-    /// worker and once over batches of its whole batch, and record both test accuracies.
+    /// training images with the training augmentation (precise BN, weights fixed), once over
+    /// batches of the cell's images per worker and once over batches of its whole batch, and
+    /// record both test accuracies.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub recalibrate_bn: Option<usize>,
     /// The recipe.

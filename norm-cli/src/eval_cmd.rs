@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use norm_train::Recalibration;
 use norm_train::checkpoint::{self, CheckpointMeta, DataIdentity};
+use norm_train::{Recalibrate, Recalibration};
 use serde::Serialize;
 
 use crate::cli::{DataSource, EvalArgs};
@@ -26,6 +26,8 @@ pub struct Recalibrated {
     pub batches: usize,
     /// Images per pass.
     pub batch: usize,
+    /// Whether those images had the training augmentation (crop and flip).
+    pub augmented: bool,
     /// Test accuracy with the statistics from training, 0..1.
     pub test_acc_before: f32,
     /// Test accuracy with the re-estimated statistics, 0..1.
@@ -129,9 +131,12 @@ pub fn render(r: &EvalReport) -> String {
         Some(c) => {
             let _ = writeln!(
                 out,
-                "BatchNorm statistics re-estimated from {} train images ({} batch(es) of {}, \
+                "BatchNorm statistics re-estimated from {} train images ({} batch(es) of {}{}, \
                  cumulative average, weights fixed)",
-                c.images, c.batches, c.batch
+                c.images,
+                c.batches,
+                c.batch,
+                if c.augmented { ", augmented" } else { "" }
             );
             let _ = writeln!(
                 out,
@@ -183,11 +188,24 @@ pub fn run(a: &EvalArgs) -> Result<()> {
                 batches,
                 batch,
             } = model
-                .recalibrate_batch_norm(&split.train, norm, n, a.recalibrate_batch)
+                .recalibrate_batch_norm(
+                    &split.train,
+                    norm,
+                    Recalibrate {
+                        images: n,
+                        batch: a.recalibrate_batch,
+                        augment: if a.recalibrate_augment {
+                            norm_train::data::Augment::CIFAR
+                        } else {
+                            norm_train::data::Augment::NONE
+                        },
+                    },
+                )
                 .with_context(|| format!("--recalibrate-bn {n}"))?;
             acc = model.evaluate(&split.test, norm)?;
             recalibrated = Some(Recalibrated {
                 images,
+                augmented: a.recalibrate_augment,
                 batches,
                 batch,
                 test_acc_before: before,

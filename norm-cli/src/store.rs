@@ -96,6 +96,10 @@ pub struct RecalibratedAcc {
     pub per_worker: f64,
     /// Test accuracy (0..1), statistics from batches of the cell's whole batch.
     pub whole_batch: f64,
+    /// Whether the images had the cell's training augmentation (absent in records from before
+    /// the option: plain images).
+    #[serde(default)]
+    pub augmented: bool,
 }
 
 /// A cell's identity: norm, batch, images per worker (`None`: one worker), seed.

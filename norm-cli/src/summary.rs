@@ -51,16 +51,20 @@ pub struct RecalStat {
     pub whole_batch: CellStat,
 }
 
-/// `(norm, column)` → [`RecalStat`] of the finished cells that were re-estimated.
-fn recalibrated(results: &[CellResult]) -> BTreeMap<(NormChoice, usize), RecalStat> {
+/// Which re-estimates a row of the section holds: a norm, and whether the images had the
+/// training augmentation.
+pub type RecalGroup = (NormChoice, bool);
+
+/// `(group, column)` → [`RecalStat`] of the finished cells that were re-estimated.
+fn recalibrated(results: &[CellResult]) -> BTreeMap<(RecalGroup, usize), RecalStat> {
     type BySeed = BTreeMap<u64, f64>;
-    let mut acc: BTreeMap<(NormChoice, usize), (usize, [BySeed; 3])> = BTreeMap::new();
+    let mut acc: BTreeMap<(RecalGroup, usize), (usize, [BySeed; 3])> = BTreeMap::new();
     for r in results {
         let (Some(rc), Some(final_acc)) = (r.recalibrated, r.final_test_acc) else {
             continue;
         };
         let e = acc
-            .entry((r.norm, r.per_worker.unwrap_or(r.batch)))
+            .entry(((r.norm, rc.augmented), r.per_worker.unwrap_or(r.batch)))
             .or_insert_with(|| (rc.images, Default::default()));
         if e.1[0].contains_key(&r.seed) {
             continue;
@@ -120,8 +124,9 @@ pub struct Summary {
     pub cells: BTreeMap<(NormChoice, usize), CellStat>,
     /// `(norm, batch)` → the seeds that diverged (no accuracy; not in `cells`).
     pub diverged: BTreeMap<(NormChoice, usize), Vec<u64>>,
-    /// `(norm, batch)` → accuracies with re-estimated running statistics, where recorded.
-    pub recalibrated: BTreeMap<(NormChoice, usize), RecalStat>,
+    /// `((norm, augmented), batch)` → accuracies with re-estimated running statistics, where
+    /// recorded.
+    pub recalibrated: BTreeMap<(RecalGroup, usize), RecalStat>,
     /// Number of results aggregated (diverged ones included).
     pub results: usize,
 }
@@ -435,8 +440,8 @@ fn render_recalibrated(out: &mut String, s: &Summary) {
         "\n## Re-estimated running statistics\n\nFinal test accuracy (%) with the running \
          statistics of training, and with them re-estimated after training from the first \
          {images} training images (the plain average of train-mode batch statistics, weights \
-         fixed, one worker), over batches of the images per worker and over batches {whole}; \
-         mean ± std over the same seeds.\n"
+         fixed, one worker; the images plain or with the training augmentation), over batches \
+         of the images per worker and over batches {whole}; mean ± std over the same seeds.\n"
     );
     let _ = write!(out, "| norm, statistics |");
     for &b in &s.batches {
@@ -447,23 +452,20 @@ fn render_recalibrated(out: &mut String, s: &Summary) {
         out.push_str(" ---: |");
     }
     out.push('\n');
-    let norms: Vec<NormChoice> = s
-        .norms
-        .iter()
-        .copied()
-        .filter(|n| s.recalibrated.keys().any(|(m, _)| m == n))
-        .collect();
+    let mut groups: Vec<RecalGroup> = s.recalibrated.keys().map(|(g, _)| *g).collect();
+    groups.dedup();
     type Pick = fn(&RecalStat) -> &CellStat;
     let rows: [(&str, Pick); 3] = [
         ("of training", |r| &r.trained),
         ("re-estimated, images per worker", |r| &r.per_worker),
         ("re-estimated, whole batch", |r| &r.whole_batch),
     ];
-    for norm in norms {
+    for (norm, augmented) in groups {
+        let images = if augmented { "augmented" } else { "plain" };
         for (what, pick) in rows {
-            let _ = write!(out, "| {}, {what} |", norm.label());
+            let _ = write!(out, "| {} ({images} images), {what} |", norm.label());
             for &b in &s.batches {
-                match s.recalibrated.get(&(norm, b)) {
+                match s.recalibrated.get(&((norm, augmented), b)) {
                     Some(r) => {
                         let c = pick(r);
                         let _ = write!(out, " {}", pct(c.mean, 1));

@@ -84,14 +84,16 @@ fn partial_note(sd: &SweepDir, cells: &[Cell], path: &str) -> String {
 }
 
 /// Test accuracies of a trained cell's model with its running statistics re-estimated from the
-/// first `images` training images, over batches of its images per worker and of its whole batch
-/// (`None` for a norm without running statistics). Each re-estimate replaces the statistics
+/// first `images` training images with the training augmentation `augment` (the distribution
+/// the statistics of training came from), over batches of its images per worker and of its whole
+/// batch (`None` for a norm without running statistics). Each re-estimate replaces the statistics
 /// outright, so the model's own are gone afterwards.
 fn recalibrate(
     model: &mut norm_train::Model,
     cell: &Cell,
     split: &norm_train::data::Split,
     images: usize,
+    augment: norm_train::data::Augment,
 ) -> Result<Option<RecalibratedAcc>> {
     if !model.config().norm.is_some_and(|n| n.tracks_running()) {
         return Ok(None);
@@ -99,13 +101,22 @@ fn recalibrate(
     let norm = norm_train::data::Normalizer::from_dataset(&split.train);
     let mut acc_at = |batch: usize| -> Result<f64> {
         model.set_workers(1, norm_train::RunningFrom::Worker0)?;
-        model.recalibrate_batch_norm(&split.train, &norm, images, batch)?;
+        model.recalibrate_batch_norm(
+            &split.train,
+            &norm,
+            norm_train::Recalibrate {
+                images,
+                batch,
+                augment,
+            },
+        )?;
         Ok(clean(model.evaluate(&split.test, &norm)?))
     };
     Ok(Some(RecalibratedAcc {
         images,
         per_worker: acc_at(cell.per_worker.unwrap_or(cell.batch))?,
         whole_batch: acc_at(cell.batch)?,
+        augmented: augment != norm_train::data::Augment::NONE,
     }))
 }
 
@@ -250,7 +261,8 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 Ok(mut outcome) => {
                     if let Some(images) = a.recalibrate_bn {
                         bar.set_message(format!("{label}, re-estimating running statistics"));
-                        recalibrated = recalibrate(&mut outcome.model, cell, &split, images)?;
+                        recalibrated =
+                            recalibrate(&mut outcome.model, cell, &split, images, cfg.augment)?;
                     }
                     (
                         CellStatus::Ok,

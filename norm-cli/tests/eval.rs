@@ -107,6 +107,29 @@ fn recalibrate_bn_reports_before_and_after_and_saves() {
         text.contains("test accuracy before ") && text.contains("test accuracy after  "),
         "{text}"
     );
+    assert!(!text.contains("augmented"), "{text}");
+    // With the training augmentation: other statistics, reported as such.
+    let aug = cli()
+        .args([
+            "eval",
+            "--recalibrate-bn",
+            "64",
+            "--recalibrate-augment",
+            "--json",
+        ])
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .output()
+        .unwrap();
+    let aug: Value = serde_json::from_slice(&aug.stdout).unwrap();
+    assert_eq!(aug["recalibrated"]["augmented"], true, "{aug}");
+    let plain = cli()
+        .args(["eval", "--recalibrate-bn", "64", "--json", "--checkpoint"])
+        .arg(&ckpt)
+        .output()
+        .unwrap();
+    let plain: Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(plain["recalibrated"]["augmented"], false, "{plain}");
 }
 
 #[test]

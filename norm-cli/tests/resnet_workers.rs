@@ -157,6 +157,7 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
         let rc = r.recalibrated;
         assert_eq!(rc.is_some(), r.norm.to_string() == "batch", "{r:?}");
         assert!(rc.is_none_or(|rc| rc.images == 8
+            && rc.augmented
             && (0.0..=1.0).contains(&rc.per_worker)
             && (0.0..=1.0).contains(&rc.whole_batch)));
     }
@@ -168,7 +169,10 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
     contains(&md, "| 2 per worker | 4 per worker |");
     contains(&md, "GroupNorm does not depend on the worker split");
     contains(&md, "## Re-estimated running statistics");
-    contains(&md, "| BatchNorm, re-estimated, whole batch |");
+    contains(
+        &md,
+        "| BatchNorm (augmented images), re-estimated, whole batch |",
+    );
     let gn_rows: Vec<&str> = md
         .lines()
         .filter(|l| l.starts_with("| GroupNorm |"))

@@ -148,6 +148,7 @@ fn sweep_summary_with_recalibrated_cells() {
             images: 2000,
             per_worker: a + 0.01,
             whole_batch: a + 0.02 * (32.0 / r.batch as f64).log2(),
+            augmented: r.seed != 1,
         });
     }
     let s = Summary::from_results(&rs);

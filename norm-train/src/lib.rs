@@ -50,7 +50,7 @@ pub use model::{
 };
 pub use norm_kernels::{Norm, NormKind, ParseNormError};
 pub use ops::norm::Running;
-pub use recalibrate::Recalibration;
+pub use recalibrate::{Recalibrate, Recalibration};
 pub use train::{
     EpochStats, Progress, Sgd, TrainOutcome, learning_rate, norm_ramp_progress, train,
 };

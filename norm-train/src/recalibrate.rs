@@ -8,6 +8,19 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::{Model, TrainError, data};
 
+/// What [`Model::recalibrate_batch_norm`] averages over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recalibrate {
+    /// Training images to average over (the first of the set).
+    pub images: usize,
+    /// Images per train-mode forward.
+    pub batch: usize,
+    /// Augmentation of those images (the training recipe's, to estimate the statistics of the
+    /// distribution the weights were trained on; [`data::Augment::NONE`] for the plain images),
+    /// drawn from a fixed seed.
+    pub augment: data::Augment,
+}
+
 /// What [`Model::recalibrate_batch_norm`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recalibration {
@@ -22,8 +35,9 @@ pub struct Recalibration {
 impl Model {
     /// Re-estimates every BatchNorm layer's `running_mean` and `running_var` as the cumulative
     /// average (PyTorch's `momentum = None`) of the batch statistics of `⌊images / batch⌋`
-    /// train-mode forwards over the first images of `set` (in order, no augmentation, `batch`
-    /// at a time; one batch of all of them when `images < batch`), normalised with `norm`.
+    /// train-mode forwards over the first images of `set` (in order, with `augment` drawn from a
+    /// fixed seed, `batch` at a time; one batch of all of them when `images < batch`),
+    /// normalised with `norm`.
     /// The weights do not change; `num_batches_tracked` ends at the number of batches. The model
     /// is left in eval mode. Errors: the model has no BatchNorm, or `images` is 0 or more than
     /// `set` holds ([`TrainError::Recalibration`]).
@@ -31,9 +45,13 @@ impl Model {
         &mut self,
         set: &data::Dataset,
         norm: &data::Normalizer,
-        images: usize,
-        batch: usize,
+        how: Recalibrate,
     ) -> Result<Recalibration, TrainError> {
+        let Recalibrate {
+            images,
+            batch,
+            augment,
+        } = how;
         let fail = |reason: String| Err(TrainError::Recalibration { reason });
         if !self.config().norm.is_some_and(|n| n.tracks_running()) {
             return fail(format!(
@@ -60,19 +78,11 @@ impl Model {
         let (c, h, w) = crate::INPUT;
         let mut x = vec![0.0f32; batch * c * h * w];
         let mut labels = vec![0usize; batch];
-        let mut rng = ChaCha8Rng::seed_from_u64(0); // unused without augmentation
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
         let indices: Vec<usize> = (0..batches * batch).collect();
         let mut result = Ok(());
         for idx in indices.chunks_exact(batch) {
-            data::fill_batch(
-                set,
-                idx,
-                norm,
-                &data::Augment::NONE,
-                &mut rng,
-                &mut x,
-                &mut labels,
-            );
+            data::fill_batch(set, idx, norm, &augment, &mut rng, &mut x, &mut labels);
             if let Err(e) = self.logits(&x, batch) {
                 result = Err(e);
                 break;

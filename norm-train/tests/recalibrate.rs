@@ -25,7 +25,17 @@ fn recalibration_is_the_average_of_batch_statistics() {
     let base = Model::new(&cfg, 7).unwrap();
     let stats = |set: &data::Dataset, images: usize, batch: usize| {
         let mut m = Model::new(&cfg, 7).unwrap();
-        let r = m.recalibrate_batch_norm(set, &norm, images, batch).unwrap();
+        let r = m
+            .recalibrate_batch_norm(
+                set,
+                &norm,
+                Recalibrate {
+                    images: images,
+                    batch: batch,
+                    augment: data::Augment::NONE,
+                },
+            )
+            .unwrap();
         assert!(!m.is_training());
         assert_eq!(params(&m), params(&base), "weights fixed");
         (m.running().into_iter().cloned().collect::<Vec<_>>(), r)
@@ -58,8 +68,16 @@ fn recalibration_is_the_average_of_batch_statistics() {
     }
     // A later train-mode forward is back to momentum 0.1, as in PyTorch after setting it back.
     let mut m = Model::new(&cfg, 7).unwrap();
-    m.recalibrate_batch_norm(&split.train, &norm, 48, 16)
-        .unwrap();
+    m.recalibrate_batch_norm(
+        &split.train,
+        &norm,
+        Recalibrate {
+            images: 48,
+            batch: 16,
+            augment: data::Augment::NONE,
+        },
+    )
+    .unwrap();
     assert!(m.state_dict().iter().any(|t| t.data == StateData::Count(3)));
 }
 
@@ -69,7 +87,15 @@ fn recalibration_errors() {
     let norm = data::Normalizer::from_dataset(&split.train);
     let mut g = Model::new(&ModelConfig::default(), 0).unwrap();
     let e = g
-        .recalibrate_batch_norm(&split.train, &norm, 8, 4)
+        .recalibrate_batch_norm(
+            &split.train,
+            &norm,
+            Recalibrate {
+                images: 8,
+                batch: 4,
+                augment: data::Augment::NONE,
+            },
+        )
         .unwrap_err();
     assert!(matches!(e, TrainError::Recalibration { .. }));
     assert!(
@@ -80,12 +106,31 @@ fn recalibration_errors() {
     let cfg = ModelConfig::new([16, 32, 64], NormChoice::Norm(NormKind::Batch), 8, 1e-5);
     let mut b = Model::new(&cfg, 0).unwrap();
     let e = b
-        .recalibrate_batch_norm(&split.train, &norm, 9, 4)
+        .recalibrate_batch_norm(
+            &split.train,
+            &norm,
+            Recalibrate {
+                images: 9,
+                batch: 4,
+                augment: data::Augment::NONE,
+            },
+        )
         .unwrap_err();
     assert!(
         e.to_string()
             .contains("9 images asked for, the training set has 8"),
         "{e}"
     );
-    assert!(b.recalibrate_batch_norm(&split.train, &norm, 0, 4).is_err());
+    assert!(
+        b.recalibrate_batch_norm(
+            &split.train,
+            &norm,
+            Recalibrate {
+                images: 0,
+                batch: 4,
+                augment: data::Augment::NONE
+            }
+        )
+        .is_err()
+    );
 }

@@ -533,3 +533,54 @@ fn every_resnet_learns() {
     }
     assert!(failures.is_empty(), "did not learn: {failures:#?}");
 }
+
+/// Running statistics re-estimated from one batch make eval mode on that batch what train mode
+/// computes on it, in every BatchNorm layer of a ResNet (up to the unbiased variance's factor
+/// `M / (M − 1)`, `M ≥ 32·8·8`).
+#[test]
+fn recalibrated_resnet_eval_equals_train_mode_on_the_same_batch() {
+    let set = contrast_classes(3, 32);
+    let norm = data::Normalizer::from_dataset(&set);
+    let cfg = ModelConfig {
+        arch: Arch::Resnet8,
+        width: 0.5,
+        ..ModelConfig::new([16, 32, 64], NormChoice::Norm(NormKind::Batch), 2, 1e-5)
+    };
+    let mut model = Model::new(&cfg, 3).unwrap();
+    let mut x = vec![0.0f32; 32 * data::IMAGE_BYTES];
+    let mut labels = vec![0usize; 32];
+    let idx: Vec<usize> = (0..32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    data::fill_batch(
+        &set,
+        &idx,
+        &norm,
+        &data::Augment::NONE,
+        &mut rng,
+        &mut x,
+        &mut labels,
+    );
+    model.train_mode();
+    let train = model.logits(&x, 32).unwrap();
+    model
+        .recalibrate_batch_norm(
+            &set,
+            &norm,
+            crate::Recalibrate {
+                images: 32,
+                batch: 32,
+                augment: data::Augment::NONE,
+            },
+        )
+        .unwrap();
+    assert!(!model.is_training());
+    assert!(model.running().iter().all(|r| r.num_batches_tracked == 1));
+    let eval = model.logits(&x, 32).unwrap();
+    let scale = train.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in train.iter().zip(&eval).enumerate() {
+        assert!(
+            (a - b).abs() <= 2e-3 * scale,
+            "logit {i}: train {a} eval {b}"
+        );
+    }
+}
