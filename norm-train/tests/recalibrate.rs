@@ -1,7 +1,9 @@
 //! Precise BN: the re-estimated running statistics are the plain average of the batch
 //! statistics, and nothing else changes.
 
-use norm_train::{Model, ModelConfig, NormChoice, NormKind, StateData, TrainError, data};
+use norm_train::{
+    Model, ModelConfig, NormChoice, NormKind, Recalibrate, StateData, TrainError, data,
+};
 
 fn first(d: &data::Dataset, from: usize, n: usize) -> data::Dataset {
     data::Dataset {
