@@ -32,8 +32,8 @@ fn recalibration_is_the_average_of_batch_statistics() {
                 set,
                 &norm,
                 Recalibrate {
-                    images: images,
-                    batch: batch,
+                    images,
+                    batch,
                     augment: data::Augment::NONE,
                 },
             )
