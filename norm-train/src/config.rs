@@ -281,10 +281,7 @@ impl ModelConfig {
             }
             // A norm whose statistics mix samples is evaluated with its running statistics.
             if norm.kind().mixes_samples() && !norm.tracks_running() {
-                return Err(TrainError::Input(format!(
-                    "{} in a model needs running statistics (track_running_stats = true)",
-                    norm.label()
-                )));
+                return Err(TrainError::NeedsRunningStats { norm: norm.label() });
             }
             for &width in &widths {
                 norm.validate(norm_kernels::Nchw::new(1, width, 2, 2))

@@ -107,9 +107,16 @@ pub enum TrainError {
     #[error(transparent)]
     Kernel(#[from] norm_kernels::NormError),
     /// What the model cannot take: inputs of the wrong size or labels out of range given to
-    /// [`crate::Model`] directly, or norm settings a model cannot use.
+    /// [`crate::Model`] directly.
     #[error("{0}")]
     Input(String),
+    /// A model's norm mixes the samples of a batch (BatchNorm) but keeps no running statistics,
+    /// so it has nothing to evaluate with.
+    #[error("{norm} in a model needs running statistics (track_running_stats = true)")]
+    NeedsRunningStats {
+        /// The norm's label.
+        norm: String,
+    },
     /// A tensor operation failed (allocation or element count); the message of the autodiff
     /// library, which is not part of this crate's interface.
     #[error("tensor operation failed: {0}")]
@@ -126,9 +133,9 @@ pub fn short_num(x: &f32) -> String {
     }
 }
 
-/// The `?` of the crate's dfdx calls; the error keeps only dfdx's message.
-impl From<dfdx::tensor::CpuError> for TrainError {
-    fn from(e: dfdx::tensor::CpuError) -> Self {
-        TrainError::Tensor(e.to_string())
-    }
+/// A dfdx error as a [`TrainError::Tensor`] (its message only): `.map_err(tensor)?` at the
+/// crate's dfdx calls, so no dfdx type appears in the crate's interface, not even in a trait
+/// impl.
+pub(crate) fn tensor(e: dfdx::tensor::CpuError) -> TrainError {
+    TrainError::Tensor(e.to_string())
 }

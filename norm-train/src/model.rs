@@ -15,6 +15,7 @@ use norm_kernels::{Mode, Nchw, Norm, NormKind};
 
 use crate::{
     Arch, ModelConfig, RunningFrom, TrainError, data,
+    error::tensor,
     ops::{
         BufferPool, Shape1, Shape4, conv,
         norm::{self, AffineTensors, NormLayer, Post, Running},
@@ -444,11 +445,18 @@ impl Model {
         };
         let n = h.shape().0;
         let c = h.shape().1;
-        let g: Tensor<(usize, usize), f32, Cpu, T> = h.try_mean::<_, Axes2<2, 3>>()?;
-        let fc_w = take(fc.0).try_reshape_like(&(data::NUM_CLASSES, c))?;
-        let fc_w = fc_w.try_permute::<(usize, usize), Axes2<1, 0>>()?;
-        let fc_b = take(fc.1).try_broadcast_like::<_, Axis<0>>(&(n, data::NUM_CLASSES))?;
-        Ok(g.try_matmul(fc_w)? + fc_b)
+        let g: Tensor<(usize, usize), f32, Cpu, T> =
+            h.try_mean::<_, Axes2<2, 3>>().map_err(tensor)?;
+        let fc_w = take(fc.0)
+            .try_reshape_like(&(data::NUM_CLASSES, c))
+            .map_err(tensor)?;
+        let fc_w = fc_w
+            .try_permute::<(usize, usize), Axes2<1, 0>>()
+            .map_err(tensor)?;
+        let fc_b = take(fc.1)
+            .try_broadcast_like::<_, Axis<0>>(&(n, data::NUM_CLASSES))
+            .map_err(tensor)?;
+        Ok(g.try_matmul(fc_w).map_err(tensor)? + fc_b)
     }
 
     fn input(&self, x: &[f32], n: usize) -> Result<Tensor<Shape4, f32, Cpu>, TrainError> {
@@ -459,13 +467,13 @@ impl Model {
                 x.len()
             )));
         }
-        Ok(crate::ops::write(&self.dev, (n, c, h, w), x)?)
+        crate::ops::write(&self.dev, (n, c, h, w), x).map_err(tensor)
     }
 
     fn param_tensors(&self) -> Result<Vec<Tensor<Shape1, f32, Cpu>>, TrainError> {
         self.params
             .iter()
-            .map(|p| Ok(crate::ops::write(&self.dev, (p.data.len(),), &p.data)?))
+            .map(|p| crate::ops::write(&self.dev, (p.data.len(),), &p.data).map_err(tensor))
             .collect()
     }
 
@@ -502,10 +510,11 @@ impl Model {
             }
             onehot[i * data::NUM_CLASSES + l] = 1.0;
         }
-        let targets = crate::ops::from_vec(&self.dev, (n, data::NUM_CLASSES), onehot)?;
+        let targets =
+            crate::ops::from_vec(&self.dev, (n, data::NUM_CLASSES), onehot).map_err(tensor)?;
         let loss = dfdx::losses::cross_entropy_with_logits_loss(logits, targets);
         let loss_v = loss.as_vec()[0];
-        let grads = loss.try_backward()?;
+        let grads = loss.try_backward().map_err(tensor)?;
         let g = p.iter().map(|t| grads.get(t).as_vec()).collect();
         Ok((loss_v, logits_v, g))
     }

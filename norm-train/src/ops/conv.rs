@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::{BufferPool, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
+use crate::error::tensor;
 
 /// Dimensions of a 3×3 same-padding convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -864,7 +865,7 @@ where
     let bs = read(&bias, pool);
     let mut ys = pool.take(s.y_len());
     conv3x3_forward(s, &xs, &ws, &bs, &mut ys);
-    let out = write(&dev, (n, c_out, h, w), &ys)?;
+    let out = write(&dev, (n, c_out, h, w), &ys).map_err(tensor)?;
     drop(ys);
     let mut tape = tw.merge(tb).merge(tx);
     if T::OWNS_TAPE {

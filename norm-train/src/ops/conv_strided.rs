@@ -20,6 +20,7 @@ use super::conv::{self, ConvShape, GradChunk, gemm_strided, grad_chunk_images, w
 use super::conv3x3_s2;
 use super::{BufferPool, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
+use crate::error::tensor;
 
 /// Dimensions of a bias-free k×k convolution with stride `stride` and padding `k / 2`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,7 +314,7 @@ where
     let ws = read(&weight, pool);
     let mut ys = pool.take(s.y_len());
     conv_strided_forward(s, &xs, &ws, &mut ys);
-    let out = write(&dev, (n, c_out, s.oh(), s.ow()), &ys)?;
+    let out = write(&dev, (n, c_out, s.oh(), s.ow()), &ys).map_err(tensor)?;
     drop(ys);
     let mut tape = tw.merge(tx);
     if T::OWNS_TAPE {

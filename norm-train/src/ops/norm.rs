@@ -24,6 +24,7 @@ use super::{
     put_grad, read, take_grad, write,
 };
 use crate::TrainError;
+use crate::error::tensor;
 
 /// Running statistics of a norm layer (PyTorch's buffers).
 #[derive(Clone, Debug, PartialEq)]
@@ -172,9 +173,12 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
         let out_len = n * c * (h / 2) * (w / 2);
         let (mut ps, mut arg) = (pool.take(out_len), index_pool.take(out_len));
         max_pool2_forward(n * c, h, w, &ys, &mut ps, &mut arg);
-        (write(&dev, (n, c, h / 2, w / 2), &ps)?, Some(arg))
+        (
+            write(&dev, (n, c, h / 2, w / 2), &ps).map_err(tensor)?,
+            Some(arg),
+        )
     } else {
-        (write(&dev, *x.shape(), &ys)?, None)
+        (write(&dev, *x.shape(), &ys).map_err(tensor)?, None)
     };
     let ys = relu.then_some(ys);
     if T::OWNS_TAPE {

@@ -101,7 +101,7 @@ pub fn max_pool2<T: Tape<f32, Cpu>>(
     let mut arg = index_pool.take(out_len);
     max_pool2_forward(n * c, h, w, &xs, &mut ys, &mut arg);
     drop(xs);
-    let out = write(&dev, out_shape, &ys)?;
+    let out = write(&dev, out_shape, &ys).map_err(crate::error::tensor)?;
     drop(ys);
     if T::OWNS_TAPE {
         let (x_g, out_g) = (x.ghost(), out.ghost());

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{BufferPool, ELEMENTWISE_CHUNK, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
+use crate::error::tensor;
 
 /// Forward on slices: `y = max(a + b, 0)`.
 pub fn add_relu_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
@@ -53,7 +54,7 @@ pub fn add_relu<T: Tape<f32, Cpu> + Merge<T>>(
     let mut ys = pool.take(xa.len());
     add_relu_forward(&xa, &xb, &mut ys);
     drop((xa, xb));
-    let out = write(&dev, shape, &ys)?;
+    let out = write(&dev, shape, &ys).map_err(tensor)?;
     let mut tape = ta.merge(tb);
     if T::OWNS_TAPE {
         let (a_g, b_g, out_g) = (a.ghost(), b.ghost(), out.ghost());

@@ -10,6 +10,7 @@ use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
 
 use super::{BufferPool, Shape4, put_grad, read, take_grad, write};
 use crate::TrainError;
+use crate::error::tensor;
 
 /// `x: [N, C, H, W]` → `shares` tensors `[N / shares, C, H, W]`, in batch order. The input's
 /// tape goes to share 0 (with the backward op); the others start empty tapes, merged again by
@@ -33,7 +34,8 @@ pub fn split_batch<T: Tape<f32, Cpu>>(
         .chunks(len.max(1))
         .take(shares)
         .map(|s| write(&dev, (part, c, h, w), s))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(tensor)?;
     drop(xs);
     if T::OWNS_TAPE {
         let x_g = x.ghost();
@@ -82,7 +84,7 @@ pub fn concat_batch<T: Tape<f32, Cpu> + Merge<T>>(
         ghosts.push(p.ghost());
         lens.push(len);
     }
-    let out = write(&dev, (n, c, h, w), &ys)?;
+    let out = write(&dev, (n, c, h, w), &ys).map_err(tensor)?;
     drop(ys);
     if T::OWNS_TAPE {
         let out_g = out.ghost();
