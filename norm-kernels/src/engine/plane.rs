@@ -17,7 +17,10 @@ use super::schedule::{nests, run};
 use crate::error::{check_affine, check_eval, check_tracking};
 use crate::simd::{self, Center};
 use crate::tuning::{BLOCK, TILE};
-use crate::{Affine, AffineGrads, Grads, Nchw, NormError, Parallelism, Running, Saved};
+use crate::{
+    Affine, AffineGrads, Grads, Momentum, Nchw, NormError, Parallelism, Running, RunningStats,
+    Saved,
+};
 
 /// The settings eval mode reads: `eps`, `affine`, `track_running_stats`.
 pub(crate) type EvalSettings = (f32, bool, bool);
@@ -205,6 +208,28 @@ fn channel_planes<'a>(
         out[i % shape.c].push((xp, yp));
     }
     out
+}
+
+/// What a per-channel train forward keeps of its channels' moments (BatchNorm, BatchRenorm):
+/// the saved `mean` and `rstd`, and the running statistics' momentum update (unbiased variance,
+/// PyTorch's) when there are any.
+pub(crate) fn record_channel_moments(
+    moms: &[(Moments, f64)],
+    (mean, rstd): (&mut [f32], &mut [f32]),
+    running: Option<RunningStats<'_>>,
+    momentum: Momentum,
+) {
+    for (c, &(m, r)) in moms.iter().enumerate() {
+        mean[c] = m.mean as f32;
+        rstd[c] = r as f32;
+    }
+    if let Some(mut rs) = running {
+        let f = rs.next_factor(momentum);
+        for (c, &(m, _)) in moms.iter().enumerate() {
+            rs.mean[c] = ((1.0 - f) * rs.mean[c] as f64 + f * m.mean) as f32;
+            rs.var[c] = ((1.0 - f) * rs.var[c] as f64 + f * m.var_unbiased()) as f32;
+        }
+    }
 }
 
 /// The train forward of a norm with one group per channel (BatchNorm, BatchRenorm): the

@@ -40,7 +40,7 @@
 
 use crate::engine::plane::{
     affine_at, channels_backward, channels_forward, eval_backward, eval_forward,
-    write_channel_grads,
+    record_channel_moments, write_channel_grads,
 };
 use crate::error::{check_backward, check_channel_forward};
 use crate::{
@@ -100,17 +100,7 @@ pub fn batch_norm_forward_train(
         (stats.mean.len(), stats.rstd.len()),
     )?;
     let moms = channels_forward(shape, (x, y), norm.eps, |c, _, _| affine_at(affine, c), par);
-    for (c, &(m, r)) in moms.iter().enumerate() {
-        stats.mean[c] = m.mean as f32;
-        stats.rstd[c] = r as f32;
-    }
-    if let Some(mut rs) = running {
-        let f = rs.next_factor(norm.momentum);
-        for (c, &(m, _)) in moms.iter().enumerate() {
-            rs.mean[c] = ((1.0 - f) * rs.mean[c] as f64 + f * m.mean) as f32;
-            rs.var[c] = ((1.0 - f) * rs.var[c] as f64 + f * m.var_unbiased()) as f32;
-        }
-    }
+    record_channel_moments(&moms, (stats.mean, stats.rstd), running, norm.momentum);
     Ok(())
 }
 

@@ -24,6 +24,7 @@
 use crate::engine::moments::Moments;
 use crate::engine::plane::{
     affine_at, channels_backward, channels_forward, eval_backward, eval_forward,
+    record_channel_moments,
 };
 use crate::error::{check_backward, check_channel_forward, check_len};
 use crate::{
@@ -124,7 +125,7 @@ pub fn batch_renorm_forward_train(
     shape: Nchw,
     x: &[f32],
     affine: Option<Affine<'_>>,
-    mut running: RunningStats<'_>,
+    running: RunningStats<'_>,
     out: Output<'_, RenormStatsMut<'_>>,
     par: Parallelism,
 ) -> Result<(), NormError> {
@@ -149,18 +150,17 @@ pub fn batch_renorm_forward_train(
         (g * r, g * d + beta)
     };
     let moms = channels_forward(shape, (x, y), norm.eps, scale, par);
-    for (c, &(m, rs)) in moms.iter().enumerate() {
-        let (r, d) = norm.correction(&m, old.mean[c], old.var[c]);
-        stats.mean[c] = m.mean as f32;
-        stats.rstd[c] = rs as f32;
+    for (c, (m, _)) in moms.iter().enumerate() {
+        let (r, d) = norm.correction(m, old.mean[c], old.var[c]);
         stats.r[c] = r as f32;
         stats.d[c] = d as f32;
     }
-    let f = running.next_factor(norm.momentum);
-    for (c, &(m, _)) in moms.iter().enumerate() {
-        running.mean[c] = ((1.0 - f) * running.mean[c] as f64 + f * m.mean) as f32;
-        running.var[c] = ((1.0 - f) * running.var[c] as f64 + f * m.var_unbiased()) as f32;
-    }
+    record_channel_moments(
+        &moms,
+        (stats.mean, stats.rstd),
+        Some(running),
+        norm.momentum,
+    );
     Ok(())
 }
 
