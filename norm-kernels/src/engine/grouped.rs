@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::moments::{Moments, fold_affine};
-use super::plane::{Sums, add_sums, block_sums, dx_coefs};
+use super::plane::{Sums, add_sums, dx_coefs, slice_sums};
 use super::schedule::items_per_task;
 use crate::simd;
 use crate::tuning::{BLOCK, STRIP, TILE};
@@ -134,16 +134,6 @@ pub(crate) fn forward_groups(
             .enumerate()
             .for_each(|(gi, p)| group(gi, p));
     }
-}
-
-/// [`Sums`] of a slice of any length, block by block in f64.
-#[inline]
-pub(crate) fn slice_sums(dy: &[f32], x: &[f32], m: f32) -> Sums {
-    dy.chunks(BLOCK)
-        .zip(x.chunks(BLOCK))
-        .fold((0.0, 0.0, 0.0), |acc, (d, v)| {
-            add_sums(acc, block_sums(d, v, m))
-        })
 }
 
 /// The backward of groups of `cpg` channel planes of `hw` values with one scale per channel

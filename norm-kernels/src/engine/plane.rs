@@ -102,9 +102,10 @@ fn block_sums_f64(dy: &[f32], x: &[f32], m: f32) -> Sums {
         })
 }
 
-/// [`Sums`] of one tile, block by block in f64.
+/// [`Sums`] of a slice of any length (a tile, a plane's part of one): block by block, the
+/// blocks added in f64 in order.
 #[inline]
-fn tile_sums(dy: &[f32], x: &[f32], m: f32) -> Sums {
+pub(crate) fn slice_sums(dy: &[f32], x: &[f32], m: f32) -> Sums {
     dy.chunks(BLOCK)
         .zip(x.chunks(BLOCK))
         .fold((0.0, 0.0, 0.0), |acc, (d, v)| {
@@ -120,13 +121,13 @@ pub(crate) fn plane_sums(dy: &[f32], x: &[f32], m: f32, nested: bool) -> Sums {
         let parts: Vec<Sums> = dy
             .par_chunks(TILE)
             .zip(x.par_chunks(TILE))
-            .map(|(d, v)| tile_sums(d, v, m))
+            .map(|(d, v)| slice_sums(d, v, m))
             .collect();
         parts.into_iter().fold((0.0, 0.0, 0.0), add_sums)
     } else {
         dy.chunks(TILE)
             .zip(x.chunks(TILE))
-            .map(|(d, v)| tile_sums(d, v, m))
+            .map(|(d, v)| slice_sums(d, v, m))
             .fold((0.0, 0.0, 0.0), add_sums)
     }
 }

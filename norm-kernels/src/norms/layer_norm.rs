@@ -43,10 +43,8 @@
 //! Strips are fixed by the shape and every sum is merged in index order, so results are
 //! bit-identical for any number of threads.
 
-use crate::engine::grouped::{
-    AffineLayout, column_strips, forward_groups, group_stats, slice_sums,
-};
-use crate::engine::plane::dx_coefs;
+use crate::engine::grouped::{AffineLayout, column_strips, forward_groups, group_stats};
+use crate::engine::plane::{dx_coefs, slice_sums};
 use crate::engine::schedule::run;
 use crate::error::{check_affine, check_affine_flag, check_backward, check_io, check_stats_len};
 use crate::simd;
