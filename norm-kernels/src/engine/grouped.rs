@@ -19,7 +19,7 @@ use super::moments::{Moments, fold_affine};
 use super::plane::{Sums, add_sums, dx_coefs, slice_sums};
 use super::schedule::items_per_task;
 use crate::simd;
-use crate::tuning::{BLOCK, STRIP, TILE};
+use crate::tuning::{STRIP, TILE};
 use crate::{Affine, AffineGrads, Parallelism, Stats, StatsMut};
 
 /// Where the affine parameters sit relative to the elements of a group.
