@@ -402,6 +402,10 @@ pub struct SweepArgs {
     /// record both test accuracies.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub recalibrate_bn: Option<usize>,
+    /// Save each finished cell's trained model (before any --recalibrate-bn) as a checkpoint for
+    /// `eval`: DIR/models/<norm>-b<batch>[-k<per worker>]-s<seed>.safetensors.
+    #[arg(long)]
+    pub save_models: bool,
     /// The recipe.
     #[command(flatten, next_help_heading = "Recipe")]
     pub recipe: RecipeArgs,

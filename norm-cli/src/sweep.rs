@@ -39,6 +39,17 @@ impl Cell {
     }
 }
 
+impl Cell {
+    /// The cell as a file name stem: `batch-b32-k2-s0` (`-kK` only in a per-worker sweep).
+    pub fn file_stem(&self) -> String {
+        let k = self
+            .per_worker
+            .map(|k| format!("-k{k}"))
+            .unwrap_or_default();
+        format!("{}-b{}{k}-s{}", self.norm.name(), self.batch, self.seed)
+    }
+}
+
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} norm, batch {}", self.norm, self.batch)?;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use norm_train::{EpochStats, Progress, TrainError};
 
@@ -259,6 +259,20 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             let mut recalibrated = None;
             let (status, diverged, final_acc, ips) = match trained {
                 Ok(mut outcome) => {
+                    if a.save_models {
+                        let dir = a.out.join("models");
+                        let path = dir.join(format!("{}.safetensors", cell.file_stem()));
+                        let meta = norm_train::checkpoint::CheckpointMeta {
+                            normalizer: norm_train::data::Normalizer::from_dataset(&split.train),
+                            data: Some(info.identity()),
+                        };
+                        std::fs::create_dir_all(&dir)
+                            .with_context(|| format!("cannot create {}", dir.display()))?;
+                        crate::interrupt::critical(|| {
+                            norm_train::checkpoint::save(&path, &outcome.model, &meta)
+                        })
+                        .with_context(|| format!("cannot save the model to {}", path.display()))?;
+                    }
                     if let Some(images) = a.recalibrate_bn {
                         bar.set_message(format!("{label}, re-estimating running statistics"));
                         recalibrated =

@@ -124,7 +124,7 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
             .args([
                 "--seeds", "1", "--model", "resnet8", "--width", "0.25", "--groups", "2",
             ])
-            .args(["--threads", "2", "--recalibrate-bn", "8"])
+            .args(["--threads", "2", "--recalibrate-bn", "8", "--save-models"])
             .args(TINY)
             .arg("--out")
             .arg(dir.path())
@@ -161,6 +161,36 @@ fn per_worker_sweep_records_the_axis_and_resumes() {
             && (0.0..=1.0).contains(&rc.per_worker)
             && (0.0..=1.0).contains(&rc.whole_batch)));
     }
+    // Every cell's model, saved before its re-estimate: eval gives the cell's own accuracy.
+    let mut models: Vec<String> = fs::read_dir(dir.path().join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    models.sort();
+    assert_eq!(
+        models,
+        [
+            "batch-b4-k2-s0.safetensors",
+            "batch-b4-k4-s0.safetensors",
+            "group-b4-k4-s0.safetensors"
+        ]
+    );
+    let bn2 = rs.iter().find(|r| r.per_worker == Some(2)).unwrap();
+    let out = cli()
+        .args(["eval", "--json", "--threads", "2", "--checkpoint"])
+        .arg(dir.path().join("models/batch-b4-k2-s0.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["test_acc"].as_f64().map(|a| a as f32),
+        bn2.final_test_acc.map(|a| a as f32)
+    );
     let recipe = fs::read_to_string(dir.path().join("recipe.json")).unwrap();
     contains(&recipe, r#""batch": 4"#);
     contains(&recipe, r#""arch": "resnet8""#);
