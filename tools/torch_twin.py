@@ -477,7 +477,8 @@ def main():
     p.add_argument("--per-worker", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="images per worker at the total --batch (BatchNorm only; other norms run once)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=1, help="how many seeds, from --first-seed")
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--lr-ref-batch", type=int, default=32)
@@ -510,7 +511,7 @@ def main():
         else:
             shapes = [(b, None) for b in a.batches]
         for batch, k in shapes:
-            for seed in range(a.seeds):
+            for seed in range(a.first_seed, a.first_seed + a.seeds):
                 print(json.dumps(train_cell(a, data, norm, batch, k, seed)))
                 sys.stdout.flush()
 
