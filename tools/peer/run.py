@@ -28,9 +28,12 @@ from datetime import datetime, timezone
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TORCH_PEER = os.path.join(ROOT, "tools", "peer", "torch_peer.py")
-NORMS = ["batch", "layer", "instance", "group"]
+NORMS = ["batch", "layer", "instance", "group", "renorm"]
+# PyTorch has no BatchRenorm: its row is ours against the copy floor only.
+OURS_ONLY = {"renorm"}
 NORM_LABEL = {"batch": "BatchNorm (train)", "layer": "LayerNorm [C,H,W]",
-              "instance": "InstanceNorm (train)", "group": "GroupNorm (G=32)"}
+              "instance": "InstanceNorm (train)", "group": "GroupNorm (G=32)",
+              "renorm": "BatchRenorm (train, r_max 3, d_max 5)"}
 TRAIN_NORMS = ["batch", "layer", "instance", "group", "none"]
 FIXED_SHAPES = ["8x64x120x120", "2x64x32x32", "32x64x32x32"]
 BATCHES = [2, 32]
@@ -49,14 +52,21 @@ def results(stdout):
 
 
 def cpu_model():
+    """The model name plus family/model/stepping: guests often report only "AMD EPYC"
+    (family 25 model 1 is Zen3 Milan)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first CPU's block is enough
+                k, _, v = line.partition(":")
+                fields[k.strip()] = v.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    ids = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    return f"{name} ({', '.join(ids)})" if ids else name
 
 
 def load():
@@ -108,7 +118,7 @@ def main():
         groups.append(("floor", [f"floor:{s}" for s in shapes], False))
         for n in NORMS:
             groups.append((n, [f"kernel:{n}:{s}:{m}" for s in shapes for m in ("fwd", "fwdbwd")],
-                           True))
+                           n not in OURS_ONLY))
     if args.only != "kernels":
         for model in args.models.split(","):
             groups.append((model, [f"train:{model}:{n}:{b}" for n in TRAIN_NORMS
@@ -146,6 +156,8 @@ def main():
     out.append("")
 
     def ratio_cell(case):
+        if case not in torch:
+            return "—"
         per = [t / o for o, t in zip(ours[case], torch[case])]
         r = md(torch[case]) / md(ours[case])
         return f"**{r:.2f}×** ({min(per):.2f}–{max(per):.2f})"
@@ -175,8 +187,9 @@ def main():
         for n in NORMS:
             for s in shapes:
                 f, fb = f"kernel:{n}:{s}:fwd", f"kernel:{n}:{s}:fwdbwd"
-                out.append(f"| {NORM_LABEL[n]} | {s} | {md(ours[f]):.3f} | {md(torch[f]):.3f} | "
-                           f"{ratio_cell(f)} | {md(ours[fb]):.3f} | {md(torch[fb]):.3f} | "
+                tf, tfb = (f"{md(torch[c]):.3f}" if c in torch else "—" for c in (f, fb))
+                out.append(f"| {NORM_LABEL[n]} | {s} | {md(ours[f]):.3f} | {tf} | "
+                           f"{ratio_cell(f)} | {md(ours[fb]):.3f} | {tfb} | "
                            f"{ratio_cell(fb)} | {md(ours[f]) / floor[s]:.2f} | "
                            f"{md(ours[fb]) / (2.5 * floor[s]):.2f} |")
         out.append("")

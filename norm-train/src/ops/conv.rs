@@ -216,12 +216,40 @@ pub fn conv3x3_forward_gemm(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32
         });
 }
 
-/// One chunk of a backward pass: its weight-gradient partial (`[dW | db]` or `dW`), `x`, `dy`
-/// and (optionally) `dx`.
-pub(super) type GradChunk<'a> = (
-    ((&'a mut [f32], &'a [f32]), &'a [f32]),
-    Option<&'a mut [f32]>,
-);
+/// One chunk of a backward pass, a run of whole images.
+pub(super) struct GradChunk<'a> {
+    /// This chunk's zeroed weight-gradient partial (`[dW | db]` or `dW`).
+    pub partial: &'a mut [f32],
+    pub x: &'a [f32],
+    pub dy: &'a [f32],
+    pub dx: Option<&'a mut [f32]>,
+}
+
+/// Runs `chunk` over rayon on chunks of [`grad_chunk_images`] images of `x`, `dy` (and `dx`),
+/// each with its own zeroed partial of `partial_len` floats, and returns the partials in chunk
+/// order: the caller adds them in that order, so the sum does not depend on the thread count.
+pub(super) fn backward_chunks(
+    n: usize,
+    (chw_in, chw_out): (usize, usize),
+    partial_len: usize,
+    (x, dy, dx): (&[f32], &[f32], Option<&mut [f32]>),
+    chunk: impl Fn(GradChunk<'_>) + Send + Sync,
+) -> Vec<f32> {
+    let per = grad_chunk_images(n);
+    let mut partials = vec![0.0f32; n.div_ceil(per) * partial_len];
+    let parts = partials
+        .par_chunks_mut(partial_len)
+        .zip(x.par_chunks(per * chw_in))
+        .zip(dy.par_chunks(per * chw_out));
+    let run = |((partial, x), dy), dx| chunk(GradChunk { partial, x, dy, dx });
+    match dx {
+        Some(dx) => parts
+            .zip(dx.par_chunks_mut(per * chw_in))
+            .for_each(|(p, dx)| run(p, Some(dx))),
+        None => parts.for_each(|p| run(p, None)),
+    }
+    partials
+}
 
 #[cfg(test)]
 /// Backward as GEMMs and col2im, the twin of [`conv3x3_backward`] (same arguments).
@@ -247,12 +275,9 @@ pub fn conv3x3_backward_gemm(
     if s.n == 0 || chw_out == 0 || chw_in == 0 {
         return;
     }
-    let per = grad_chunk_images(s.n);
     let wl = s.weight_len();
-    // One partial [dW | db] per chunk, summed afterwards in chunk order.
-    let mut partial = vec![0.0f32; s.n.div_ceil(per) * (wl + s.c_out)];
-    let chunk = |(((part, x), dy), dx): GradChunk<'_>| {
-        let (pw, pb) = part.split_at_mut(wl);
+    let chunk = |GradChunk { partial, x, dy, dx }: GradChunk<'_>| {
+        let (pw, pb) = partial.split_at_mut(wl);
         with_scratch(k * hw, |col| {
             for i in 0..x.len() / chw_in {
                 let xi = &x[i * chw_in..][..chw_in];
@@ -274,17 +299,8 @@ pub fn conv3x3_backward_gemm(
             }
         });
     };
-    let parts = partial
-        .par_chunks_mut(wl + s.c_out)
-        .zip(x.par_chunks(per * chw_in))
-        .zip(dy.par_chunks(per * chw_out));
-    match dx {
-        Some(dx) => parts
-            .zip(dx.par_chunks_mut(per * chw_in).map(Some))
-            .for_each(chunk),
-        None => parts.map(|p| (p, None)).for_each(chunk),
-    }
-    for p in partial.chunks(wl + s.c_out) {
+    let partials = backward_chunks(s.n, (chw_in, chw_out), wl + s.c_out, (x, dy, dx), chunk);
+    for p in partials.chunks(wl + s.c_out) {
         super::add_assign(dweight, &p[..wl]);
         super::add_assign(dbias, &p[wl..]);
     }
@@ -769,7 +785,6 @@ pub fn conv3x3_backward(
     }
     let pad = Padded::new(s.h, s.w);
     let geom = Geometry::stride1(pad);
-    let per = grad_chunk_images(s.n);
     let wl = s.weight_len();
     // dx = conv(dy) with c_out inputs and c_in outputs: tap t of w' is tap 8 - t of w.
     let flipped = dx.is_some().then(|| {
@@ -777,10 +792,9 @@ pub fn conv3x3_backward(
             weight[(o * s.c_in + i) * 9 + 8 - t]
         })
     });
-    let mut partial = vec![0.0f32; s.n.div_ceil(per) * (wl + s.c_out)];
-    let chunk = |(((part, x), dy), dx): GradChunk<'_>| {
+    let chunk = |GradChunk { partial, x, dy, dx }: GradChunk<'_>| {
         let images = x.len() / chw_in;
-        let (pw, pb) = part.split_at_mut(wl);
+        let (pw, pb) = partial.split_at_mut(wl);
         let xp_len = images * s.c_in * pad.plane();
         let dyc_len = images * s.hw() * s.c_out.next_multiple_of(L);
         let dyp_len = if dx.is_some() {
@@ -813,17 +827,8 @@ pub fn conv3x3_backward(
             }
         });
     };
-    let parts = partial
-        .par_chunks_mut(wl + s.c_out)
-        .zip(x.par_chunks(per * chw_in))
-        .zip(dy.par_chunks(per * chw_out));
-    match dx {
-        Some(dx) => parts
-            .zip(dx.par_chunks_mut(per * chw_in).map(Some))
-            .for_each(chunk),
-        None => parts.map(|p| (p, None)).for_each(chunk),
-    }
-    for p in partial.chunks(wl + s.c_out) {
+    let partials = backward_chunks(s.n, (chw_in, chw_out), wl + s.c_out, (x, dy, dx), chunk);
+    for p in partials.chunks(wl + s.c_out) {
         super::add_assign(dweight, &p[..wl]);
         super::add_assign(dbias, &p[wl..]);
     }

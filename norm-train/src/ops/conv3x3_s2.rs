@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 use super::conv::{
-    ConvShape, Geometry, GradChunk, Init, L, Padded, channels_last, direct_image,
-    grad_chunk_images, pack_weights, row_vectors, weight_grad_chunk, with_scratch,
+    ConvShape, Geometry, GradChunk, Init, L, Padded, backward_chunks, channels_last, direct_image,
+    pack_weights, row_vectors, weight_grad_chunk, with_scratch,
 };
 
 /// Output height and width of the stride-2 convolution of an `h × w` input.
@@ -206,7 +206,7 @@ impl<const T: usize> DxClass<T> {
 }
 
 /// Backward. Accumulates (`+=`) into `dweight`, and into `dx` when given. Chunks of
-/// [`grad_chunk_images`] images run over rayon; each chunk sums its `dW` partial and the
+/// [`grad_chunk_images`](super::conv::grad_chunk_images) images run over rayon; each chunk sums its `dW` partial and the
 /// partials are added in chunk order.
 pub fn backward(
     s: ConvShape,
@@ -230,9 +230,7 @@ pub fn backward(
         return;
     }
     let (xpad, dypad) = (Padded::new(s.h, s.w), Padded::new(oh, ow));
-    let per = grad_chunk_images(s.n);
     let wl = s.weight_len();
-    let mut partial = vec![0.0f32; s.n.div_ceil(per) * wl];
     let classes = dx.is_some().then(|| {
         (
             DxClass::<1>::new(s, (0, 0), (EVEN, EVEN), dypad, weight),
@@ -241,7 +239,7 @@ pub fn backward(
             DxClass::<4>::new(s, (1, 1), (ODD, ODD), dypad, weight),
         )
     });
-    let chunk = |(((pw, x), dy), dx): GradChunk<'_>| {
+    let chunk = |GradChunk { partial, x, dy, dx }: GradChunk<'_>| {
         let images = x.len() / chw_in;
         let xp_len = images * s.c_in * xpad.plane();
         let dyc_len = images * ohw * s.c_out.next_multiple_of(L);
@@ -258,7 +256,17 @@ pub fn backward(
             let (dyp, ph) = rest.split_at_mut(dyp_len);
             xpad.fill(images * s.c_in, x, xp);
             channels_last(images, s.c_out, ohw, dy, dyc);
-            weight_grad_chunk::<2>(xpad, (oh, ow), images, s.c_in, s.c_out, xp, dyc, pw, None);
+            weight_grad_chunk::<2>(
+                xpad,
+                (oh, ow),
+                images,
+                s.c_in,
+                s.c_out,
+                xp,
+                dyc,
+                partial,
+                None,
+            );
             let (Some(dx), Some((c00, c01, c10, c11))) = (dx, &classes) else {
                 return;
             };
@@ -271,17 +279,8 @@ pub fn backward(
             }
         });
     };
-    let parts = partial
-        .par_chunks_mut(wl)
-        .zip(x.par_chunks(per * chw_in))
-        .zip(dy.par_chunks(per * chw_out));
-    match dx {
-        Some(dx) => parts
-            .zip(dx.par_chunks_mut(per * chw_in).map(Some))
-            .for_each(chunk),
-        None => parts.map(|p| (p, None)).for_each(chunk),
-    }
-    for p in partial.chunks(wl) {
+    let partials = backward_chunks(s.n, (chw_in, chw_out), wl, (x, dy, dx), chunk);
+    for p in partials.chunks(wl) {
         super::add_assign(dweight, p);
     }
 }

@@ -16,7 +16,7 @@ use dfdx::shapes::HasShape;
 use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{self, ConvShape, GradChunk, gemm_strided, grad_chunk_images, with_scratch};
+use super::conv::{self, ConvShape, GradChunk, backward_chunks, gemm_strided, with_scratch};
 use super::conv3x3_s2;
 use super::{BufferPool, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
@@ -232,10 +232,8 @@ pub fn conv_strided_backward(
     if s.n == 0 || chw_out == 0 || chw_in == 0 {
         return;
     }
-    let per = grad_chunk_images(s.n);
     let wl = s.weight_len();
-    let mut partial = vec![0.0f32; s.n.div_ceil(per) * wl];
-    let chunk = |(((pw, x), dy), dx): GradChunk<'_>| {
+    let chunk = |GradChunk { partial, x, dy, dx }: GradChunk<'_>| {
         with_scratch(kk * ohw, |col| {
             for i in 0..x.len() / chw_in {
                 let xi = &x[i * chw_in..][..chw_in];
@@ -247,7 +245,7 @@ pub fn conv_strided_backward(
                     col
                 };
                 // dW[c_out × kk] += dy_i[c_out × ohw] · col_iᵀ[ohw × kk]
-                gemm_strided(s.c_out, kk, ohw, pw, true, dyi, (ohw, 1), c, (1, ohw));
+                gemm_strided(s.c_out, kk, ohw, partial, true, dyi, (ohw, 1), c, (1, ohw));
             }
             if let Some(dx) = dx {
                 for i in 0..x.len() / chw_in {
@@ -264,17 +262,8 @@ pub fn conv_strided_backward(
             }
         });
     };
-    let parts = partial
-        .par_chunks_mut(wl)
-        .zip(x.par_chunks(per * chw_in))
-        .zip(dy.par_chunks(per * chw_out));
-    match dx {
-        Some(dx) => parts
-            .zip(dx.par_chunks_mut(per * chw_in).map(Some))
-            .for_each(chunk),
-        None => parts.map(|p| (p, None)).for_each(chunk),
-    }
-    for p in partial.chunks(wl) {
+    let partials = backward_chunks(s.n, (chw_in, chw_out), wl, (x, dy, dx), chunk);
+    for p in partials.chunks(wl) {
         super::add_assign(dweight, p);
     }
 }
