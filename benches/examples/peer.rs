@@ -5,6 +5,8 @@
 //! - `kernel:<norm>:<N>x<C>x<H>x<W>:<fwd|fwdbwd>` — a train-mode norm forward (and backward), the
 //!   calls of `normlab_benches::kernels::Case` (`norm`: batch, layer, instance, group);
 //! - `floor:<N>x<C>x<H>x<W>` — the `bandwidth` bench's `y = a·x + b` on the rayon pool;
+//! - `floor-stream:<N>x<C>x<H>x<W>` — the same with streaming stores, as the kernels write an
+//!   output larger than the last-level cache;
 //! - `train:<model>:<norm>:<batch>` — one training step (forward + backward + SGD update, as
 //!   `norm-train/examples/train_step.rs`), batch preparation not timed (`model`: cnn (alias
 //!   plain), resnet8, resnet14, resnet20).
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
     let cases: Vec<String> = std::env::args().skip(1).collect();
     if cases.is_empty() || cases.iter().any(|c| c == "-h" || c == "--help") {
         eprintln!(
-            "usage: peer CASE... (kernel:<norm>:<NxCxHxW>:<fwd|fwdbwd>, floor:<NxCxHxW>, train:<model>:<norm>:<batch>, info)"
+            "usage: peer CASE... (kernel:<norm>:<NxCxHxW>:<fwd|fwdbwd>, floor[-stream]:<NxCxHxW>, train:<model>:<norm>:<batch>, info)"
         );
         return ExitCode::from(2);
     }
@@ -84,12 +86,16 @@ fn run(case: &str) -> Result<(), BoxError> {
                 black_box(&c.b);
             })
         }
-        ["floor", shape] => {
+        ["floor" | "floor-stream", shape] => {
             let s = parse_shape(case, shape)?;
             let x = normlab_benches::data(s.len(), 1);
             let mut y = vec![0.0f32; s.len()];
+            let f = match parts[0] {
+                "floor" => floor::axpb_rayon,
+                _ => floor::axpb_stream_rayon,
+            };
             time(|| {
-                floor::axpb_rayon(&x, &mut y, black_box(1.5), black_box(0.25));
+                f(&x, &mut y, black_box(1.5), black_box(0.25));
                 black_box(&y);
             })
         }

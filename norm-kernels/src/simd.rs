@@ -1,5 +1,6 @@
 //! Every use of `wide` in the crate: f32x8 loads, stores, remainders and multi-accumulator
-//! reductions; and the crate's only architecture-specific code, a prefetch hint on x86-64. The
+//! reductions; and the crate's only architecture-specific code, a prefetch hint and streaming
+//! (non-temporal) stores on x86-64. The
 //! generic bodies are `#[inline(always)]`; the SIMD level is whatever the build's target
 //! features give `wide` (see `.cargo/config.toml` and [`crate::simd_level`]).
 //!
@@ -24,6 +25,100 @@ fn load(s: &[f32]) -> f32x8 {
 #[inline(always)]
 fn store(d: &mut [f32], v: f32x8) {
     d[..LANES].copy_from_slice(&v.to_array());
+}
+
+/// Where an output pass writes: through the caches, or streamed past them (non-temporal
+/// stores), for an output too large to be read back from cache by its consumer anyway: a cached
+/// store first reads the line it writes, so streaming saves a third of a copy's traffic. The
+/// values written are the same; [`crate::tuning::Tuning::sink`] chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sink {
+    Cached,
+    Streamed,
+}
+
+/// How one vector is written (the two [`Sink`]s).
+trait Put {
+    fn put(d: &mut [f32], v: f32x8);
+}
+
+struct ViaCache;
+
+impl Put for ViaCache {
+    #[inline(always)]
+    fn put(d: &mut [f32], v: f32x8) {
+        store(d, v);
+    }
+}
+
+/// Streaming stores; the slice must start 32-byte aligned (see [`by_sink`]).
+struct Streaming;
+
+impl Put for Streaming {
+    #[inline(always)]
+    fn put(d: &mut [f32], v: f32x8) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+        {
+            use core::arch::x86_64::{_mm256_loadu_ps, _mm256_stream_ps};
+            let d = &mut d[..LANES];
+            debug_assert_eq!(d.as_ptr() as usize % 32, 0);
+            let a = v.to_array();
+            // SAFETY: `d` holds 8 f32 (checked by the slice above) and starts 32-byte aligned
+            // (`by_sink` splits off the unaligned head), as the aligned store requires.
+            unsafe { _mm256_stream_ps(d.as_mut_ptr(), _mm256_loadu_ps(a.as_ptr())) };
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+        store(d, v);
+    }
+}
+
+/// Elements before `y` reaches a 32-byte boundary (at most 7; all of `y` if shorter).
+#[inline(always)]
+fn aligned_head(y: &[f32]) -> usize {
+    let off = (y.as_ptr() as usize) % 32;
+    let head = if off == 0 { 0 } else { (32 - off) / 4 };
+    head.min(y.len())
+}
+
+/// Orders the streamed stores of this thread before whatever it does next (a streamed line
+/// is otherwise not yet visible to another thread when the pool's latch releases it).
+#[inline(always)]
+fn fence() {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    // SAFETY: `sfence` has no operands and no preconditions.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Runs an elementwise output body `$f::<P>(lo, hi)` over `0..$y.len()` for `$sink`: cached in
+/// one piece, or streamed after a cached head up to the first 32-byte boundary of `$y`. The
+/// bodies' per-element arithmetic does not depend on where the split falls.
+macro_rules! by_sink {
+    ($sink:expr, $y:expr, |$lo:ident, $hi:ident, $P:ident| $body:expr) => {{
+        let len = $y.len();
+        match $sink {
+            Sink::Cached => {
+                type $P = ViaCache;
+                let ($lo, $hi) = (0, len);
+                $body
+            }
+            Sink::Streamed => {
+                let h = aligned_head($y);
+                {
+                    type $P = ViaCache;
+                    let ($lo, $hi) = (0, h);
+                    $body
+                }
+                {
+                    type $P = Streaming;
+                    let ($lo, $hi) = (h, len);
+                    $body
+                }
+                fence();
+            }
+        }
+    }};
 }
 
 #[inline(always)]
@@ -119,8 +214,24 @@ impl Center {
 /// subtracted before the multiply, so inputs with a large mean (x + 1000) lose nothing to the
 /// rounding of a folded shift `b - m·a`.
 #[inline(always)]
-pub(crate) fn center_scale_shift(x: &[f32], y: &mut [f32], c: Center, a: f32, b: f32) {
+pub(crate) fn center_scale_shift(
+    x: &[f32],
+    y: &mut [f32],
+    (c, a, b): (Center, f32, f32),
+    sink: Sink,
+) {
     debug_assert_eq!(x.len(), y.len());
+    by_sink!(sink, y, |lo, hi, P| center_scale_shift_to::<P>(
+        &x[lo..hi],
+        &mut y[lo..hi],
+        c,
+        a,
+        b
+    ))
+}
+
+#[inline(always)]
+fn center_scale_shift_to<P: Put>(x: &[f32], y: &mut [f32], c: Center, a: f32, b: f32) {
     let (s, m, a) = (c.s, c.m, a / c.s);
     let (sv, mv, av, bv) = (
         f32x8::splat(s),
@@ -131,7 +242,7 @@ pub(crate) fn center_scale_shift(x: &[f32], y: &mut [f32], c: Center, a: f32, b:
     let mut xs = x.chunks_exact(LANES);
     let mut ys = y.chunks_exact_mut(LANES);
     for (xi, yi) in (&mut xs).zip(&mut ys) {
-        store(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
+        P::put(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
     }
     for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
         *yi = xi.mul_add(s, -m).mul_add(a, b);
@@ -148,10 +259,24 @@ const LINE: usize = 16;
 pub(crate) fn center_scale_shift_ahead(
     x: &[f32],
     y: &mut [f32],
+    cab: (Center, f32, f32),
+    (ahead, sink): (&[f32], Sink),
+) {
+    debug_assert_eq!(x.len(), y.len());
+    by_sink!(sink, y, |lo, hi, P| {
+        // The hint walks `ahead` from its start whichever piece of `y` is written.
+        let ahead = &ahead[(lo / LINE * LINE).min(ahead.len())..];
+        center_scale_shift_ahead_to::<P>(&x[lo..hi], &mut y[lo..hi], cab, ahead)
+    })
+}
+
+#[inline(always)]
+fn center_scale_shift_ahead_to<P: Put>(
+    x: &[f32],
+    y: &mut [f32],
     (c, a, b): (Center, f32, f32),
     ahead: &[f32],
 ) {
-    debug_assert_eq!(x.len(), y.len());
     let (sv, mv) = (f32x8::splat(c.s), f32x8::splat(-c.m));
     let (av, bv) = (f32x8::splat(a / c.s), f32x8::splat(b));
     let mut xs = x.chunks_exact(LINE);
@@ -161,13 +286,13 @@ pub(crate) fn center_scale_shift_ahead(
         if let Some(line) = next.next() {
             prefetch(line);
         }
-        store(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
-        store(
+        P::put(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
+        P::put(
             &mut yi[LANES..],
             load(&xi[LANES..]).mul_add(sv, mv).mul_add(av, bv),
         );
     }
-    center_scale_shift(xs.remainder(), ys.into_remainder(), c, a, b);
+    center_scale_shift_to::<P>(xs.remainder(), ys.into_remainder(), c, a, b);
 }
 
 /// Prefetch hint for the cache line holding `s[0]` (a no-op off x86-64 or for an empty slice).
@@ -184,8 +309,30 @@ fn prefetch(s: &[f32]) {
 /// `dx = dy·a + (x - m)·b + c` with scalar `m`, `a`, `b`, `c`: [`dy_x_affine`] with the mean
 /// subtracted first (see [`center_scale_shift`]).
 #[inline(always)]
-pub(crate) fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32, b: f32, c: f32) {
+pub(crate) fn dy_xm_affine(
+    (dy, x): (&[f32], &[f32]),
+    dx: &mut [f32],
+    (m, abc): (f32, (f32, f32, f32)),
+    sink: Sink,
+) {
     debug_assert!(dy.len() == x.len() && x.len() == dx.len());
+    by_sink!(sink, dx, |lo, hi, P| dy_xm_affine_to::<P>(
+        &dy[lo..hi],
+        &x[lo..hi],
+        &mut dx[lo..hi],
+        m,
+        abc
+    ))
+}
+
+#[inline(always)]
+fn dy_xm_affine_to<P: Put>(
+    dy: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+    m: f32,
+    (a, b, c): (f32, f32, f32),
+) {
     let (mv, av, bv, cv) = (
         f32x8::splat(m),
         f32x8::splat(a),
@@ -195,7 +342,7 @@ pub(crate) fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32
     let n = x.len() / LANES * LANES;
     for i in (0..n).step_by(LANES) {
         let v = load(&dy[i..]).mul_add(av, (load(&x[i..]) - mv).mul_add(bv, cv));
-        store(&mut dx[i..], v);
+        P::put(&mut dx[i..], v);
     }
     for i in n..x.len() {
         dx[i] = dy[i].mul_add(a, (x[i] - m).mul_add(b, c));
@@ -209,11 +356,28 @@ pub(crate) fn dy_xm_affine(dy: &[f32], x: &[f32], dx: &mut [f32], m: f32, a: f32
 pub(crate) fn center_scale_affine(
     x: &[f32],
     y: &mut [f32],
+    kac: (Center, f32, f32),
+    (g, beta): (&[f32], &[f32]),
+    sink: Sink,
+) {
+    debug_assert!(x.len() == y.len() && x.len() == g.len() && x.len() == beta.len());
+    by_sink!(sink, y, |lo, hi, P| center_scale_affine_to::<P>(
+        &x[lo..hi],
+        &mut y[lo..hi],
+        kac,
+        &g[lo..hi],
+        &beta[lo..hi]
+    ))
+}
+
+#[inline(always)]
+fn center_scale_affine_to<P: Put>(
+    x: &[f32],
+    y: &mut [f32],
     (k, a, c): (Center, f32, f32),
     g: &[f32],
     beta: &[f32],
 ) {
-    debug_assert!(x.len() == y.len() && x.len() == g.len() && x.len() == beta.len());
     let (s, m, a) = (k.s, k.m, a / k.s);
     let (sv, mv, av, cv) = (
         f32x8::splat(s),
@@ -224,7 +388,7 @@ pub(crate) fn center_scale_affine(
     let n = x.len() / LANES * LANES;
     for i in (0..n).step_by(LANES) {
         let xh = load(&x[i..]).mul_add(sv, mv).mul_add(av, cv);
-        store(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
+        P::put(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
     }
     for i in n..x.len() {
         y[i] = x[i].mul_add(s, -m).mul_add(a, c).mul_add(g[i], beta[i]);
@@ -282,10 +446,27 @@ pub(crate) fn gdy_xm_affine(
     (dy, g): (&[f32], &[f32]),
     x: &[f32],
     dx: &mut [f32],
+    (m, abc): (f32, (f32, f32, f32)),
+    sink: Sink,
+) {
+    debug_assert!(dy.len() == x.len() && x.len() == dx.len() && x.len() == g.len());
+    by_sink!(sink, dx, |lo, hi, P| gdy_xm_affine_to::<P>(
+        (&dy[lo..hi], &g[lo..hi]),
+        &x[lo..hi],
+        &mut dx[lo..hi],
+        m,
+        abc
+    ))
+}
+
+#[inline(always)]
+fn gdy_xm_affine_to<P: Put>(
+    (dy, g): (&[f32], &[f32]),
+    x: &[f32],
+    dx: &mut [f32],
     m: f32,
     (a, b, c): (f32, f32, f32),
 ) {
-    debug_assert!(dy.len() == x.len() && x.len() == dx.len() && x.len() == g.len());
     let (mv, av, bv, cv) = (
         f32x8::splat(m),
         f32x8::splat(a),
@@ -295,7 +476,7 @@ pub(crate) fn gdy_xm_affine(
     let n = x.len() / LANES * LANES;
     for i in (0..n).step_by(LANES) {
         let gd = load(&dy[i..]) * load(&g[i..]);
-        store(
+        P::put(
             &mut dx[i..],
             gd.mul_add(av, (load(&x[i..]) - mv).mul_add(bv, cv)),
         );
@@ -411,14 +592,14 @@ mod tests {
             let dy = data(n, 0.3);
             let m = 1000.01f32;
             let mut y = vec![0.0; n];
-            center_scale_shift(&x, &mut y, Center::at(m), 1.5, -0.25);
+            center_scale_shift(&x, &mut y, (Center::at(m), 1.5, -0.25), Sink::Cached);
             for i in 0..n {
                 assert!(
                     (y[i] - ((x[i] - m) * 1.5 - 0.25)).abs() < 1e-5,
                     "center_scale_shift n={n}"
                 );
             }
-            dy_xm_affine(&dy, &x, &mut y, m, 0.7, -1.1, 0.3);
+            dy_xm_affine((&dy, &x), &mut y, (m, (0.7, -1.1, 0.3)), Sink::Cached);
             for i in 0..n {
                 let want = dy[i] * 0.7 - 1.1 * (x[i] - m) + 0.3;
                 assert!((y[i] - want).abs() < 1e-5, "dy_xm_affine n={n}");
@@ -426,8 +607,9 @@ mod tests {
             // The prefetching variant is bit-identical, whatever the length of its hint.
             for ahead in [&dy[..0], &dy[..n / 2], &dy[..]] {
                 let mut z = vec![0.0; n];
-                center_scale_shift(&x, &mut y, Center::at(m), 1.5, -0.25);
-                center_scale_shift_ahead(&x, &mut z, (Center::at(m), 1.5, -0.25), ahead);
+                center_scale_shift(&x, &mut y, (Center::at(m), 1.5, -0.25), Sink::Cached);
+                let cab = (Center::at(m), 1.5, -0.25);
+                center_scale_shift_ahead(&x, &mut z, cab, (ahead, Sink::Cached));
                 assert_eq!(y, z, "center_scale_shift_ahead n={n}");
             }
         }
@@ -453,7 +635,13 @@ mod tests {
                 "sum_gdy_gdxm_dev n={n}"
             );
             let mut y = vec![0.0; n];
-            center_scale_affine(&x, &mut y, (Center::at(m), 1.5, 0.125), &g, &be);
+            center_scale_affine(
+                &x,
+                &mut y,
+                (Center::at(m), 1.5, 0.125),
+                (&g, &be),
+                Sink::Cached,
+            );
             for i in 0..n {
                 let want = ((x[i] - m) as f64 * 1.5 + 0.125) * g[i] as f64 + be[i] as f64;
                 assert!(
@@ -461,7 +649,7 @@ mod tests {
                     "center_scale_affine n={n}"
                 );
             }
-            gdy_xm_affine((&dy, &g), &x, &mut y, m, (0.7, -1.1, 0.3));
+            gdy_xm_affine((&dy, &g), &x, &mut y, (m, (0.7, -1.1, 0.3)), Sink::Cached);
             for i in 0..n {
                 let want = dy[i] as f64 * g[i] as f64 * 0.7 - 1.1 * (x[i] - m) as f64 + 0.3;
                 assert!((y[i] as f64 - want).abs() < 1e-5, "gdy_xm_affine n={n}");
@@ -477,6 +665,47 @@ mod tests {
                     (db[i] as f64 - (db0[i] + dy[i]) as f64).abs() < 1e-6,
                     "acc_dbeta n={n}"
                 );
+            }
+        }
+    }
+
+    /// Every output helper writes the same bits streamed as cached, wherever the output starts
+    /// (the streamed path splits off a cached head up to a 32-byte boundary).
+    #[test]
+    fn streamed_outputs_equal_cached() {
+        let n = 300;
+        let (x, dy, g, be) = (data(n, 1000.0), data(n, 0.3), data(n, 0.9), data(n, -0.1));
+        type Out = fn(Sink, &[f32], &[f32], &[f32], &[f32], &mut [f32]);
+        let helpers: [(&str, Out); 5] = [
+            ("center_scale_shift", |k, x, _, _, _, y| {
+                center_scale_shift(x, y, (Center::at(1000.01), 1.5, -0.25), k)
+            }),
+            ("center_scale_shift_ahead", |k, x, d, _, _, y| {
+                center_scale_shift_ahead(x, y, (Center::at(1000.01), 1.5, -0.25), (d, k))
+            }),
+            ("dy_xm_affine", |k, x, d, _, _, y| {
+                dy_xm_affine((d, x), y, (1000.01, (0.7, -1.1, 0.3)), k)
+            }),
+            ("center_scale_affine", |k, x, _, g, b, y| {
+                center_scale_affine(x, y, (Center::at(1000.01), 1.5, 0.125), (g, b), k)
+            }),
+            ("gdy_xm_affine", |k, x, d, g, _, y| {
+                gdy_xm_affine((d, g), x, y, (1000.01, (0.7, -1.1, 0.3)), k)
+            }),
+        ];
+        for (name, f) in helpers {
+            for start in 0..9 {
+                for len in [0, 1, 5, 8, 17, 64, 200] {
+                    let r = start..start + len;
+                    let (xs, ds, gs, bs) =
+                        (&x[r.clone()], &dy[r.clone()], &g[r.clone()], &be[r.clone()]);
+                    let mut a = vec![f32::NAN; n];
+                    let mut b = vec![f32::NAN; n];
+                    f(Sink::Cached, xs, ds, gs, bs, &mut a[r.clone()]);
+                    f(Sink::Streamed, xs, ds, gs, bs, &mut b[r.clone()]);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a), bits(&b), "{name} start={start} len={len}");
+                }
             }
         }
     }

@@ -19,6 +19,8 @@
 
 use std::sync::OnceLock;
 
+use crate::simd::Sink;
+
 /// Elements reduced in f32 before the partial result is widened to f64. 4096 f32 = 16 KiB: a
 /// block read twice (two-pass statistics) is still in L1 the second time.
 pub(crate) const BLOCK: usize = 4096;
@@ -127,6 +129,9 @@ pub(crate) struct Tuning {
     /// Bytes a working set may have to stay in the last-level cache between two passes (half of
     /// L3, leaving room for the other core).
     pub l3_reuse: usize,
+    /// Output bytes from which a kernel streams its output past the caches ([`Sink`]): an
+    /// output larger than the last-level cache cannot be read back from it by its consumer.
+    pub stream_from: usize,
 }
 
 impl Tuning {
@@ -138,6 +143,17 @@ impl Tuning {
             nest_below: 16,
             l2_reuse: c.l2 / 2,
             l3_reuse: c.l3 / 2,
+            stream_from: c.l3,
+        }
+    }
+
+    /// How a kernel writes an output of `len` f32.
+    #[inline]
+    pub(crate) fn sink(&self, len: usize) -> Sink {
+        if len.saturating_mul(4) > self.stream_from {
+            Sink::Streamed
+        } else {
+            Sink::Cached
         }
     }
 }
@@ -157,6 +173,15 @@ pub fn cache_sizes() -> CacheSizes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_beyond_the_last_level_cache_are_streamed() {
+        let t = Tuning::for_caches(CacheSizes::FALLBACK);
+        let l3_floats = CacheSizes::FALLBACK.l3 / 4;
+        assert_eq!(t.sink(l3_floats), Sink::Cached);
+        assert_eq!(t.sink(l3_floats + 1), Sink::Streamed);
+        assert_eq!(t.sink(usize::MAX), Sink::Streamed);
+    }
 
     #[test]
     fn sizes_parse() {

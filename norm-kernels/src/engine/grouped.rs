@@ -19,7 +19,7 @@ use super::moments::{Moments, fold_affine};
 use super::plane::{Sums, add_sums, dx_coefs, slice_sums};
 use super::schedule::items_per_task;
 use crate::simd;
-use crate::tuning::{STRIP, TILE};
+use crate::tuning::{STRIP, TILE, tuning};
 use crate::{Affine, AffineGrads, Parallelism, Stats, StatsMut};
 
 /// Where the affine parameters sit relative to the elements of a group.
@@ -70,6 +70,7 @@ pub(crate) fn forward_groups(
     let StatsMut { mean, rstd } = stats;
     debug_assert!(x.len() == y.len() && x.len() == mean.len() * len && mean.len() == rstd.len());
     let rayon = par == Parallelism::Rayon;
+    let sink = tuning().sink(y.len());
     type Group<'a> = ((&'a mut [f32], &'a [f32]), (&'a mut f32, &'a mut f32));
     let group = |gi: usize, ((yg, xg), (m, r)): Group<'_>| {
         let inner = rayon && len > TILE;
@@ -89,12 +90,12 @@ pub(crate) fn forward_groups(
                 (None, _) => {
                     let (a, b) = fold_affine(p, mom.mean, rs, 1.0, 0.0);
                     let ahead = next.get(s..s + xu.len()).unwrap_or(&[]);
-                    simd::center_scale_shift_ahead(xu, yu, (ctr, a, b), ahead);
+                    simd::center_scale_shift_ahead(xu, yu, (ctr, a, b), (ahead, sink));
                 }
                 (Some(a), AffineLayout::PerElement) => {
                     let (g, b) = (&a.gamma[s..s + xu.len()], &a.beta[s..s + xu.len()]);
                     let c = ((p as f64 - mom.mean) * rs) as f32;
-                    simd::center_scale_affine(xu, yu, (ctr, rs as f32, c), g, b);
+                    simd::center_scale_affine(xu, yu, (ctr, rs as f32, c), (g, b), sink);
                 }
                 (Some(a), AffineLayout::PerChannel { groups, hw }) => {
                     let c0 = (gi % groups) * (len / hw);
@@ -103,7 +104,7 @@ pub(crate) fn forward_groups(
                         let (sa, sb) = fold_affine(p, mom.mean, rs, g, beta);
                         let (xp, yp) = (&xu[lo..hi], &mut yu[lo..hi]);
                         let ahead = next.get(s + lo..s + hi).unwrap_or(&[]);
-                        simd::center_scale_shift_ahead(xp, yp, (ctr, sa, sb), ahead);
+                        simd::center_scale_shift_ahead(xp, yp, (ctr, sa, sb), (ahead, sink));
                     });
                 }
             }
@@ -149,6 +150,7 @@ pub(crate) fn backward_groups_per_channel(
     let Stats { mean, rstd } = stats;
     let len = cpg * hw;
     let rayon = par == Parallelism::Rayon;
+    let sink = tuning().sink(dx.len());
     // Per (n, c): (Σ dy, Σ dy·(x - m), Σ (x - m)), written by the group owning the channel.
     let mut sums = vec![(0.0f64, 0.0f64, 0.0f64); mean.len() * cpg];
     type Group<'a> = ((&'a mut [f32], (&'a [f32], &'a [f32])), &'a mut [Sums]);
@@ -192,7 +194,8 @@ pub(crate) fn backward_groups_per_channel(
         let tile = |t: usize, (du, (xu, dyu)): (&mut [f32], (&[f32], &[f32]))| {
             for_each_plane(t * TILE, xu.len(), hw, |k, lo, hi| {
                 let a = (gam(k) * r as f64) as f32;
-                simd::dy_xm_affine(&dyu[lo..hi], &xu[lo..hi], &mut du[lo..hi], m, a, b, c);
+                let (dyx, du) = ((&dyu[lo..hi], &xu[lo..hi]), &mut du[lo..hi]);
+                simd::dy_xm_affine(dyx, du, (m, (a, b, c)), sink);
             });
         };
         if inner {

@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use super::moments::{Moments, fold_affine, rstd_of};
 use super::schedule::{nests, run};
 use crate::error::{check_affine, check_eval, check_tracking};
-use crate::simd::{self, Center};
-use crate::tuning::{BLOCK, TILE};
+use crate::simd::{self, Center, Sink};
+use crate::tuning::{BLOCK, TILE, tuning};
 use crate::{
     Affine, AffineGrads, Grads, Momentum, Nchw, NormError, Parallelism, Running, RunningStats,
     Saved,
@@ -156,15 +156,14 @@ pub(crate) fn plane_center_scale_shift(
     xp: &[f32],
     yp: &mut [f32],
     mab: (Center, f32, f32),
-    nested: bool,
+    (nested, sink): (bool, Sink),
 ) {
-    let (m, a, b) = mab;
     if nested && xp.len() > TILE {
         xp.par_chunks(TILE)
             .zip(yp.par_chunks_mut(TILE))
-            .for_each(|(xu, yu)| simd::center_scale_shift(xu, yu, m, a, b));
+            .for_each(|(xu, yu)| simd::center_scale_shift(xu, yu, mab, sink));
     } else {
-        simd::center_scale_shift(xp, yp, m, a, b);
+        simd::center_scale_shift(xp, yp, mab, sink);
     }
 }
 
@@ -174,16 +173,15 @@ pub(crate) fn plane_dx(
     (dy, x, dx): (&[f32], &[f32], &mut [f32]),
     m: f32,
     abc: (f32, f32, f32),
-    nested: bool,
+    (nested, sink): (bool, Sink),
 ) {
-    let (a, b, c) = abc;
     if nested && x.len() > TILE {
         dy.par_chunks(TILE)
             .zip(x.par_chunks(TILE))
             .zip(dx.par_chunks_mut(TILE))
-            .for_each(|((d, v), o)| simd::dy_xm_affine(d, v, o, m, a, b, c));
+            .for_each(|((d, v), o)| simd::dy_xm_affine((d, v), o, (m, abc), sink));
     } else {
-        simd::dy_xm_affine(dy, x, dx, m, a, b, c);
+        simd::dy_xm_affine((dy, x), dx, (m, abc), sink);
     }
 }
 
@@ -244,6 +242,7 @@ pub(crate) fn channels_forward(
     par: Parallelism,
 ) -> Vec<(Moments, f64)> {
     let nested = nests(par, shape.c);
+    let sink = tuning().sink(y.len());
     let chans = channel_planes(shape, x, y);
     run(
         par,
@@ -268,10 +267,10 @@ pub(crate) fn channels_forward(
             if nested {
                 planes
                     .par_iter_mut()
-                    .for_each(|(xp, yp)| plane_center_scale_shift(xp, yp, (p, a, b), true));
+                    .for_each(|(xp, yp)| plane_center_scale_shift(xp, yp, (p, a, b), (true, sink)));
             } else {
                 for (xp, yp) in planes.iter_mut() {
-                    simd::center_scale_shift(xp, yp, p, a, b);
+                    simd::center_scale_shift(xp, yp, (p, a, b), sink);
                 }
             }
             (m, r)
@@ -290,6 +289,7 @@ pub(crate) fn channels_backward(
 ) -> Vec<(f64, f64)> {
     let nested = nests(par, shape.c);
     let count = (shape.n * shape.hw()) as f64;
+    let sink = tuning().sink(dx.len());
     let chans = channel_planes(shape, x, dx);
     let items: Vec<_> = chans
         .into_iter()
@@ -324,10 +324,10 @@ pub(crate) fn channels_backward(
         if nested {
             planes
                 .par_iter_mut()
-                .for_each(|(xp, dyp, dxp)| plane_dx((dyp, xp, dxp), m, abc, true));
+                .for_each(|(xp, dyp, dxp)| plane_dx((dyp, xp, dxp), m, abc, (true, sink)));
         } else {
             for (xp, dyp, dxp) in planes.iter_mut() {
-                simd::dy_xm_affine(dyp, xp, dxp, m, abc.0, abc.1, abc.2);
+                simd::dy_xm_affine((dyp, xp), dxp, (m, abc), sink);
             }
         }
         out
@@ -354,13 +354,14 @@ fn channel_map_forward(
         })
         .collect();
     let nested = nests(par, shape.n * shape.c);
+    let sink = tuning().sink(y.len());
     let items: Vec<_> = x
         .chunks(shape.hw())
         .zip(y.chunks_mut(shape.hw()))
         .enumerate()
         .collect();
     run(par, items, shape.hw(), |(i, (xp, yp))| {
-        plane_center_scale_shift(xp, yp, coef[i % shape.c], nested);
+        plane_center_scale_shift(xp, yp, coef[i % shape.c], (nested, sink));
     });
 }
 
@@ -384,6 +385,7 @@ fn channel_map_backward(
 ) {
     let want_grads = grads.is_some();
     let nested = nests(par, shape.c);
+    let sink = tuning().sink(dx.len());
     let chans = channel_planes(shape, dy, dx);
     let sums = run(
         par,
@@ -415,11 +417,11 @@ fn channel_map_backward(
             };
             if nested {
                 planes.par_iter_mut().for_each(|(dyp, dxp)| {
-                    plane_center_scale_shift(dyp, dxp, (Center::at(0.0), k, 0.0), true)
+                    plane_center_scale_shift(dyp, dxp, (Center::at(0.0), k, 0.0), (true, sink))
                 });
             } else {
                 for (dyp, dxp) in planes.iter_mut() {
-                    simd::center_scale_shift(dyp, dxp, Center::at(0.0), k, 0.0);
+                    simd::center_scale_shift(dyp, dxp, (Center::at(0.0), k, 0.0), sink);
                 }
             }
             (s_dyxm * r, s_dy)

@@ -47,6 +47,7 @@ use crate::error::{
     check_affine, check_affine_flag, check_backward, check_io, check_momentum, check_running_len,
     check_stats_len, check_tracking,
 };
+use crate::tuning::tuning;
 use crate::{
     Affine, Grads, Momentum, Nchw, NormError, Output, Parallelism, Running, RunningStats, Saved,
     Stats,
@@ -112,6 +113,7 @@ pub fn instance_norm_forward_train(
         return Err(NormError::OneSpatialElement { op: OP, shape });
     }
     let nested = nests(par, groups);
+    let sink = tuning().sink(y.len());
     let items: Vec<_> = x
         .chunks(shape.hw())
         .zip(y.chunks_mut(shape.hw()))
@@ -123,7 +125,7 @@ pub fn instance_norm_forward_train(
         let r = m.rstd(eps);
         let (g, beta) = affine_at(affine, i % shape.c);
         let (a, b) = fold_affine(m.mean as f32, m.mean, r, g, beta);
-        plane_center_scale_shift(xp, yp, (m.center(), a, b), nested);
+        plane_center_scale_shift(xp, yp, (m.center(), a, b), (nested, sink));
         (m, r)
     });
     for (i, &(m, r)) in moms.iter().enumerate() {
@@ -205,6 +207,7 @@ pub fn instance_norm_backward_train(
     )?;
     let nested = nests(par, groups);
     let count = shape.hw() as f64;
+    let sink = tuning().sink(grads.dx.len());
     let items: Vec<_> = x
         .chunks(shape.hw())
         .zip(dy.chunks(shape.hw()))
@@ -216,7 +219,7 @@ pub fn instance_norm_backward_train(
         let sums = plane_sums(dyp, xp, m, nested);
         let g = gamma.map_or(1.0, |g| g[i % shape.c] as f64);
         let (abc, out) = dx_coefs(sums, count, rstd[i] as f64, g);
-        plane_dx((dyp, xp, dxp), m, abc, nested);
+        plane_dx((dyp, xp, dxp), m, abc, (nested, sink));
         out
     });
     if let Some(g) = grads.affine {

@@ -158,6 +158,7 @@ fn forward_walk(
         let p = mom.mean as f32;
         (mom.center(), rs as f32, ((p as f64 - mom.mean) * rs) as f32)
     });
+    let sink = tuning().sink(y.len());
     let strips: Vec<(usize, Vec<&mut [f32]>)> =
         column_strips(y, len).into_iter().enumerate().collect();
     run(par, strips, shape.n * STRIP, |(j, ys)| {
@@ -165,7 +166,8 @@ fn forward_walk(
         for (k, yk) in ys.into_iter().enumerate() {
             let w = s..s + yk.len();
             let xk = &x[k * len + s..k * len + s + yk.len()];
-            simd::center_scale_affine(xk, yk, coefs[k], &a.gamma[w.clone()], &a.beta[w]);
+            let gb = (&a.gamma[w.clone()], &a.beta[w]);
+            simd::center_scale_affine(xk, yk, coefs[k], gb, sink);
         }
     });
 }
@@ -242,6 +244,7 @@ pub fn layer_norm_backward(
             .collect(),
         None => (0..strips).map(|_| None).collect(),
     };
+    let sink = tuning().sink(dx.len());
     let tasks: Vec<_> = column_strips(dx, len)
         .into_iter()
         .zip(accs)
@@ -257,8 +260,11 @@ pub fn layer_norm_backward(
             let (xk, dyk) = piece(k, s, dxk.len());
             let ((m, r), ((b, c), er)) = ((mean[k], rstd[k]), coef[k]);
             match gamma {
-                None => simd::dy_xm_affine(dyk, xk, dxk, m, r, b, c),
-                Some(g) => simd::gdy_xm_affine((dyk, &g[s..s + xk.len()]), xk, dxk, m, (r, b, c)),
+                None => simd::dy_xm_affine((dyk, xk), dxk, (m, (r, b, c)), sink),
+                Some(g) => {
+                    let gdy = (dyk, &g[s..s + xk.len()]);
+                    simd::gdy_xm_affine(gdy, xk, dxk, (m, (r, b, c)), sink)
+                }
             }
             if let Some((dg, db)) = acc.as_mut() {
                 simd::acc_dgamma_dbeta((dyk, xk), (m, r, er), dg, db);
