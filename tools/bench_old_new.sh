@@ -10,7 +10,12 @@ old=${1:?usage: tools/bench_old_new.sh OLD_CHECKOUT [FILTER [NORMS]]}
 filter=${2:-simd_rayon}
 norms=${3:-batch_norm group_norm instance_norm layer_norm}
 new=$(cd "$(dirname "$0")/.." && pwd)
-bin() { ls -t "$1"/target/release/deps/"$2"-* | grep -v '\.d$' | head -1; }
+# The bench binary cargo names for checkout $1 and bench $2 (`ls -t` would also find the
+# test-profile builds of the same bench that `cargo test` leaves beside it).
+bin() {
+  (cd "$1" && cargo bench -q -p normlab-benches --no-run --message-format=json 2>/dev/null) |
+    grep -o "\"executable\":\"[^\"]*/$2-[0-9a-f]*\"" | cut -d'"' -f4 | head -1
+}
 for round in 1 2 3; do
   for n in $norms; do
     for v in old new; do
