@@ -129,8 +129,9 @@ pub(crate) struct Tuning {
     /// Bytes a working set may have to stay in the last-level cache between two passes (half of
     /// L3, leaving room for the other core).
     pub l3_reuse: usize,
-    /// Output bytes from which a kernel streams its output past the caches ([`Sink`]): an
-    /// output larger than the last-level cache cannot be read back from it by its consumer.
+    /// Output bytes from which a kernel streams its output past the caches ([`Sink`]): three
+    /// quarters of the last-level cache, glibc's `memcpy` threshold. An output that large
+    /// evicts the input it is computed from and little of it would be left for its consumer.
     pub stream_from: usize,
 }
 
@@ -143,7 +144,7 @@ impl Tuning {
             nest_below: 16,
             l2_reuse: c.l2 / 2,
             l3_reuse: c.l3 / 2,
-            stream_from: c.l3,
+            stream_from: c.l3 / 4 * 3,
         }
     }
 
@@ -175,11 +176,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn outputs_beyond_the_last_level_cache_are_streamed() {
+    fn outputs_beyond_three_quarters_of_the_last_level_cache_are_streamed() {
         let t = Tuning::for_caches(CacheSizes::FALLBACK);
-        let l3_floats = CacheSizes::FALLBACK.l3 / 4;
-        assert_eq!(t.sink(l3_floats), Sink::Cached);
-        assert_eq!(t.sink(l3_floats + 1), Sink::Streamed);
+        let from = CacheSizes::FALLBACK.l3 / 4 * 3 / 4;
+        assert_eq!(t.sink(from), Sink::Cached);
+        assert_eq!(t.sink(from + 1), Sink::Streamed);
         assert_eq!(t.sink(usize::MAX), Sink::Streamed);
     }
 
