@@ -121,6 +121,45 @@ macro_rules! by_sink {
     }};
 }
 
+/// How an output pass centres a vector, `x·s - m` ([`Center`]): a subtraction when `s = 1`
+/// (the same bits as the FMA with 1, and it leaves the FMA ports to the scale and shift), the
+/// FMA when `s = ½`.
+trait Centre {
+    /// `x·s + mneg`, with `mneg = -m`.
+    fn at(x: f32x8, s: f32x8, mneg: f32x8) -> f32x8;
+}
+
+struct Whole;
+
+impl Centre for Whole {
+    #[inline(always)]
+    fn at(x: f32x8, _: f32x8, mneg: f32x8) -> f32x8 {
+        x + mneg
+    }
+}
+
+struct Halved;
+
+impl Centre for Halved {
+    #[inline(always)]
+    fn at(x: f32x8, s: f32x8, mneg: f32x8) -> f32x8 {
+        x.mul_add(s, mneg)
+    }
+}
+
+/// Runs `$body` with `$K` the [`Centre`] of `$c`.
+macro_rules! by_centre {
+    ($c:expr, |$K:ident| $body:expr) => {{
+        if $c.s == 1.0 {
+            type $K = Whole;
+            $body
+        } else {
+            type $K = Halved;
+            $body
+        }
+    }};
+}
+
 #[inline(always)]
 fn hsum(v: f32x8) -> f64 {
     v.to_array().iter().map(|&a| a as f64).sum()
@@ -221,17 +260,13 @@ pub(crate) fn center_scale_shift(
     sink: Sink,
 ) {
     debug_assert_eq!(x.len(), y.len());
-    by_sink!(sink, y, |lo, hi, P| center_scale_shift_to::<P>(
-        &x[lo..hi],
-        &mut y[lo..hi],
-        c,
-        a,
-        b
-    ))
+    by_sink!(sink, y, |lo, hi, P| by_centre!(c, |K| {
+        center_scale_shift_to::<P, K>(&x[lo..hi], &mut y[lo..hi], c, a, b)
+    }))
 }
 
 #[inline(always)]
-fn center_scale_shift_to<P: Put>(x: &[f32], y: &mut [f32], c: Center, a: f32, b: f32) {
+fn center_scale_shift_to<P: Put, K: Centre>(x: &[f32], y: &mut [f32], c: Center, a: f32, b: f32) {
     let (s, m, a) = (c.s, c.m, a / c.s);
     let (sv, mv, av, bv) = (
         f32x8::splat(s),
@@ -242,7 +277,7 @@ fn center_scale_shift_to<P: Put>(x: &[f32], y: &mut [f32], c: Center, a: f32, b:
     let mut xs = x.chunks_exact(LANES);
     let mut ys = y.chunks_exact_mut(LANES);
     for (xi, yi) in (&mut xs).zip(&mut ys) {
-        P::put(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
+        P::put(yi, K::at(load(xi), sv, mv).mul_add(av, bv));
     }
     for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
         *yi = xi.mul_add(s, -m).mul_add(a, b);
@@ -266,12 +301,14 @@ pub(crate) fn center_scale_shift_ahead(
     by_sink!(sink, y, |lo, hi, P| {
         // The hint walks `ahead` from its start whichever piece of `y` is written.
         let ahead = &ahead[(lo / LINE * LINE).min(ahead.len())..];
-        center_scale_shift_ahead_to::<P>(&x[lo..hi], &mut y[lo..hi], cab, ahead)
+        by_centre!(cab.0, |K| {
+            center_scale_shift_ahead_to::<P, K>(&x[lo..hi], &mut y[lo..hi], cab, ahead)
+        })
     })
 }
 
 #[inline(always)]
-fn center_scale_shift_ahead_to<P: Put>(
+fn center_scale_shift_ahead_to<P: Put, K: Centre>(
     x: &[f32],
     y: &mut [f32],
     (c, a, b): (Center, f32, f32),
@@ -286,13 +323,13 @@ fn center_scale_shift_ahead_to<P: Put>(
         if let Some(line) = next.next() {
             prefetch(line);
         }
-        P::put(yi, load(xi).mul_add(sv, mv).mul_add(av, bv));
+        P::put(yi, K::at(load(xi), sv, mv).mul_add(av, bv));
         P::put(
             &mut yi[LANES..],
-            load(&xi[LANES..]).mul_add(sv, mv).mul_add(av, bv),
+            K::at(load(&xi[LANES..]), sv, mv).mul_add(av, bv),
         );
     }
-    center_scale_shift_to::<P>(xs.remainder(), ys.into_remainder(), c, a, b);
+    center_scale_shift_to::<P, K>(xs.remainder(), ys.into_remainder(), c, a, b);
 }
 
 /// Prefetch hint for the cache line holding `s[0]` (a no-op off x86-64 or for an empty slice).
@@ -361,22 +398,18 @@ pub(crate) fn center_scale_affine(
     sink: Sink,
 ) {
     debug_assert!(x.len() == y.len() && x.len() == g.len() && x.len() == beta.len());
-    by_sink!(sink, y, |lo, hi, P| center_scale_affine_to::<P>(
-        &x[lo..hi],
-        &mut y[lo..hi],
-        kac,
-        &g[lo..hi],
-        &beta[lo..hi]
-    ))
+    by_sink!(sink, y, |lo, hi, P| by_centre!(kac.0, |K| {
+        let gb = (&g[lo..hi], &beta[lo..hi]);
+        center_scale_affine_to::<P, K>(&x[lo..hi], &mut y[lo..hi], kac, gb)
+    }))
 }
 
 #[inline(always)]
-fn center_scale_affine_to<P: Put>(
+fn center_scale_affine_to<P: Put, K: Centre>(
     x: &[f32],
     y: &mut [f32],
     (k, a, c): (Center, f32, f32),
-    g: &[f32],
-    beta: &[f32],
+    (g, beta): (&[f32], &[f32]),
 ) {
     let (s, m, a) = (k.s, k.m, a / k.s);
     let (sv, mv, av, cv) = (
@@ -387,7 +420,7 @@ fn center_scale_affine_to<P: Put>(
     );
     let n = x.len() / LANES * LANES;
     for i in (0..n).step_by(LANES) {
-        let xh = load(&x[i..]).mul_add(sv, mv).mul_add(av, cv);
+        let xh = K::at(load(&x[i..]), sv, mv).mul_add(av, cv);
         P::put(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
     }
     for i in n..x.len() {
