@@ -5,69 +5,9 @@
 
 mod common;
 
-use common::check::{bits, data};
+use common::check::bits;
+use common::described::{Inputs, Outs, bufs, described, inputs};
 use norm_kernels::*;
-
-/// Inputs of one call: x, dy, gamma, beta (of the norm's affine length) and running statistics.
-struct Inputs {
-    x: Vec<f32>,
-    dy: Vec<f32>,
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    rm: Vec<f32>,
-    rv: Vec<f32>,
-}
-
-fn inputs(norm: &Norm, shape: Nchw, seed: u64) -> Inputs {
-    let params = norm.affine_shape(shape).iter().product();
-    Inputs {
-        x: data(shape.len(), seed, 1.0, 5.0),
-        dy: data(shape.len(), seed + 1, -1.0, 1.0),
-        gamma: data(params, seed + 2, 0.5, 1.5),
-        beta: data(params, seed + 3, -0.5, 0.5),
-        rm: data(shape.c, seed + 4, 2.0, 4.0),
-        rv: data(shape.c, seed + 5, 0.5, 2.0),
-    }
-}
-
-impl Inputs {
-    fn affine(&self, norm: &Norm) -> Option<Affine<'_>> {
-        norm.affine().then_some(Affine {
-            gamma: &self.gamma,
-            beta: &self.beta,
-        })
-    }
-    fn gamma(&self, norm: &Norm) -> Option<&[f32]> {
-        norm.affine().then_some(&self.gamma[..])
-    }
-}
-
-/// Everything one forward + backward writes: y, the saved values, the running statistics and
-/// `num_batches_tracked` after the call, dx, dgamma, dbeta.
-#[derive(Debug, PartialEq)]
-struct Outs {
-    y: Vec<u32>,
-    saved: Vec<u32>,
-    running: (Vec<u32>, Vec<u32>, u64),
-    dx: Vec<u32>,
-    dgamma: Vec<u32>,
-    dbeta: Vec<u32>,
-}
-
-/// Fresh output buffers: y, mean, rstd (`stats` each), dx, dgamma, dbeta (`params` each).
-type Bufs = [Vec<f32>; 6];
-
-fn bufs(shape: Nchw, stats: usize, params: usize) -> Bufs {
-    let z = |n| vec![f32::NAN; n];
-    [
-        z(shape.len()),
-        z(stats),
-        z(stats),
-        z(shape.len()),
-        z(params),
-        z(params),
-    ]
-}
 
 /// The forward and backward through the free functions, as a caller that knows the norm and
 /// the mode would call them.
@@ -159,51 +99,6 @@ fn free(norm: &Norm, mode: Mode, shape: Nchw, inp: &Inputs, par: Parallelism) ->
     Outs {
         y: bits(&y),
         saved: bits(&[mean, rstd].concat()),
-        running: (bits(&rm), bits(&rv), nbt),
-        dx: bits(&dx),
-        dgamma: bits(&dg),
-        dbeta: bits(&db),
-    }
-}
-
-/// The forward and backward through the descriptor.
-fn described(norm: &Norm, mode: Mode, shape: Nchw, inp: &Inputs, par: Parallelism) -> Outs {
-    let params = norm.affine_shape(shape).iter().product();
-    let (mut rm, mut rv, mut nbt) = (inp.rm.clone(), inp.rv.clone(), 3u64);
-    let mut saved = vec![f32::NAN; norm.saved_len(shape, mode)];
-    let [mut y, _, _, mut dx, mut dg, mut db] = bufs(shape, 0, params);
-    let running = norm.tracks_running().then_some(RunningStats {
-        mean: &mut rm,
-        var: &mut rv,
-        num_batches_tracked: &mut nbt,
-    });
-    let fwd = Forward {
-        shape,
-        x: &inp.x,
-        affine: inp.affine(norm),
-        running,
-        y: &mut y,
-        saved: &mut saved,
-    };
-    norm.forward(mode, fwd, par).unwrap();
-    let bwd = Backward {
-        shape,
-        x: &inp.x,
-        dy: &inp.dy,
-        saved: &saved,
-        gamma: inp.gamma(norm),
-        grads: Grads {
-            dx: &mut dx,
-            affine: Some(AffineGrads {
-                dgamma: &mut dg,
-                dbeta: &mut db,
-            }),
-        },
-    };
-    norm.backward(mode, bwd, par).unwrap();
-    Outs {
-        y: bits(&y),
-        saved: bits(&saved),
         running: (bits(&rm), bits(&rv), nbt),
         dx: bits(&dx),
         dgamma: bits(&dg),

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::check::{bits, data};
+use common::described::{described, inputs};
 use norm_kernels::*;
 
 /// Set in the child: print the digests instead of comparing.
@@ -29,52 +29,24 @@ fn norms() -> Vec<Norm> {
 
 /// FNV-1a over every bit the call wrote: y, saved values, running statistics, dx, dγ, dβ.
 fn digest(norm: &Norm, mode: Mode, shape: Nchw, par: Parallelism) -> u64 {
-    let params: usize = norm.affine_shape(shape).iter().product();
-    let x = data(shape.len(), 1, 1.0, 5.0);
-    let dy = data(shape.len(), 2, -1.0, 1.0);
-    let (gamma, beta) = (data(params, 3, 0.5, 1.5), data(params, 4, -0.5, 0.5));
-    let (mut rm, mut rv, mut nbt) = (data(shape.c, 5, 2.0, 4.0), data(shape.c, 6, 0.5, 2.0), 3);
-    let mut saved = vec![f32::NAN; norm.saved_len(shape, mode)];
-    let (mut y, mut dx) = (vec![f32::NAN; shape.len()], vec![f32::NAN; shape.len()]);
-    let (mut dg, mut db) = (vec![f32::NAN; params], vec![f32::NAN; params]);
-    let affine = norm.affine().then_some(Affine {
-        gamma: &gamma,
-        beta: &beta,
-    });
-    let running = norm.tracks_running().then_some(RunningStats {
-        mean: &mut rm,
-        var: &mut rv,
-        num_batches_tracked: &mut nbt,
-    });
-    let fwd = Forward {
-        shape,
-        x: &x,
-        affine,
-        running,
-        y: &mut y,
-        saved: &mut saved,
-    };
-    norm.forward(mode, fwd, par).unwrap();
-    let bwd = Backward {
-        shape,
-        x: &x,
-        dy: &dy,
-        saved: &saved,
-        gamma: norm.affine().then_some(&gamma[..]),
-        grads: Grads {
-            dx: &mut dx,
-            affine: Some(AffineGrads {
-                dgamma: &mut dg,
-                dbeta: &mut db,
-            }),
-        },
-    };
-    norm.backward(mode, bwd, par).unwrap();
+    let o = described(norm, mode, shape, &inputs(norm, shape, 1), par);
+    let words = [
+        &o.y,
+        &o.saved,
+        &o.running.0,
+        &o.running.1,
+        &o.dx,
+        &o.dgamma,
+        &o.dbeta,
+    ];
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for v in [&y, &saved, &rm, &rv, &dx, &dg, &db] {
-        for b in bits(v) {
-            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
+    for w in words
+        .into_iter()
+        .flatten()
+        .copied()
+        .chain([o.running.2 as u32])
+    {
+        h = (h ^ w as u64).wrapping_mul(0x100_0000_01b3);
     }
     h
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod check;
+pub mod described;
 pub mod running;
 pub mod sample;
 
