@@ -59,14 +59,11 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// `{conv}.weight` `[c_out, c_in, k, k]`, then the norm `{norm}` over `h × w` outputs.
-    #[allow(clippy::too_many_arguments)]
     fn conv_norm(
         &mut self,
-        conv: &str,
-        norm: &str,
+        (conv, norm): (&str, &str),
         (c_in, c_out): (usize, usize),
-        k: usize,
-        stride: usize,
+        (k, stride): (usize, usize),
         (h, w): (usize, usize),
     ) -> ConvNorm {
         let conv = uniform(
@@ -111,7 +108,7 @@ impl Layout {
             spec,
             norms: Vec::new(),
         };
-        let stem = b.conv_norm("conv1", "norm1", (c0, widths[0]), 3, 1, (h, w));
+        let stem = b.conv_norm(("conv1", "norm1"), (c0, widths[0]), (3, 1), (h, w));
         let mut c_in = widths[0];
         let mut blocks = Vec::new();
         for (s, &c) in widths.iter().enumerate() {
@@ -120,28 +117,22 @@ impl Layout {
                 let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
                 let p = format!("layer{}.{i}", s + 1);
                 let conv1 = b.conv_norm(
-                    &format!("{p}.conv1"),
-                    &format!("{p}.norm1"),
+                    (&format!("{p}.conv1"), &format!("{p}.norm1")),
                     (c_in, c),
-                    3,
-                    stride,
+                    (3, stride),
                     (oh, ow),
                 );
                 let conv2 = b.conv_norm(
-                    &format!("{p}.conv2"),
-                    &format!("{p}.norm2"),
+                    (&format!("{p}.conv2"), &format!("{p}.norm2")),
                     (c, c),
-                    3,
-                    1,
+                    (3, 1),
                     (oh, ow),
                 );
                 let shortcut = (stride != 1 || c_in != c).then(|| {
                     b.conv_norm(
-                        &format!("{p}.shortcut.0"),
-                        &format!("{p}.shortcut.1"),
+                        (&format!("{p}.shortcut.0"), &format!("{p}.shortcut.1")),
                         (c_in, c),
-                        1,
-                        stride,
+                        (1, stride),
                         (oh, ow),
                     )
                 });

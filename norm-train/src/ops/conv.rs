@@ -145,17 +145,11 @@ pub fn col2im_add(c_in: usize, h: usize, w: usize, col: &[f32], dx: &mut [f32]) 
 
 /// Row-major GEMM on slices: `dst[m×n] = (read_dst ? dst : 0) + lhs · rhs`, with explicit
 /// (row, column) strides for `lhs` `[m×k]` and `rhs` `[k×n]`. Single-threaded.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    read_dst: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    (dst, read_dst): (&mut [f32], bool),
+    (lhs, (lhs_rs, lhs_cs)): (&[f32], (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (&[f32], (usize, usize)),
 ) {
     assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
@@ -211,7 +205,12 @@ pub fn conv3x3_forward_gemm(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32
             }
             with_scratch(k * hw, |col| {
                 im2col(s.c_in, s.h, s.w, x, col);
-                gemm_strided(s.c_out, hw, k, y, true, weight, (k, 1), col, (hw, 1));
+                gemm_strided(
+                    (s.c_out, hw, k),
+                    (y, true),
+                    (weight, (k, 1)),
+                    (col, (hw, 1)),
+                );
             });
         });
 }
@@ -284,7 +283,7 @@ pub fn conv3x3_backward_gemm(
                 let dyi = &dy[i * chw_out..][..chw_out];
                 im2col(s.c_in, s.h, s.w, xi, col);
                 // dW[c_out × k] += dy_i[c_out × hw] · col_iᵀ[hw × k]
-                gemm_strided(s.c_out, k, hw, pw, true, dyi, (hw, 1), col, (1, hw));
+                gemm_strided((s.c_out, k, hw), (pw, true), (dyi, (hw, 1)), (col, (1, hw)));
                 for (b, row) in pb.iter_mut().zip(dyi.chunks(hw)) {
                     *b += row.iter().sum::<f32>();
                 }
@@ -293,7 +292,12 @@ pub fn conv3x3_backward_gemm(
                 for i in 0..x.len() / chw_in {
                     let dyi = &dy[i * chw_out..][..chw_out];
                     // dcol[k × hw] = Wᵀ[k × c_out] · dy_i[c_out × hw]
-                    gemm_strided(k, hw, s.c_out, col, false, weight, (1, k), dyi, (hw, 1));
+                    gemm_strided(
+                        (k, hw, s.c_out),
+                        (col, false),
+                        (weight, (1, k)),
+                        (dyi, (hw, 1)),
+                    );
                     col2im_add(s.c_in, s.h, s.w, col, &mut dx[i * chw_in..][..chw_in]);
                 }
             }
@@ -667,17 +671,12 @@ pub(super) fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], 
 /// `(output block, input channel)` pair keeps its 9 taps in 9 accumulators and every pixel costs
 /// one vector load of `dy`, 9 broadcasts of `x` and 9 multiply-adds; each sum runs over the
 /// chunk's images and pixels in order.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn weight_grad_chunk<const S: usize>(
     pad: Padded,
     (oh, ow): (usize, usize),
-    images: usize,
-    c_in: usize,
-    c_out: usize,
-    xp: &[f32],
-    dyc: &[f32],
-    dw: &mut [f32],
-    db: Option<&mut [f32]>,
+    (images, c_in, c_out): (usize, usize, usize),
+    (xp, dyc): (&[f32], &[f32]),
+    (dw, db): (&mut [f32], Option<&mut [f32]>),
 ) {
     let (pitch, plane) = (pad.pitch, pad.plane());
     let (ohw, c8) = (oh * ow, c_out.next_multiple_of(L));
@@ -810,13 +809,9 @@ pub fn conv3x3_backward(
             weight_grad_chunk::<1>(
                 pad,
                 (s.h, s.w),
-                images,
-                s.c_in,
-                s.c_out,
-                xp,
-                dyc,
-                pw,
-                Some(pb),
+                (images, s.c_in, s.c_out),
+                (xp, dyc),
+                (pw, Some(pb)),
             );
             if let (Some(dx), Some(flipped)) = (dx, &flipped) {
                 pad.fill(images * s.c_out, dy, dyp);

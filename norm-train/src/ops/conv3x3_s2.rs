@@ -259,13 +259,9 @@ pub fn backward(
             weight_grad_chunk::<2>(
                 xpad,
                 (oh, ow),
-                images,
-                s.c_in,
-                s.c_out,
-                xp,
-                dyc,
-                partial,
-                None,
+                (images, s.c_in, s.c_out),
+                (xp, dyc),
+                (partial, None),
             );
             let (Some(dx), Some((c00, c01, c10, c11))) = (dx, &classes) else {
                 return;

@@ -193,11 +193,21 @@ pub fn conv_strided_forward(s: StridedShape, x: &[f32], weight: &[f32], y: &mut 
         .zip(x.par_chunks(chw_in.max(1)))
         .for_each(|(y, x)| {
             if s.is_pointwise() {
-                gemm_strided(s.c_out, ohw, kk, y, false, weight, (kk, 1), x, (ohw, 1));
+                gemm_strided(
+                    (s.c_out, ohw, kk),
+                    (y, false),
+                    (weight, (kk, 1)),
+                    (x, (ohw, 1)),
+                );
             } else {
                 with_scratch(kk * ohw, |col| {
                     im2col_strided(&s, x, col);
-                    gemm_strided(s.c_out, ohw, kk, y, false, weight, (kk, 1), col, (ohw, 1));
+                    gemm_strided(
+                        (s.c_out, ohw, kk),
+                        (y, false),
+                        (weight, (kk, 1)),
+                        (col, (ohw, 1)),
+                    );
                 });
             }
         });
@@ -245,7 +255,12 @@ pub fn conv_strided_backward(
                     col
                 };
                 // dW[c_out × kk] += dy_i[c_out × ohw] · col_iᵀ[ohw × kk]
-                gemm_strided(s.c_out, kk, ohw, partial, true, dyi, (ohw, 1), c, (1, ohw));
+                gemm_strided(
+                    (s.c_out, kk, ohw),
+                    (partial, true),
+                    (dyi, (ohw, 1)),
+                    (c, (1, ohw)),
+                );
             }
             if let Some(dx) = dx {
                 for i in 0..x.len() / chw_in {
@@ -253,9 +268,19 @@ pub fn conv_strided_backward(
                     let dxi = &mut dx[i * chw_in..][..chw_in];
                     if s.is_pointwise() {
                         // dx_i[c_in × hw] += Wᵀ[c_in × c_out] · dy_i[c_out × hw]
-                        gemm_strided(kk, ohw, s.c_out, dxi, true, weight, (1, kk), dyi, (ohw, 1));
+                        gemm_strided(
+                            (kk, ohw, s.c_out),
+                            (dxi, true),
+                            (weight, (1, kk)),
+                            (dyi, (ohw, 1)),
+                        );
                     } else {
-                        gemm_strided(kk, ohw, s.c_out, col, false, weight, (1, kk), dyi, (ohw, 1));
+                        gemm_strided(
+                            (kk, ohw, s.c_out),
+                            (col, false),
+                            (weight, (1, kk)),
+                            (dyi, (ohw, 1)),
+                        );
                         col2im_strided_add(&s, col, dxi);
                     }
                 }
