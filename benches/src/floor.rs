@@ -25,7 +25,7 @@ pub fn axpb_rayon(x: &[f32], y: &mut [f32], a: f32, b: f32) {
 }
 
 /// [`axpb_rayon`] with streaming (non-temporal) stores, as the kernels write an output larger
-/// than the last-level cache: a cached store first reads the line it writes, so this floor moves
+/// than ¾ of the last-level cache: a cached store first reads the line it writes, so this floor moves
 /// 8 bytes/element where [`axpb_rayon`] moves 12. Off x86-64 AVX it is [`axpb_rayon`].
 pub fn axpb_stream_rayon(x: &[f32], y: &mut [f32], a: f32, b: f32) {
     // The head up to the first 32-byte boundary of `y` is written cached; every chunk after it

@@ -170,7 +170,7 @@ def main():
         out.append("")
         out.append("`floor` writes through the caches (each written line is read first: 12 bytes/element"
                    " from DRAM); `streamed` writes past them, as the kernels do for an output larger"
-                   " than the last-level cache. The ratios below are to `floor`.")
+                   " than three quarters of the last-level cache. The ratios below are to `floor`.")
         out.append("")
         out.append("| shape | working set | floor ms | GB/s | per round | streamed ms | per round |")
         out.append("|---|---:|---:|---:|---|---:|---|")
