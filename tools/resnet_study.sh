@@ -4,17 +4,20 @@
 # 0 first), so a partial run already has whole rows; the folders are committed every 10 minutes
 # and at the end.
 #   tools/resnet_study.sh [NORM_CLI]     (default: target/release/norm-cli; build it first)
+# EPOCHS (default 30) and OUT (default docs/results-resnet) select another schedule and folder,
+# e.g. EPOCHS=60 OUT=docs/results-resnet-60 for the rerun at a schedule that converges every norm.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cli=${1:-$root/target/release/norm-cli}
-out=$root/docs/results-resnet
+rel=${OUT:-docs/results-resnet}
+out=$root/$rel
 # One recipe for every cell (lr tuned on BatchNorm at 32 per worker, docs/results.md). The ramp
 # only acts on BatchRenorm; it is in every cell's recipe so that the folders merge.
-R=(--model resnet8 --batch 32 --epochs 30 --lr 0.1 --train-size 5000 --test-size 1000
+R=(--model resnet8 --batch 32 --epochs "${EPOCHS:-30}" --lr 0.1 --train-size 5000 --test-size 1000
    --norm-ramp 0.25 --recalibrate-bn 5000 --threads 1)
 commit() {
-  (cd "$root" && git add docs/results-resnet &&
-     git commit -qm "results-resnet: cells so far" -- docs/results-resnet) || true
+  (cd "$root" && git add "$rel" &&
+     git commit -qm "$rel: cells so far" -- "$rel") || true
 }
 shard() { # shard I of 2 into folders F and renorm-F, one seed
   local i=$1 seeds=$2..$(($2 + 1)) f=$3
