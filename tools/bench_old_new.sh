@@ -15,16 +15,21 @@ norms=${3:-batch_norm group_norm instance_norm layer_norm}
 new=$(cd "$(dirname "$0")/.." && pwd)
 pin=()
 if [ -n "${CPU:-}" ]; then pin=(taskset -c "$CPU"); fi
-# The bench binary cargo names for checkout $1 and bench $2 (`ls -t` would also find the
-# test-profile builds of the same bench that `cargo test` leaves beside it).
-bin() {
+# The bench binaries cargo names for checkout $1, asked once (`ls -t` would also find the
+# test-profile builds of the same benches that `cargo test` leaves beside them).
+benches() {
   (cd "$1" && cargo bench -q -p normlab-benches --no-run --message-format=json 2>/dev/null) |
-    grep -o "\"executable\":\"[^\"]*/$2-[0-9a-f]*\"" | cut -d'"' -f4 | head -1
+    grep -o '"executable":"[^"]*"' | cut -d'"' -f4
 }
+declare -A exe # build:norm -> bench binary
+for v in old new; do
+  if [ $v = old ]; then list=$(benches "$old"); else list=$(benches "$new"); fi
+  for n in $norms; do exe[$v:$n]=$(grep -m1 "/$n-[0-9a-f]*\$" <<<"$list"); done
+done
 for round in $(seq "${ROUNDS:-3}"); do
   for n in $norms; do
     for v in old new; do
-      if [ $v = old ]; then b=$(bin "$old" $n); else b=$(bin "$new" $n); fi
+      b=${exe[$v:$n]}
       d=$(mktemp -d) # criterion writes its samples under the working directory
       (cd "$d" && "${pin[@]}" "$b" --bench "$filter" --warm-up-time 0.5 \
         --measurement-time "${MT:-1.5}" --noplot >/dev/null 2>&1)
