@@ -6,7 +6,7 @@ use norm_kernels::*;
 
 pub use super::running::Inputs;
 
-/// Inputs of one call: gamma and beta of the norm's affine length.
+/// The inputs of one call, with gamma and beta of the norm's affine length.
 pub fn inputs(norm: &Norm, shape: Nchw, seed: u64) -> Inputs {
     let params = norm.affine_shape(shape).iter().product();
     Inputs {
