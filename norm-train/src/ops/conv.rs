@@ -143,8 +143,14 @@ pub fn col2im_add(c_in: usize, h: usize, w: usize, col: &[f32], dx: &mut [f32]) 
     }
 }
 
+/// The longest inner dimension handed to one `gemm` call. Above 512, `gemm` splits the inner
+/// dimension by the L1 size it detects (512 on a 32 KiB L1, 1024 on a 48 KiB one), which changes
+/// the rounding; at most 512 it never splits, so [`gemm_strided`] feeds it fixed chunks.
+const GEMM_DEPTH: usize = 512;
+
 /// Row-major GEMM on slices: `dst[m×n] = (read_dst ? dst : 0) + lhs · rhs`, with explicit
-/// (row, column) strides for `lhs` `[m×k]` and `rhs` `[k×n]`. Single-threaded.
+/// (row, column) strides for `lhs` `[m×k]` and `rhs` `[k×n]`. Single-threaded. The inner dimension
+/// is summed in chunks of [`GEMM_DEPTH`], in order, so the result is the same on every machine.
 pub(crate) fn gemm_strided(
     (m, n, k): (usize, usize, usize),
     (dst, read_dst): (&mut [f32], bool),
@@ -157,30 +163,39 @@ pub(crate) fn gemm_strided(
     }
     assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts above keep every index gemm touches inside the three slices; `dst` is
-    // row-major m×n and does not alias `lhs`/`rhs` (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            read_dst,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    let mut depth = 0;
+    loop {
+        let kb = GEMM_DEPTH.min(k - depth);
+        // SAFETY: the asserts above keep every index gemm touches inside the three slices (the
+        // chunk starts at column `depth` of `lhs` and row `depth` of `rhs`, and `depth + kb <= k`);
+        // `dst` is row-major m×n and does not alias `lhs`/`rhs` (distinct borrows).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                kb,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                read_dst || depth > 0,
+                lhs.as_ptr().add(depth * lhs_cs),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr().add(depth * rhs_rs),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        depth += kb;
+        if depth >= k {
+            return;
+        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! Same seed → same result, bit for bit, for any number of rayon threads.
+//! Same seed → same result, bit for bit, for any number of rayon threads and on any machine.
 
 use crate::{
     DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, NormKind, TrainConfig, TrainOutcome,
-    data, ops::conv, train,
+    data,
+    ops::conv::{self, gemm_strided},
+    train,
 };
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -129,6 +131,34 @@ fn dfdx_matmul_and_conv_gemm_do_not_depend_on_the_thread_count() {
 }
 
 /// The same with the ResNets and with BatchNorm split over workers.
+/// `gemm` splits an inner dimension above 512 by the L1 it detects, so `gemm_strided` hands it
+/// chunks of at most 512 in order: its result is that chunked sum, whatever the machine. Checked on
+/// the three paths `gemm` takes (small output, tiny output, blocked), with a 1,100-long inner
+/// dimension, and against f64.
+#[test]
+fn gemm_strided_sums_the_inner_dimension_in_fixed_chunks() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let k = 1100;
+    for &(m, n) in &[(40, 50), (8, 8), (130, 150)] {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut got = vec![0.0; m * n];
+        gemm_strided((m, n, k), (&mut got, false), (&a, (k, 1)), (&b, (n, 1)));
+        let mut want = vec![0.0; m * n];
+        for (i, d) in [(0, 512), (512, 1024), (1024, k)].into_iter().enumerate() {
+            let (ac, bc) = (&a[d.0..], &b[d.0 * n..d.1 * n]);
+            gemm_strided((m, n, d.1 - d.0), (&mut want, i > 0), (ac, (k, 1)), (bc, (n, 1)));
+        }
+        let differ = bits(&got).iter().zip(bits(&want)).filter(|(g, w)| *g != w).count();
+        assert_eq!(differ, 0, "{m}x{n}x{k}: elements that differ from the chunked sum");
+        for (idx, &g) in got.iter().enumerate() {
+            let (r, c) = (idx / n, idx % n);
+            let e: f64 = (0..k).map(|p| a[r * k + p] as f64 * b[p * n + c] as f64).sum();
+            assert!((g as f64 - e).abs() < 1e-3, "{m}x{n}x{k} [{r},{c}]: {g} vs {e}");
+        }
+    }
+}
+
 #[test]
 fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
     use crate::{Arch, RunningFrom};
