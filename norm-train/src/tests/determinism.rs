@@ -72,7 +72,8 @@ fn training_is_bit_identical_for_1_and_2_threads() {
 }
 
 /// dfdx's matmul (the linear layer) calls gemm with `Parallelism::Rayon(current_num_threads())`;
-/// gemm splits the output, never the inner dimension, so the result must not depend on the pool.
+/// gemm splits the output over threads, never the inner dimension, so the result must not depend
+/// on the pool (the inner dimension's blocking depends on the L1 instead: see `gemm_strided`).
 #[test]
 fn dfdx_matmul_and_conv_gemm_do_not_depend_on_the_thread_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
