@@ -5,7 +5,7 @@
 # and at the end.
 #   tools/resnet_study.sh [NORM_CLI]     (default: target/release/norm-cli; build it first)
 # EPOCHS (default 30) and OUT (default docs/results-resnet) select another schedule and folder,
-# e.g. EPOCHS=60 OUT=docs/results-resnet-60 for the rerun at a schedule that converges every norm.
+# e.g. EPOCHS=60 OUT=docs/results-resnet/60-epochs for the rerun at a schedule that converges every norm.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cli=${1:-$root/target/release/norm-cli}
