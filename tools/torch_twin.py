@@ -419,7 +419,9 @@ def check_grads(a):
             F.relu = relu
         loss.backward()
         params = dict(model.named_parameters())
-        return loss.item(), {k: params[k].grad.double().numpy().ravel() for k in meta["params"]}, pre
+        grads = {k: params[k].grad.double().numpy().ravel() for k in meta["params"]}
+        running = {k: v.double().numpy().ravel() for k, v in model.state_dict().items() if ".running_" in k}
+        return loss.item(), grads, pre, running
 
     # Relative to the tensor's largest gradient, floored at 1e-3 of the model's largest: a conv
     # bias before BatchNorm has a zero gradient up to rounding.
@@ -433,8 +435,8 @@ def check_grads(a):
         return out
 
     # PyTorch in float32 (what the twin trains with) and in float64 (the oracle for both).
-    loss32, g32, _ = run(torch.float32)
-    loss64, g64, pre = run(torch.float64)
+    loss32, g32, _, _ = run(torch.float32)
+    loss64, g64, pre, run64 = run(torch.float64)
     top = max(np.abs(g).max() for g in g64.values())
     e = {"normlab_vs_torch32": errors(ours, g32, top), "normlab_vs_torch64": errors(ours, g64, top),
          "torch32_vs_torch64": errors(g32, g64, top)}
@@ -457,6 +459,15 @@ def check_grads(a):
     for name in meta["params"]:
         print(f"{name:32s} " + "  ".join(f"{k} {v[name]:.1e}" for k, v in e.items()), file=sys.stderr)
     worst = {k: float(max(v.values())) for k, v in e.items()}
+    # The running statistics after the step (normlab's from model_after.safetensors, if written).
+    after = os.path.join(a.check_grads, "model_after.safetensors")
+    if os.path.exists(after) and run64:
+        _, ours_after = read_ckpt(after)
+        diffs = {k: float(np.abs(ours_after[k].astype(np.float64).ravel() - v).max() / max(np.abs(v).max(), 1e-12))
+                 for k, v in run64.items() if k in ours_after}
+        for k, d in diffs.items():
+            print(f"{k:32s} running statistics normlab_vs_torch64 {d:.1e}", file=sys.stderr)
+        worst["running_stats_normlab_vs_torch64"] = max(diffs.values()) if diffs else None
     print(json.dumps({"model": a.model, "norm": m["norm"], "workers": meta["workers"],
                       "loss_normlab": meta["loss"], "loss_torch32": loss32, "loss_torch64": loss64,
                       "relu_ties": len(ties), "worst_relative_grad_diff": worst}))

@@ -46,6 +46,8 @@ fn main() -> Result<(), BoxError> {
         .collect();
     let labels: Vec<usize> = (0..n).map(|_| rng.random_range(0..10)).collect();
     let (loss, _, grads) = model.loss_and_grads(&x, &labels)?;
+    // The running statistics after this one train-mode step, for the twin to compare.
+    norm_train::checkpoint::save(&dir.join("model_after.safetensors"), &model, &meta)?;
     let f32s = |v: &[f32]| v.iter().flat_map(|a| a.to_le_bytes()).collect::<Vec<u8>>();
     std::fs::write(dir.join("x.bin"), f32s(&x))?;
     std::fs::write(
