@@ -148,14 +148,31 @@ fn gemm_strided_sums_the_inner_dimension_in_fixed_chunks() {
         let mut want = vec![0.0; m * n];
         for (i, d) in [(0, 512), (512, 1024), (1024, k)].into_iter().enumerate() {
             let (ac, bc) = (&a[d.0..], &b[d.0 * n..d.1 * n]);
-            gemm_strided((m, n, d.1 - d.0), (&mut want, i > 0), (ac, (k, 1)), (bc, (n, 1)));
+            gemm_strided(
+                (m, n, d.1 - d.0),
+                (&mut want, i > 0),
+                (ac, (k, 1)),
+                (bc, (n, 1)),
+            );
         }
-        let differ = bits(&got).iter().zip(bits(&want)).filter(|(g, w)| *g != w).count();
-        assert_eq!(differ, 0, "{m}x{n}x{k}: elements that differ from the chunked sum");
+        let differ = bits(&got)
+            .iter()
+            .zip(bits(&want))
+            .filter(|(g, w)| *g != w)
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{m}x{n}x{k}: elements that differ from the chunked sum"
+        );
         for (idx, &g) in got.iter().enumerate() {
             let (r, c) = (idx / n, idx % n);
-            let e: f64 = (0..k).map(|p| a[r * k + p] as f64 * b[p * n + c] as f64).sum();
-            assert!((g as f64 - e).abs() < 1e-3, "{m}x{n}x{k} [{r},{c}]: {g} vs {e}");
+            let e: f64 = (0..k)
+                .map(|p| a[r * k + p] as f64 * b[p * n + c] as f64)
+                .sum();
+            assert!(
+                (g as f64 - e).abs() < 1e-3,
+                "{m}x{n}x{k} [{r},{c}]: {g} vs {e}"
+            );
         }
     }
 }
