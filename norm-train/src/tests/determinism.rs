@@ -131,7 +131,6 @@ fn dfdx_matmul_and_conv_gemm_do_not_depend_on_the_thread_count() {
     );
 }
 
-/// The same with the ResNets and with BatchNorm split over workers.
 /// `gemm` splits an inner dimension above 512 by the L1 it detects, so `gemm_strided` hands it
 /// chunks of at most 512 in order: its result is that chunked sum, whatever the machine. Checked on
 /// the three paths `gemm` takes (small output, tiny output, blocked), with a 1,100-long inner
@@ -177,6 +176,7 @@ fn gemm_strided_sums_the_inner_dimension_in_fixed_chunks() {
     }
 }
 
+/// The same with the ResNets and with BatchNorm split over workers.
 #[test]
 fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
     use crate::{Arch, RunningFrom};
