@@ -8,6 +8,18 @@ Modes
                    carries "twin": "pytorch", so `norm-cli report` never mixes it with
                    norm-cli's cells.
   --throughput     training images/s per model x batch on random inputs, one JSON line each.
+  --replay CKPT    loads trained models (normlab's or the twin's .safetensors, comma-separated)
+                   and separates the weights from their running statistics: the test error as
+                   saved; with the statistics re-estimated as `norm-cli sweep --recalibrate-bn`
+                   does (a cumulative average over the first N train images, augmented, in
+                   batches of --per-worker and of --batch); and the spread of the error when
+                   the last epoch's running average is replayed --replay-reps times with the
+                   weights frozen (train-mode forwards of fresh shuffles, worker 0's share,
+                   momentum 0.1, starting from the saved statistics).
+  --check-steps D  loads D/start.safetensors and the batches and learning rates written by
+                   `cargo run --release -p norm-train --example dump_steps -- D ...`, takes the
+                   same SGD steps in float32 and float64, and compares the weights and running
+                   statistics with normlab's D/after_K.safetensors.
   --check-grads D  loads D/model.safetensors (a normlab checkpoint) and D/batch.bin written by
                    `cargo run --release -p norm-train --example dump_grads -- D ...`, computes
                    the loss and every gradient in PyTorch and compares them with D/grads.bin.
@@ -302,12 +314,109 @@ def train_cell(a, data, norm, batch, per_worker, seed):
     }
     if per_worker:
         recipe["batch"] = batch
-    return {
+    if a.save_models:
+        os.makedirs(a.save_models, exist_ok=True)
+        save_model(model, a, norm, os.path.join(a.save_models, f"{norm}-b{batch}-k{per_worker or batch}-s{seed}.safetensors"))
+    extra = {}
+    if a.recalibrate and norm == "batch":
+        k = per_worker or batch
+        extra["recalibrated"] = {"images": a.recalibrate, "augmented": not a.no_augment,
+                                 "per_worker": recalibrated_acc(model, data, mean, std, a.recalibrate, k),
+                                 "whole_batch": recalibrated_acc(model, data, mean, std, a.recalibrate, batch)}
+    return {**extra,
         "norm": norm, "batch": batch, "per_worker": per_worker, "seed": seed, "recipe": recipe,
         "test_acc_per_epoch": accs, "train_loss_per_epoch": losses, "final_test_acc": accs[-1],
         "images_per_sec": round(steps * batch * a.epochs / max(step_secs, 1e-9)),
         "seconds": round(time.time() - t_cell, 3), "simd": "torch", "threads": torch.get_num_threads(),
     }
+
+
+# ---------------------------------------------------------------- running statistics
+
+def batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, SplitBatchNorm2d)]
+
+
+def recalibrated_acc(model, data, mean, std, images, batch):
+    """Test accuracy with every BatchNorm's running statistics replaced by the cumulative average
+    (momentum None) of the batch statistics of train-mode forwards of `batch` images at a time
+    over the first `images` training images, augmented from a fixed seed: norm-train's
+    `Model::recalibrate_batch_norm` with one worker. The model's own statistics are lost."""
+    (tx, _), (vx, vy) = data
+    bns = batch_norms(model)
+    kept = [(m.workers, m.momentum) for m in bns]
+    for m in bns:
+        m.workers, m.momentum = 1, None
+        m.reset_running_stats()
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for i in range(0, images // batch * batch, batch):
+            model(to_input(augment(tx[i:i + batch], gen), mean, std))
+    for m, (w, mom) in zip(bns, kept):
+        m.workers, m.momentum = w, mom
+    return evaluate(model, vx, vy, mean, std)
+
+
+def replayed_accs(model, data, mean, std, batch, reps, seed):
+    """Test accuracies after the last epoch's running average is redone `reps` times with the
+    weights frozen: each time from the model's saved statistics, one epoch of train-mode
+    forwards over a fresh shuffle and augmentation (workers as the model was built, statistics
+    from worker 0's share, momentum 0.1)."""
+    (tx, ty), (vx, vy) = data
+    saved = {k: v.clone() for k, v in model.state_dict().items() if ".running_" in k}
+    gen = torch.Generator().manual_seed(seed)
+    accs = []
+    for _ in range(reps):
+        model.load_state_dict({**model.state_dict(), **saved})
+        order = torch.randperm(len(ty), generator=gen).numpy()
+        model.train()
+        with torch.no_grad():
+            for s in range(len(ty) // batch):
+                model(to_input(augment(tx[order[s * batch:(s + 1) * batch]], gen), mean, std))
+        accs.append(evaluate(model, vx, vy, mean, std))
+    model.load_state_dict({**model.state_dict(), **saved})
+    return accs
+
+
+def save_model(model, a, norm, path):
+    from safetensors.torch import save_file
+    spec = norm if norm != "group" else f"group:groups={a.groups}"
+    meta = {"arch": a.model, "width": a.width, "widths": a.widths, "norm": spec, "twin": "pytorch"}
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    save_file(tensors, path, metadata={"normlab.model": json.dumps(meta)})
+
+
+def replay(a):
+    data = load_folder(a.data)
+    mean, std = normalizer(data[0][0])
+    k = a.per_worker[0] if a.per_worker else a.batch
+    for path in a.replay.split(","):
+        m, tensors = read_ckpt(path)
+        if m["norm"] != "batch":
+            sys.exit(f"error: {path}: --replay needs a BatchNorm model, this one has {m['norm']}")
+        a.model, a.width, a.groups = m.get("arch", "plain"), m.get("width", 1.0), m["groups"]
+        a.widths = m.get("widths") or a.widths
+        model = build(a, "batch", a.batch // k)
+        sd = model.state_dict()
+        for name, v in tensors.items():
+            if name not in sd or tuple(sd[name].shape) != v.shape:
+                sys.exit(f"error: {path}: tensor {name} {v.shape} does not fit the PyTorch {a.model}")
+            sd[name] = torch.from_numpy(v.copy())
+        model.load_state_dict(sd)
+        saved = evaluate(model, *data[1], mean, std)
+        accs = replayed_accs(model, data, mean, std, a.batch, a.replay_reps, a.first_seed)
+        err = 100 * (1 - np.array(accs))
+        out = {"checkpoint": path, "twin": m.get("twin", "normlab"), "per_worker": k, "batch": a.batch,
+               "saved_acc": saved, "replayed_accs": accs,
+               "replayed_error_mean": float(err.mean()), "replayed_error_std": float(err.std(ddof=1)) if len(err) > 1 else None}
+        if a.recalibrate:
+            out["recalibrated"] = {"images": a.recalibrate,
+                                   "per_worker": recalibrated_acc(model, data, mean, std, a.recalibrate, k),
+                                   "whole_batch": recalibrated_acc(model, data, mean, std, a.recalibrate, a.batch)}
+        print(json.dumps(out))
+        sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- throughput
@@ -340,6 +449,74 @@ def throughput(a):
                               "images_per_sec": round(ips, 1), "threads": torch.get_num_threads(),
                               "torch": torch.__version__}))
             sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- many steps
+
+def load_into(a, path, workers, dt):
+    """A twin model of normlab checkpoint `path` in dtype `dt`, with `workers`."""
+    m, tensors = read_ckpt(path)
+    a.model, a.width, a.groups = m.get("arch", "plain"), m.get("width", 1.0), m["groups"]
+    a.widths = m.get("widths") or a.widths
+    model = build(a, m["norm"], workers).to(dt)
+    sd = model.state_dict()
+    for name, v in tensors.items():
+        if name not in sd or tuple(sd[name].shape) != v.shape:
+            sys.exit(f"error: {path}: tensor {name} {v.shape} does not fit the PyTorch {a.model}")
+        sd[name] = torch.from_numpy(v.copy()).to(dt)
+    model.load_state_dict(sd)
+    return model
+
+
+def check_steps(a):
+    d = a.check_steps
+    meta = json.load(open(os.path.join(d, "meta.json")))
+    b, steps = meta["batch"], meta["steps"]
+    x = np.fromfile(os.path.join(d, "x.bin"), dtype="<f4").reshape(steps, b, 3, 32, 32)
+    y = np.fromfile(os.path.join(d, "labels.bin"), dtype="<u8").astype(np.int64).reshape(steps, b)
+    a.running_from = meta["running_from"]
+    start = os.path.join(d, "start.safetensors")
+
+    def run(dt):
+        model = load_into(a, start, meta["workers"], dt)
+        model.train()
+        opt = torch.optim.SGD(param_groups(model, meta["weight_decay"]), lr=meta["lr"], momentum=meta["momentum"])
+        states, losses = {}, []
+        for t in range(steps):
+            loss = F.cross_entropy(model(torch.from_numpy(x[t]).to(dt)), torch.from_numpy(y[t]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if t + 1 in meta["saved_at"]:
+                states[t + 1] = {k: v.double().numpy().copy() for k, v in model.state_dict().items()
+                                 if not k.endswith("num_batches_tracked")}
+        return states, losses
+
+    s32, l32 = run(torch.float32)
+    s64, l64 = run(torch.float64)
+
+    # Relative to the tensor's largest value, floored at 1e-3 of the largest weight: a norm's
+    # bias starts at 0, and after one step it holds only that step's rounding-sized update.
+    def worst(mine, ref, running):
+        top = max(np.abs(v).max() for k, v in ref.items() if (".running_" in k) == running)
+        rel = {k: float(np.abs(mine[k] - ref[k]).max() / max(np.abs(ref[k]).max(), 1e-3 * top))
+               for k in ref if (".running_" in k) == running}
+        name = max(rel, key=rel.get)
+        return rel[name], name
+
+    for k in sorted(s64):
+        _, ours = read_ckpt(os.path.join(d, f"after_{k}.safetensors"))
+        ours = {n: v.astype(np.float64) for n, v in ours.items()}
+        row = {"step": k}
+        for part, running in (("weights", False), ("running_stats", True)):
+            row[part] = {}
+            for label, mine, ref in (("normlab_vs_torch64", ours, s64[k]), ("torch32_vs_torch64", s32[k], s64[k]),
+                                     ("normlab_vs_torch32", ours, s32[k])):
+                row[part][label], row[part][label + "_worst_tensor"] = worst(mine, ref, running)
+        row["loss"] = {"normlab": meta["losses"][k - 1], "torch32": l32[k - 1], "torch64": l64[k - 1]}
+        print(json.dumps(row))
+        sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- gradient check
@@ -504,6 +681,12 @@ def main():
     p.add_argument("--throughput", action="store_true")
     p.add_argument("--seconds", type=float, default=5.0, help="--throughput: seconds per measurement")
     p.add_argument("--check-grads", metavar="DIR")
+    p.add_argument("--check-steps", metavar="DIR")
+    p.add_argument("--save-models", metavar="DIR", help="save each cell's trained model here (.safetensors)")
+    p.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                   help="also report BatchNorm's test accuracy with statistics re-estimated over N train images")
+    p.add_argument("--replay", metavar="CKPT[,CKPT...]")
+    p.add_argument("--replay-reps", type=int, default=10)
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -511,6 +694,12 @@ def main():
         return throughput(a)
     if a.check_grads:
         return check_grads(a)
+    if a.check_steps:
+        return check_steps(a)
+    if a.replay:
+        if not a.data:
+            sys.exit("error: --replay needs --data DIR (the folder the models were trained on)")
+        return replay(a)
     if not a.data:
         sys.exit("error: --data DIR is required (a folder written by `norm-cli data export`)")
     data = load_folder(a.data)

@@ -1,0 +1,105 @@
+//! Writes what `tools/torch_twin.py --check-steps DIR` compares against PyTorch over many
+//! training steps rather than one: a starting model (`start.safetensors`), the augmented,
+//! normalised batches of `steps` SGD steps on the default synthetic set (`x.bin`,
+//! `labels.bin`), the learning rate of each (`meta.json`) and the model after some of them
+//! (`after_K.safetensors`: weights and running statistics).
+//!
+//! `cargo run --release -p norm-train --example dump_steps -- DIR [arch] [norm] [workers]
+//! [batch] [steps] [lr] [START.safetensors]` (defaults: resnet8 batch 16 32 156 0.1; a fresh
+//! model from seed 7 unless START is given, e.g. a trained cell's model from `sweep
+//! --save-models`). The learning rate is constant; SGD momentum 0.9, weight decay 5e-4.
+
+use norm_train::{Arch, Model, ModelConfig, NormChoice, RunningFrom, Sgd, data};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = std::path::PathBuf::from(args.first().ok_or(
+        "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors]",
+    )?);
+    let arg = |i: usize, default: &str| args.get(i).map_or(default.to_owned(), String::clone);
+    let arch: Arch = arg(1, "resnet8").parse()?;
+    let norm: NormChoice = arg(2, "batch").parse()?;
+    let workers: usize = arg(3, "16").parse()?;
+    let batch: usize = arg(4, "32").parse()?;
+    let steps: usize = arg(5, "156").parse()?;
+    let lr: f32 = arg(6, "0.1").parse()?;
+    if steps == 0 || batch == 0 || workers == 0 || !batch.is_multiple_of(workers) {
+        return Err("steps and batch must be at least 1 and workers must divide batch".into());
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut model = match args.get(7) {
+        Some(p) => norm_train::checkpoint::load(std::path::Path::new(p))?.model,
+        None => Model::new(
+            &ModelConfig {
+                arch,
+                ..ModelConfig::new([16, 32, 64], norm, 8, 1e-5)
+            },
+            7,
+        )?,
+    };
+    let split = data::synthetic(0, 5000, 1000);
+    let normalizer = data::Normalizer::from_dataset(&split.train);
+    let meta = norm_train::checkpoint::CheckpointMeta {
+        normalizer,
+        data: None,
+    };
+    norm_train::checkpoint::save(&dir.join("start.safetensors"), &model, &meta)?;
+    model.set_workers(workers, RunningFrom::Worker0)?;
+    model.train_mode();
+    let mut sgd = Sgd::new(0.9, 5e-4);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut order: Vec<usize> = (0..split.train.len()).collect();
+    let per_epoch = split.train.len() / batch;
+    let img = 3 * 32 * 32;
+    let (mut xs, mut ls) = (Vec::with_capacity(steps * batch * img), Vec::new());
+    let (mut xb, mut lb) = (vec![0.0f32; batch * img], vec![0usize; batch]);
+    let saved_at = [1, 10, 50, steps];
+    let mut losses = Vec::with_capacity(steps);
+    for t in 0..steps {
+        if t % per_epoch == 0 {
+            order.shuffle(&mut rng);
+        }
+        let s = t % per_epoch;
+        let idx = &order[s * batch..(s + 1) * batch];
+        data::fill_batch(
+            &split.train,
+            idx,
+            &normalizer,
+            &data::Augment::CIFAR,
+            &mut rng,
+            &mut xb,
+            &mut lb,
+        );
+        let (loss, _, grads) = model.loss_and_grads(&xb, &lb)?;
+        sgd.step(&mut model, &grads, lr);
+        losses.push(loss);
+        xs.extend_from_slice(&xb);
+        ls.extend(lb.iter().map(|&l| l as u64));
+        if saved_at.contains(&(t + 1)) {
+            let path = dir.join(format!("after_{}.safetensors", t + 1));
+            norm_train::checkpoint::save(&path, &model, &meta)?;
+        }
+    }
+    let bytes = |v: &[f32]| v.iter().flat_map(|a| a.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.join("x.bin"), bytes(&xs))?;
+    std::fs::write(
+        dir.join("labels.bin"),
+        ls.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>(),
+    )?;
+    let meta = serde_json::json!({
+        "batch": batch, "steps": steps, "lr": lr, "workers": workers, "momentum": 0.9,
+        "weight_decay": 5e-4, "running_from": "worker0", "saved_at": saved_at, "losses": losses,
+    });
+    std::fs::write(dir.join("meta.json"), meta.to_string())?;
+    println!(
+        "wrote {} ({steps} steps, last loss {})",
+        dir.display(),
+        losses[steps - 1]
+    );
+    Ok(())
+}
