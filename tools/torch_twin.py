@@ -16,6 +16,9 @@ Modes
                    the last epoch's running average is replayed --replay-reps times with the
                    weights frozen (train-mode forwards of fresh shuffles, worker 0's share,
                    momentum 0.1, starting from the saved statistics).
+  --stream D       trains on normlab's random streams instead of torch's: the initial model
+                   D/init.safetensors and the batches and augmentation of D/stream.bin, written
+                   by `cargo run --release -p norm-train --example dump_stream -- D SEED`.
   --check-steps D  loads D/start.safetensors and the batches and learning rates written by
                    `cargo run --release -p norm-train --example dump_steps -- D ...`, takes the
                    same SGD steps in float32 and float64, and compares the weights and running
@@ -109,8 +112,32 @@ def augment(xb, gen, pad=4, flip=True):
     return out
 
 
+def augment_as_given(xb, rec, pad=4):
+    """xb: uint8 [n, 3, 32, 32]; rec: [n, 3] of (dy, dx, flip) as normlab drew them (output
+    pixel (y, x) reads source (y + dy, x' + dx), x' = 31 - x when flipped, zero outside)."""
+    padded = np.zeros((xb.shape[0], 3, 32 + 2 * pad, 32 + 2 * pad), dtype=np.uint8)
+    padded[:, :, pad:pad + 32, pad:pad + 32] = xb
+    out = np.empty_like(xb)
+    for i, (dy, dx, flip) in enumerate(rec):
+        out[i] = padded[i, :, pad + dy:pad + dy + 32, pad + dx:pad + dx + 32]
+        if flip:
+            out[i] = out[i, :, :, ::-1]
+    return out
+
+
+def read_stream(d):
+    meta = json.load(open(os.path.join(d, "meta.json")))
+    raw = np.fromfile(os.path.join(d, "stream.bin"), dtype=np.dtype([("i", "<u2"), ("dy", "i1"), ("dx", "i1"), ("flip", "u1")]))
+    n = meta["epochs"] * meta["steps"] * meta["batch"]
+    if raw.size != n:
+        sys.exit(f"error: {d}/stream.bin holds {raw.size} images, meta.json says {n}")
+    idx = raw["i"].astype(np.int64).reshape(meta["epochs"], meta["steps"] * meta["batch"])
+    aug = np.stack([raw["dy"], raw["dx"], raw["flip"]], 1).astype(np.int64).reshape(meta["epochs"], -1, 3)
+    return meta, idx, aug
+
+
 def to_input(xb, mean, std):
-    x = torch.from_numpy(np.ascontiguousarray(xb)).float() / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(xb)).to(torch.get_default_dtype()) / 255.0
     return (x - torch.from_numpy(mean)[None, :, None, None]) / torch.from_numpy(std)[None, :, None, None]
 
 
@@ -271,6 +298,22 @@ def train_cell(a, data, norm, batch, per_worker, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1_000_003)
     model = build(a, norm, workers)
+    if a.stream:
+        smeta, s_idx, s_aug = read_stream(a.stream)
+        if (smeta["batch"], smeta["epochs"], smeta["train_size"]) != (batch, a.epochs, len(ty)):
+            sys.exit(f"error: {a.stream} is a stream of batch {smeta['batch']}, {smeta['epochs']} epochs, "
+                     f"{smeta['train_size']} images; this cell has {batch}, {a.epochs}, {len(ty)}")
+        init = load_into(argparse.Namespace(**vars(a)), os.path.join(a.stream, "init.safetensors"), workers,
+                         torch.get_default_dtype())
+        model.load_state_dict(init.state_dict())
+        x0 = os.path.join(a.stream, "x0.bin")
+        if os.path.exists(x0):
+            mine = to_input(augment_as_given(tx[s_idx[0][:batch]], s_aug[0][:batch]), *normalizer(tx)).numpy()
+            theirs = np.fromfile(x0, dtype="<f4").reshape(mine.shape)
+            err = float(np.abs(mine - theirs).max())
+            print(f"stream: first batch read as normlab filled it to {err:.1e}", file=sys.stderr)
+            if err > 1e-4:
+                sys.exit(f"error: {a.stream}: the first batch does not match normlab's ({err:.1e})")
     model.train()
     opt = torch.optim.SGD(param_groups(model, a.weight_decay), lr=0.0, momentum=a.momentum)
     mean, std = normalizer(tx)
@@ -281,11 +324,14 @@ def train_cell(a, data, norm, batch, per_worker, seed):
     accs, losses, step_secs = [], [], 0.0
     t_cell = time.time()
     for epoch in range(a.epochs):
-        order = torch.randperm(len(ty), generator=gen).numpy()
+        order = s_idx[epoch] if a.stream else torch.randperm(len(ty), generator=gen).numpy()
         loss_sum = 0.0
         for s in range(steps):
             idx = order[s * batch:(s + 1) * batch]
-            xb = tx[idx] if a.no_augment else augment(tx[idx], gen)
+            if a.stream:
+                xb = augment_as_given(tx[idx], s_aug[epoch][s * batch:(s + 1) * batch])
+            else:
+                xb = tx[idx] if a.no_augment else augment(tx[idx], gen)
             x = to_input(xb, mean, std)
             yb = torch.from_numpy(ty[idx])
             lr = learning_rate(peak, epoch * steps + s, warmup, total)
@@ -309,7 +355,8 @@ def train_cell(a, data, norm, batch, per_worker, seed):
         "width": a.width if a.model != "plain" else None, "widths": a.widths if a.model == "plain" else None,
         "epochs": a.epochs, "base_lr": a.lr, "lr_ref_batch": a.lr_ref_batch, "momentum": a.momentum,
         "weight_decay": a.weight_decay, "warmup_epochs": a.warmup, "schedule": "cosine",
-        "augment": not a.no_augment, "groups": a.groups, "running_from": a.running_from,
+        "augment": not a.no_augment, "groups": a.groups, "running_from": a.running_from, "dtype": a.dtype,
+        "streams": "normlab" if a.stream else "torch",
         "data": {"dir": os.path.abspath(a.data), "train_size": int(len(ty)), "test_size": int(len(vy))},
     }
     if per_worker:
@@ -678,10 +725,13 @@ def main():
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--running-from", default="worker0", choices=["worker0", "every"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="train in this precision (float64: the twin without float32's rounding)")
     p.add_argument("--throughput", action="store_true")
     p.add_argument("--seconds", type=float, default=5.0, help="--throughput: seconds per measurement")
     p.add_argument("--check-grads", metavar="DIR")
     p.add_argument("--check-steps", metavar="DIR")
+    p.add_argument("--stream", metavar="DIR", help="train on normlab's init and batches (dump_stream)")
     p.add_argument("--save-models", metavar="DIR", help="save each cell's trained model here (.safetensors)")
     p.add_argument("--recalibrate", type=int, default=0, metavar="N",
                    help="also report BatchNorm's test accuracy with statistics re-estimated over N train images")
@@ -690,6 +740,7 @@ def main():
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    torch.set_default_dtype(getattr(torch, a.dtype))
     if a.throughput:
         return throughput(a)
     if a.check_grads:
