@@ -2,12 +2,15 @@
 //! training steps rather than one: a starting model (`start.safetensors`), the augmented,
 //! normalised batches of `steps` SGD steps on the default synthetic set (`x.bin`,
 //! `labels.bin`), the learning rate of each (`meta.json`) and the model after some of them
-//! (`after_K.safetensors`: weights and running statistics).
+//! (`after_K.safetensors`: weights and running statistics), and every step's gradients
+//! (`grads.bin`, f32, step by step in parameter order). With `lr` 0 the weights stay put, so
+//! the gradients of many batches at one point of training can be compared.
 //!
 //! `cargo run --release -p norm-train --example dump_steps -- DIR [arch] [norm] [workers]
-//! [batch] [steps] [lr] [START.safetensors]` (defaults: resnet8 batch 16 32 156 0.1; a fresh
-//! model from seed 7 unless START is given, e.g. a trained cell's model from `sweep
-//! --save-models`). The learning rate is constant; SGD momentum 0.9, weight decay 5e-4.
+//! [batch] [steps] [lr] [START.safetensors|fresh] [eval_every]` (defaults: resnet8 batch 16 32
+//! 156 0.1 fresh 0; a fresh model from seed 7 unless START is given, e.g. a trained cell's model
+//! from `sweep --save-models`; `eval_every` K > 0 evaluates on the test set after every K
+//! steps). The learning rate is constant; SGD momentum 0.9, weight decay 5e-4.
 
 use norm_train::{Arch, Model, ModelConfig, NormChoice, RunningFrom, Sgd, data};
 use rand::SeedableRng;
@@ -19,7 +22,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = std::path::PathBuf::from(args.first().ok_or(
-        "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors]",
+        "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors|fresh] [eval_every]",
     )?);
     let arg = |i: usize, default: &str| args.get(i).map_or(default.to_owned(), String::clone);
     let arch: Arch = arg(1, "resnet8").parse()?;
@@ -28,11 +31,14 @@ fn main() -> Result<(), BoxError> {
     let batch: usize = arg(4, "32").parse()?;
     let steps: usize = arg(5, "156").parse()?;
     let lr: f32 = arg(6, "0.1").parse()?;
+    // Evaluate on the test set after every `eval_every` steps, as the training loop does after
+    // each epoch (0: never), to check that evaluation leaves training untouched.
+    let eval_every: usize = arg(8, "0").parse()?;
     if steps == 0 || batch == 0 || workers == 0 || !batch.is_multiple_of(workers) {
         return Err("steps and batch must be at least 1 and workers must divide batch".into());
     }
     std::fs::create_dir_all(&dir)?;
-    let mut model = match args.get(7) {
+    let mut model = match args.get(7).filter(|p| p.as_str() != "fresh") {
         Some(p) => norm_train::checkpoint::load(std::path::Path::new(p))?.model,
         None => Model::new(
             &ModelConfig {
@@ -60,6 +66,7 @@ fn main() -> Result<(), BoxError> {
     let (mut xb, mut lb) = (vec![0.0f32; batch * img], vec![0usize; batch]);
     let saved_at = [1, 10, 50, steps];
     let mut losses = Vec::with_capacity(steps);
+    let mut gs: Vec<u8> = Vec::new();
     for t in 0..steps {
         if t % per_epoch == 0 {
             order.shuffle(&mut rng);
@@ -76,7 +83,12 @@ fn main() -> Result<(), BoxError> {
             &mut lb,
         );
         let (loss, _, grads) = model.loss_and_grads(&xb, &lb)?;
+        // Each step's gradients as computed, not as recovered from the update.
+        gs.extend(grads.iter().flatten().flat_map(|v| v.to_le_bytes()));
         sgd.step(&mut model, &grads, lr);
+        if eval_every > 0 && (t + 1) % eval_every == 0 {
+            model.evaluate(&split.test, &normalizer)?;
+        }
         losses.push(loss);
         xs.extend_from_slice(&xb);
         ls.extend(lb.iter().map(|&l| l as u64));
@@ -87,12 +99,14 @@ fn main() -> Result<(), BoxError> {
     }
     let bytes = |v: &[f32]| v.iter().flat_map(|a| a.to_le_bytes()).collect::<Vec<u8>>();
     std::fs::write(dir.join("x.bin"), bytes(&xs))?;
+    std::fs::write(dir.join("grads.bin"), &gs)?;
     std::fs::write(
         dir.join("labels.bin"),
         ls.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>(),
     )?;
+    let names: Vec<&str> = model.params().iter().map(|p| p.name.as_str()).collect();
     let meta = serde_json::json!({
-        "batch": batch, "steps": steps, "lr": lr, "workers": workers, "momentum": 0.9,
+        "params": names, "batch": batch, "steps": steps, "lr": lr, "workers": workers, "momentum": 0.9,
         "weight_decay": 5e-4, "running_from": "worker0", "saved_at": saved_at, "losses": losses,
     });
     std::fs::write(dir.join("meta.json"), meta.to_string())?;
