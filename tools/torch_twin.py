@@ -22,7 +22,8 @@ Modes
   --check-steps D  loads D/start.safetensors and the batches and learning rates written by
                    `cargo run --release -p norm-train --example dump_steps -- D ...`, takes the
                    same SGD steps in float32 and float64, and compares the weights and running
-                   statistics with normlab's D/after_K.safetensors.
+                   statistics with normlab's D/after_K.safetensors; with lr 0 (the weights
+                   stay put) it compares every step's gradients instead.
   --check-grads D  loads D/model.safetensors (a normlab checkpoint) and D/batch.bin written by
                    `cargo run --release -p norm-train --example dump_grads -- D ...`, computes
                    the loss and every gradient in PyTorch and compares them with D/grads.bin.
@@ -540,6 +541,8 @@ def check_steps(a):
                                  if not k.endswith("num_batches_tracked")}
         return states, losses
 
+    if meta["lr"] == 0:
+        return check_step_grads(a, d, meta, x, y, start)
     s32, l32 = run(torch.float32)
     s64, l64 = run(torch.float64)
 
@@ -564,6 +567,39 @@ def check_steps(a):
         row["loss"] = {"normlab": meta["losses"][k - 1], "torch32": l32[k - 1], "torch64": l64[k - 1]}
         print(json.dumps(row))
         sys.stdout.flush()
+
+
+def check_step_grads(a, d, meta, x, y, start):
+    """With lr 0 every step of `dump_steps` is at the same weights: compares each step's
+    gradients (normlab's grads.bin; PyTorch's in float32) with PyTorch's in float64, relative to
+    each tensor's largest float64 gradient (floored at 1e-3 of the model's largest)."""
+    names = meta["params"]
+    raw = np.fromfile(os.path.join(d, "grads.bin"), dtype="<f4").astype(np.float64).reshape(meta["steps"], -1)
+    models = {dt: load_into(a, start, meta["workers"], dt) for dt in (torch.float32, torch.float64)}
+    errs = {"normlab": [], "torch32": []}
+    for t in range(meta["steps"]):
+        g = {}
+        for dt, m in models.items():
+            m.train()
+            m.zero_grad()
+            F.cross_entropy(m(torch.from_numpy(x[t]).to(dt)), torch.from_numpy(y[t])).backward()
+            params = dict(m.named_parameters())
+            g[dt] = [params[n].grad.double().numpy().ravel() for n in names]
+        top = max(np.abs(v).max() for v in g[torch.float64])
+        at, worst = 0, {"normlab": 0.0, "torch32": 0.0}
+        for i, ref in enumerate(g[torch.float64]):
+            den = max(np.abs(ref).max(), 1e-3 * top)
+            worst["normlab"] = max(worst["normlab"], np.abs(raw[t, at:at + ref.size] - ref).max() / den)
+            worst["torch32"] = max(worst["torch32"], np.abs(g[torch.float32][i] - ref).max() / den)
+            at += ref.size
+        for k in errs:
+            errs[k].append(float(worst[k]))
+    out = {"steps": meta["steps"]}
+    for k, v in errs.items():
+        v = np.array(v)
+        out[k + "_vs_torch64"] = {"median": float(np.median(v)), "max": float(v.max()),
+                                 "steps_above_1e-4": int((v > 1e-4).sum())}
+    print(json.dumps(out))
 
 
 # ---------------------------------------------------------------- gradient check
