@@ -324,7 +324,7 @@ def train_cell(a, data, norm, batch, per_worker, seed):
     peak = a.lr * batch / a.lr_ref_batch
     accs, losses, step_secs = [], [], 0.0
     t_cell = time.time()
-    for epoch in range(a.epochs):
+    for epoch in range(a.stop_after or a.epochs):
         order = s_idx[epoch] if a.stream else torch.randperm(len(ty), generator=gen).numpy()
         loss_sum = 0.0
         for s in range(steps):
@@ -364,7 +364,7 @@ def train_cell(a, data, norm, batch, per_worker, seed):
         recipe["batch"] = batch
     if a.save_models:
         os.makedirs(a.save_models, exist_ok=True)
-        save_model(model, a, norm, os.path.join(a.save_models, f"{norm}-b{batch}-k{per_worker or batch}-s{seed}.safetensors"))
+        save_model(model, a, norm, os.path.join(a.save_models, f"{norm}-b{batch}-k{per_worker or batch}-s{seed}.safetensors"), mean, std)
     extra = {}
     if a.recalibrate and norm == "batch":
         k = per_worker or batch
@@ -427,13 +427,19 @@ def replayed_accs(model, data, mean, std, batch, reps, seed):
     return accs
 
 
-def save_model(model, a, norm, path):
+def save_model(model, a, norm, path, mean, std):
+    """A checkpoint `norm-cli eval` and normlab's examples load (the twin's own metadata
+    besides): normlab's layout version, model (BatchNorm with its settings spelled out) and
+    input normalisation."""
     from safetensors.torch import save_file
-    spec = norm if norm != "group" else f"group:groups={a.groups}"
-    meta = {"arch": a.model, "width": a.width, "widths": a.widths, "norm": spec, "twin": "pytorch"}
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()
-               if not k.endswith("num_batches_tracked")}
-    save_file(tensors, path, metadata={"normlab.model": json.dumps(meta)})
+    spec = {"batch": "batch:eps=0.00001,momentum=0.1,affine=true,track_running_stats=true",
+            "group": f"group:groups={a.groups}"}.get(norm, norm)
+    model_meta = {"arch": a.model, "width": a.width, "widths": a.widths, "norm": spec}
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, path, metadata={
+        "format": "pt", "normlab.checkpoint": "1", "normlab.model": json.dumps(model_meta),
+        "normlab.input_normalization": json.dumps({"mean": [float(v) for v in mean], "std": [float(v) for v in std]}),
+        "twin": "pytorch"})
 
 
 def replay(a):
@@ -613,6 +619,7 @@ def read_ckpt(path):
             sys.exit(f"error: {path} is not a normlab checkpoint (no normlab.model metadata)")
         out = {k: f.get_tensor(k) for k in f.keys()}
     model = json.loads(meta["normlab.model"])
+    model["twin"] = meta.get("twin", model.get("twin", "normlab"))
     # The norm is the kernels' descriptor spec, `name:key=value,...`, or null for none.
     spec = model.get("norm") or "none"
     name, _, settings = spec.partition(":")
@@ -767,6 +774,8 @@ def main():
     p.add_argument("--seconds", type=float, default=5.0, help="--throughput: seconds per measurement")
     p.add_argument("--check-grads", metavar="DIR")
     p.add_argument("--check-steps", metavar="DIR")
+    p.add_argument("--stop-after", type=int, default=0, metavar="E",
+                   help="stop after E epochs of the --epochs schedule (to save a model from mid-training)")
     p.add_argument("--stream", metavar="DIR", help="train on normlab's init and batches (dump_stream)")
     p.add_argument("--save-models", metavar="DIR", help="save each cell's trained model here (.safetensors)")
     p.add_argument("--recalibrate", type=int, default=0, metavar="N",
