@@ -447,18 +447,10 @@ def replay(a):
     mean, std = normalizer(data[0][0])
     k = a.per_worker[0] if a.per_worker else a.batch
     for path in a.replay.split(","):
-        m, tensors = read_ckpt(path)
+        m, _ = read_ckpt(path)
         if m["norm"] != "batch":
             sys.exit(f"error: {path}: --replay needs a BatchNorm model, this one has {m['norm']}")
-        a.model, a.width, a.groups = m.get("arch", "plain"), m.get("width", 1.0), m["groups"]
-        a.widths = m.get("widths") or a.widths
-        model = build(a, "batch", a.batch // k)
-        sd = model.state_dict()
-        for name, v in tensors.items():
-            if name not in sd or tuple(sd[name].shape) != v.shape:
-                sys.exit(f"error: {path}: tensor {name} {v.shape} does not fit the PyTorch {a.model}")
-            sd[name] = torch.from_numpy(v.copy())
-        model.load_state_dict(sd)
+        model = load_into(a, path, a.batch // k, torch.get_default_dtype())
         saved = evaluate(model, *data[1], mean, std)
         accs = replayed_accs(model, data, mean, std, a.batch, a.replay_reps, a.first_seed)
         err = 100 * (1 - np.array(accs))
