@@ -3,7 +3,7 @@
 //! step, the images of the batch and their augmentation (`stream.bin`: per image, its index as
 //! u16 LE, then the crop offsets dy, dx as i8 and the flip as u8), drawn exactly as
 //! `norm_train::train` draws them (ChaCha8 stream 1 of `seed`: a shuffle per epoch, then per
-//! image dy, dx, flip).
+//! image `Augment::draw`).
 //!
 //! `x0.bin` holds the first batch as the training loop fills it (normalised f32), to check
 //! a reading of the stream against.
@@ -12,8 +12,8 @@
 //! [epochs] [train_size]` (defaults: 0 resnet8 32 60 5000; the CIFAR augmentation).
 
 use norm_train::{Arch, Model, ModelConfig, NormChoice};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,8 +48,7 @@ fn main() -> Result<(), BoxError> {
         data: None,
     };
     norm_train::checkpoint::save(&dir.join("init.safetensors"), &model, &meta)?;
-    let pad = norm_train::data::Augment::CIFAR.crop_pad as isize;
-    let span = 2 * pad as u32;
+    let aug = norm_train::data::Augment::CIFAR;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(1);
     // The first batch as the training loop fills it, for the twin to check its reading against.
@@ -60,7 +59,6 @@ fn main() -> Result<(), BoxError> {
         let mut order: Vec<usize> = (0..train_size).collect();
         order.shuffle(&mut r);
         let (mut x, mut l) = (vec![0.0f32; batch * 3 * 32 * 32], vec![0usize; batch]);
-        let aug = norm_train::data::Augment::CIFAR;
         norm_train::data::fill_batch(
             &split.train,
             &order[..batch],
@@ -79,9 +77,7 @@ fn main() -> Result<(), BoxError> {
     for _ in 0..epochs {
         order.shuffle(&mut rng);
         for &i in &order[..steps * batch] {
-            let dy = rng.random_range(0..=span) as isize - pad;
-            let dx = rng.random_range(0..=span) as isize - pad;
-            let flip = rng.random_bool(0.5);
+            let (dy, dx, flip) = aug.draw(&mut rng);
             out.extend_from_slice(&(i as u16).to_le_bytes());
             out.extend_from_slice(&[dy as i8 as u8, dx as i8 as u8, u8::from(flip)]);
         }

@@ -88,6 +88,20 @@ impl Augment {
         crop_pad: 4,
         flip: true,
     };
+
+    /// One image's draws, as [`fill_batch`] makes them: the crop's shifts `(dy, dx)`, each in
+    /// `-crop_pad..=crop_pad` (0 without a crop), then the flip.
+    pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R) -> (isize, isize, bool) {
+        let (dy, dx) = if self.crop_pad > 0 {
+            let (p, span) = (self.crop_pad as isize, 2 * self.crop_pad as u32);
+            let dy = rng.random_range(0..=span) as isize - p;
+            let dx = rng.random_range(0..=span) as isize - p;
+            (dy, dx)
+        } else {
+            (0, 0)
+        };
+        (dy, dx, self.flip && rng.random_bool(0.5))
+    }
 }
 
 /// Writes images `indices` of `data` as normalised `f32` NCHW into `out`
@@ -101,8 +115,8 @@ impl Augment {
 /// before `Normalize`. With `augment.flip` and a heads draw, output column `x` reads the cropped
 /// column `31 - x`.
 ///
-/// Random draws per image, in order: `dy` then `dx` (each `rng.random_range(0..=2p)` on `u32`) when
-/// `p > 0`, then `rng.random_bool(0.5)` when `flip` is set. Nothing is drawn for
+/// Random draws per image: [`Augment::draw`] (`dy` then `dx`, each `rng.random_range(0..=2p)` on
+/// `u32`, when `p > 0`, then `rng.random_bool(0.5)` when `flip` is set). Nothing is drawn for
 /// [`Augment::NONE`].
 ///
 /// Panics if `out.len() != indices.len() * IMAGE_BYTES`, `labels.len() != indices.len()`, or an
@@ -127,7 +141,6 @@ pub fn fill_batch<R: Rng + ?Sized>(
         "fill_batch: labels must hold indices.len() values"
     );
     let tables = [norm.table(0), norm.table(1), norm.table(2)];
-    let p = augment.crop_pad as isize;
     for ((&i, dst), label) in indices
         .iter()
         .zip(out.chunks_exact_mut(IMAGE_BYTES))
@@ -135,15 +148,7 @@ pub fn fill_batch<R: Rng + ?Sized>(
     {
         let src = data.image(i);
         *label = usize::from(data.labels[i]);
-        let (dy, dx) = if p > 0 {
-            let span = 2 * augment.crop_pad as u32;
-            let dy = rng.random_range(0..=span) as isize - p;
-            let dx = rng.random_range(0..=span) as isize - p;
-            (dy, dx)
-        } else {
-            (0, 0)
-        };
-        let flip = augment.flip && rng.random_bool(0.5);
+        let (dy, dx, flip) = augment.draw(rng);
         if dy == 0 && dx == 0 && !flip {
             for (c, (d, s)) in dst
                 .chunks_exact_mut(PLANE)
