@@ -95,27 +95,21 @@ def normalizer(train_x):
 
 
 def augment(xb, gen, pad=4, flip=True):
-    """xb: uint8 [n, 3, 32, 32] -> uint8, random crop (zero padding) and flip per image."""
+    """xb: uint8 [n, 3, 32, 32] -> uint8, random crop (zero padding) and flip per image, drawn
+    from `gen`: every image's crop offsets, then every image's flip."""
     n = xb.shape[0]
+    rec = np.zeros((n, 3), dtype=np.int64)
     if pad > 0:
-        padded = np.zeros((n, 3, 32 + 2 * pad, 32 + 2 * pad), dtype=np.uint8)
-        padded[:, :, pad:pad + 32, pad:pad + 32] = xb
-        off = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen).numpy()
-        out = np.empty_like(xb)
-        for i in range(n):
-            oy, ox = off[i]
-            out[i] = padded[i, :, oy:oy + 32, ox:ox + 32]
-    else:
-        out = xb.copy()
+        rec[:, :2] = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen).numpy() - pad
     if flip:
-        f = (torch.rand(n, generator=gen) < 0.5).numpy()
-        out[f] = out[f, :, :, ::-1]
-    return out
+        rec[:, 2] = (torch.rand(n, generator=gen) < 0.5).numpy()
+    return augment_as_given(xb, rec, pad)
 
 
 def augment_as_given(xb, rec, pad=4):
-    """xb: uint8 [n, 3, 32, 32]; rec: [n, 3] of (dy, dx, flip) as normlab drew them (output
-    pixel (y, x) reads source (y + dy, x' + dx), x' = 31 - x when flipped, zero outside)."""
+    """xb: uint8 [n, 3, 32, 32]; rec: [n, 3] of (dy, dx, flip), |dy|, |dx| <= pad, as
+    `augment` or normlab drew them (output pixel (y, x) reads source (y + dy, x' + dx),
+    x' = 31 - x when flipped, zero outside)."""
     padded = np.zeros((xb.shape[0], 3, 32 + 2 * pad, 32 + 2 * pad), dtype=np.uint8)
     padded[:, :, pad:pad + 32, pad:pad + 32] = xb
     out = np.empty_like(xb)
@@ -301,17 +295,17 @@ def train_cell(a, data, norm, batch, per_worker, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1_000_003)
     model = build(a, norm, workers)
+    mean, std = normalizer(tx)
     if a.stream:
         smeta, s_idx, s_aug = read_stream(a.stream)
         if (smeta["batch"], smeta["epochs"], smeta["train_size"]) != (batch, a.epochs, len(ty)):
             sys.exit(f"error: {a.stream} is a stream of batch {smeta['batch']}, {smeta['epochs']} epochs, "
                      f"{smeta['train_size']} images; this cell has {batch}, {a.epochs}, {len(ty)}")
-        init = load_into(argparse.Namespace(**vars(a)), os.path.join(a.stream, "init.safetensors"), workers,
-                         torch.get_default_dtype())
-        model.load_state_dict(init.state_dict())
+        model = twin_of(argparse.Namespace(**vars(a)), read_ckpt(os.path.join(a.stream, "init.safetensors")),
+                        workers, torch.get_default_dtype())
         x0 = os.path.join(a.stream, "x0.bin")
         if os.path.exists(x0):
-            mine = to_input(augment_as_given(tx[s_idx[0][:batch]], s_aug[0][:batch]), *normalizer(tx)).numpy()
+            mine = to_input(augment_as_given(tx[s_idx[0][:batch]], s_aug[0][:batch]), mean, std).numpy()
             theirs = np.fromfile(x0, dtype="<f4").reshape(mine.shape)
             err = float(np.abs(mine - theirs).max())
             print(f"stream: first batch read as normlab filled it to {err:.1e}", file=sys.stderr)
@@ -319,7 +313,6 @@ def train_cell(a, data, norm, batch, per_worker, seed):
                 sys.exit(f"error: {a.stream}: the first batch does not match normlab's ({err:.1e})")
     model.train()
     opt = torch.optim.SGD(param_groups(model, a.weight_decay), lr=0.0, momentum=a.momentum)
-    mean, std = normalizer(tx)
     steps = len(ty) // batch
     total = steps * a.epochs
     warmup = min(int(round(a.warmup * steps)), total)
@@ -449,10 +442,11 @@ def replay(a):
     mean, std = normalizer(data[0][0])
     k = a.per_worker[0] if a.per_worker else a.batch
     for path in a.replay.split(","):
-        m, _ = read_ckpt(path)
+        ckpt = read_ckpt(path)
+        m = ckpt[0]
         if m["norm"] != "batch":
             sys.exit(f"error: {path}: --replay needs a BatchNorm model, this one has {m['norm']}")
-        model = load_into(a, path, a.batch // k, torch.get_default_dtype())
+        model = twin_of(a, ckpt, a.batch // k, torch.get_default_dtype())
         saved = evaluate(model, *data[1], mean, std)
         accs = replayed_accs(model, data, mean, std, a.batch, a.replay_reps, a.first_seed)
         err = 100 * (1 - np.array(accs))
@@ -501,17 +495,22 @@ def throughput(a):
 
 # ---------------------------------------------------------------- many steps
 
-def load_into(a, path, workers, dt):
-    """A twin model of normlab checkpoint `path` in dtype `dt`, with `workers`."""
-    m, tensors = read_ckpt(path)
+def twin_of(a, ckpt, workers, dt):
+    """The twin model, in dtype `dt` with `workers`, of a checkpoint read by `read_ckpt`
+    (`(config, tensors)`); sets `a`'s architecture fields from it. Every tensor must fit and
+    every PyTorch tensor but the batch counters must be there."""
+    m, tensors = ckpt
     a.model, a.width, a.groups = m.get("arch", "plain"), m.get("width", 1.0), m["groups"]
     a.widths = m.get("widths") or a.widths
     model = build(a, m["norm"], workers).to(dt)
     sd = model.state_dict()
     for name, v in tensors.items():
         if name not in sd or tuple(sd[name].shape) != v.shape:
-            sys.exit(f"error: {path}: tensor {name} {v.shape} does not fit the PyTorch {a.model}")
+            sys.exit(f"error: checkpoint tensor {name} {v.shape} does not fit the PyTorch {a.model}")
         sd[name] = torch.from_numpy(v.copy()).to(dt)
+    missing = [k for k in sd if k not in tensors and not k.endswith("num_batches_tracked")]
+    if missing:
+        sys.exit(f"error: PyTorch tensors missing from the checkpoint: {missing}")
     model.load_state_dict(sd)
     return model
 
@@ -523,10 +522,10 @@ def check_steps(a):
     x = np.fromfile(os.path.join(d, "x.bin"), dtype="<f4").reshape(steps, b, 3, 32, 32)
     y = np.fromfile(os.path.join(d, "labels.bin"), dtype="<u8").astype(np.int64).reshape(steps, b)
     a.running_from = meta["running_from"]
-    start = os.path.join(d, "start.safetensors")
+    start = read_ckpt(os.path.join(d, "start.safetensors"))
 
     def run(dt):
-        model = load_into(a, start, meta["workers"], dt)
+        model = twin_of(a, start, meta["workers"], dt)
         model.train()
         opt = torch.optim.SGD(param_groups(model, meta["weight_decay"]), lr=meta["lr"], momentum=meta["momentum"])
         states, losses = {}, []
@@ -575,7 +574,7 @@ def check_step_grads(a, d, meta, x, y, start):
     each tensor's largest float64 gradient (floored at 1e-3 of the model's largest)."""
     names = meta["params"]
     raw = np.fromfile(os.path.join(d, "grads.bin"), dtype="<f4").astype(np.float64).reshape(meta["steps"], -1)
-    models = {dt: load_into(a, start, meta["workers"], dt) for dt in (torch.float32, torch.float64)}
+    models = {dt: twin_of(a, start, meta["workers"], dt) for dt in (torch.float32, torch.float64)}
     errs = {"normlab": [], "torch32": []}
     for t in range(meta["steps"]):
         g = {}
@@ -654,18 +653,7 @@ def check_grads(a):
         """Loss, gradients and pre-ReLU inputs in dtype `dt`; `flips` maps a ReLU call's index
         to the flat indices whose gradient mask is flipped."""
         flips = flips or {}
-        model = build(a, m["norm"], meta["workers"]).to(dt)
-        sd = model.state_dict()
-        for name, v in tensors.items():
-            if name not in sd:
-                sys.exit(f"error: checkpoint tensor {name} has no PyTorch twin")
-            if tuple(sd[name].shape) != v.shape:
-                sys.exit(f"error: {name}: shape {v.shape} vs PyTorch {tuple(sd[name].shape)}")
-            sd[name] = torch.from_numpy(v.copy()).to(dt)
-        missing = [k for k in sd if k not in tensors and not k.endswith("num_batches_tracked")]
-        if missing:
-            sys.exit(f"error: PyTorch tensors missing from the checkpoint: {missing}")
-        model.load_state_dict(sd)
+        model = twin_of(a, (m, tensors), meta["workers"], dt)
         model.train()
         pre, relu = [], F.relu
 
