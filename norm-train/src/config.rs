@@ -370,10 +370,7 @@ impl Default for TrainConfig {
             weight_decay: 5e-4,
             warmup_epochs: 1.0,
             schedule: Schedule::Cosine,
-            augment: data::Augment {
-                crop_pad: 4,
-                flip: true,
-            },
+            augment: data::Augment::CIFAR,
             seed: 0,
             norm_ramp: 0.0,
         }
