@@ -274,13 +274,16 @@ fn center_scale_shift_to<P: Put, K: Centre>(x: &[f32], y: &mut [f32], c: Center,
         f32x8::splat(a),
         f32x8::splat(b),
     );
-    let mut xs = x.chunks_exact(LANES);
-    let mut ys = y.chunks_exact_mut(LANES);
-    for (xi, yi) in (&mut xs).zip(&mut ys) {
+    // Zipped by value, not as `&mut ChunksExact` (which keeps an exit test per iterator).
+    let n = x.len() / LANES * LANES;
+    for (xi, yi) in x[..n]
+        .chunks_exact(LANES)
+        .zip(y[..n].chunks_exact_mut(LANES))
+    {
         P::put(yi, K::at(load(xi), sv, mv).mul_add(av, bv));
     }
-    for (xi, yi) in xs.remainder().iter().zip(ys.into_remainder()) {
-        *yi = xi.mul_add(s, -m).mul_add(a, b);
+    for i in n..x.len() {
+        y[i] = x[i].mul_add(s, -m).mul_add(a, b);
     }
 }
 
@@ -316,20 +319,55 @@ fn center_scale_shift_ahead_to<P: Put, K: Centre>(
 ) {
     let (sv, mv) = (f32x8::splat(c.s), f32x8::splat(-c.m));
     let (av, bv) = (f32x8::splat(a / c.s), f32x8::splat(b));
-    let mut xs = x.chunks_exact(LINE);
-    let mut ys = y.chunks_exact_mut(LINE);
-    let mut next = ahead.chunks(LINE);
-    for (xi, yi) in (&mut xs).zip(&mut ys) {
-        if let Some(line) = next.next() {
-            prefetch(line);
-        }
+    let line = |xi: &[f32], yi: &mut [f32]| {
         P::put(yi, K::at(load(xi), sv, mv).mul_add(av, bv));
-        P::put(
-            &mut yi[LANES..],
-            K::at(load(&xi[LANES..]), sv, mv).mul_add(av, bv),
-        );
+        let (xj, yj) = (&xi[LANES..], &mut yi[LANES..]);
+        P::put(yj, K::at(load(xj), sv, mv).mul_add(av, bv));
+    };
+    // Whole lines, the first `hinted` with a hint each, zipped by value (as
+    // `center_scale_shift_to`) and with no per-line test of `ahead`.
+    let n = x.len() / LINE * LINE;
+    let hinted = (ahead.len().div_ceil(LINE) * LINE).min(n);
+    let (x0, x1) = x[..n].split_at(hinted);
+    let (y0, y1) = y[..n].split_at_mut(hinted);
+    let lines = x0.chunks_exact(LINE).zip(y0.chunks_exact_mut(LINE));
+    for ((xi, yi), ai) in lines.zip(ahead.chunks(LINE)) {
+        prefetch(ai);
+        line(xi, yi);
     }
-    center_scale_shift_to::<P, K>(xs.remainder(), ys.into_remainder(), c, a, b);
+    for (xi, yi) in x1.chunks_exact(LINE).zip(y1.chunks_exact_mut(LINE)) {
+        line(xi, yi);
+    }
+    center_scale_shift_to::<P, K>(&x[n..], &mut y[n..], c, a, b);
+}
+
+/// [`center_scale_shift_ahead`] over consecutive pieces of `x` (GroupNorm's channel planes):
+/// `pieces` yields `(lo, hi, a, b)`, and `ahead` is indexed as `x` is. The sink and centring
+/// are dispatched once for all pieces, not per piece (planes may be a few vectors long).
+#[inline(always)]
+pub(crate) fn center_scale_shift_pieces(
+    x: &[f32],
+    y: &mut [f32],
+    (c, pieces): (Center, impl Iterator<Item = (usize, usize, f32, f32)>),
+    (ahead, sink): (&[f32], Sink),
+) {
+    debug_assert_eq!(x.len(), y.len());
+    let at = |lo: usize, hi: usize| ahead.get(lo..hi).unwrap_or(&[]);
+    match sink {
+        Sink::Cached => by_centre!(c, |K| {
+            for (lo, hi, a, b) in pieces {
+                let (xp, yp) = (&x[lo..hi], &mut y[lo..hi]);
+                center_scale_shift_ahead_to::<ViaCache, K>(xp, yp, (c, a, b), at(lo, hi));
+            }
+        }),
+        // Streamed stores need each piece's own aligned head.
+        Sink::Streamed => {
+            for (lo, hi, a, b) in pieces {
+                let (xp, yp) = (&x[lo..hi], &mut y[lo..hi]);
+                center_scale_shift_ahead(xp, yp, (c, a, b), (at(lo, hi), sink));
+            }
+        }
+    }
 }
 
 /// Prefetch hint for the cache line holding `s[0]` (a no-op off x86-64 or for an empty slice).
@@ -377,9 +415,9 @@ fn dy_xm_affine_to<P: Put>(
         f32x8::splat(c),
     );
     let n = x.len() / LANES * LANES;
-    for i in (0..n).step_by(LANES) {
-        let v = load(&dy[i..]).mul_add(av, (load(&x[i..]) - mv).mul_add(bv, cv));
-        P::put(&mut dx[i..], v);
+    let lanes = dy[..n].chunks_exact(LANES).zip(x[..n].chunks_exact(LANES));
+    for ((d, v), o) in lanes.zip(dx[..n].chunks_exact_mut(LANES)) {
+        P::put(o, load(d).mul_add(av, (load(v) - mv).mul_add(bv, cv)));
     }
     for i in n..x.len() {
         dx[i] = dy[i].mul_add(a, (x[i] - m).mul_add(b, c));
@@ -419,9 +457,11 @@ fn center_scale_affine_to<P: Put, K: Centre>(
         f32x8::splat(c),
     );
     let n = x.len() / LANES * LANES;
-    for i in (0..n).step_by(LANES) {
-        let xh = K::at(load(&x[i..]), sv, mv).mul_add(av, cv);
-        P::put(&mut y[i..], xh.mul_add(load(&g[i..]), load(&beta[i..])));
+    let lanes = x[..n].chunks_exact(LANES).zip(g[..n].chunks_exact(LANES));
+    let lanes = lanes.zip(beta[..n].chunks_exact(LANES));
+    for (((v, gv), bv), o) in lanes.zip(y[..n].chunks_exact_mut(LANES)) {
+        let xh = K::at(load(v), sv, mv).mul_add(av, cv);
+        P::put(o, xh.mul_add(load(gv), load(bv)));
     }
     for i in n..x.len() {
         y[i] = x[i].mul_add(s, -m).mul_add(a, c).mul_add(g[i], beta[i]);
@@ -439,20 +479,26 @@ pub(crate) fn sum_gdy_gdxm_dev(dy: &[f32], x: &[f32], g: &[f32], m: f32) -> (f64
     let mut s3 = [f32x8::ZERO; 2];
     // Same order of operations as `sum_dy_dxm_dev` (pairs, then one register, then scalar).
     let n2 = x.len() / (2 * LANES) * (2 * LANES);
-    for i in (0..n2).step_by(2 * LANES) {
+    let pairs = dy[..n2]
+        .chunks_exact(2 * LANES)
+        .zip(g[..n2].chunks_exact(2 * LANES));
+    for ((d, gv), v) in pairs.zip(x[..n2].chunks_exact(2 * LANES)) {
         for k in 0..2 {
-            let j = i + k * LANES;
-            let gd = load(&dy[j..]) * load(&g[j..]);
-            let e = load(&x[j..]) - mv;
+            let j = k * LANES;
+            let gd = load(&d[j..]) * load(&gv[j..]);
+            let e = load(&v[j..]) - mv;
             s1[k] += gd;
             s2[k] = gd.mul_add(e, s2[k]);
             s3[k] += e;
         }
     }
     let n1 = x.len() / LANES * LANES;
-    for i in (n2..n1).step_by(LANES) {
-        let gd = load(&dy[i..]) * load(&g[i..]);
-        let e = load(&x[i..]) - mv;
+    let lanes = dy[n2..n1]
+        .chunks_exact(LANES)
+        .zip(g[n2..n1].chunks_exact(LANES));
+    for ((d, gv), v) in lanes.zip(x[n2..n1].chunks_exact(LANES)) {
+        let gd = load(d) * load(gv);
+        let e = load(v) - mv;
         s1[0] += gd;
         s2[0] = gd.mul_add(e, s2[0]);
         s3[0] += e;
@@ -507,12 +553,11 @@ fn gdy_xm_affine_to<P: Put>(
         f32x8::splat(c),
     );
     let n = x.len() / LANES * LANES;
-    for i in (0..n).step_by(LANES) {
-        let gd = load(&dy[i..]) * load(&g[i..]);
-        P::put(
-            &mut dx[i..],
-            gd.mul_add(av, (load(&x[i..]) - mv).mul_add(bv, cv)),
-        );
+    let lanes = dy[..n].chunks_exact(LANES).zip(g[..n].chunks_exact(LANES));
+    let lanes = lanes.zip(x[..n].chunks_exact(LANES));
+    for (((d, gv), v), o) in lanes.zip(dx[..n].chunks_exact_mut(LANES)) {
+        let gd = load(d) * load(gv);
+        P::put(o, gd.mul_add(av, (load(v) - mv).mul_add(bv, cv)));
     }
     for i in n..x.len() {
         dx[i] = (dy[i] * g[i]).mul_add(a, (x[i] - m).mul_add(b, c));
@@ -531,12 +576,16 @@ pub(crate) fn acc_dgamma_dbeta(
     debug_assert!(dy.len() == x.len() && x.len() == dgamma.len() && x.len() == dbeta.len());
     let (mv, rv, cv) = (f32x8::splat(m), f32x8::splat(r), f32x8::splat(c));
     let n = x.len() / LANES * LANES;
-    for i in (0..n).step_by(LANES) {
-        let d = load(&dy[i..]);
-        let g = d.mul_add((load(&x[i..]) - mv).mul_add(rv, cv), load(&dgamma[i..]));
-        store(&mut dgamma[i..], g);
-        let b = d + load(&dbeta[i..]);
-        store(&mut dbeta[i..], b);
+    let lanes = dy[..n].chunks_exact(LANES).zip(x[..n].chunks_exact(LANES));
+    let outs = dgamma[..n]
+        .chunks_exact_mut(LANES)
+        .zip(dbeta[..n].chunks_exact_mut(LANES));
+    for ((dv, v), (dg, db)) in lanes.zip(outs) {
+        let d = load(dv);
+        let g = d.mul_add((load(v) - mv).mul_add(rv, cv), load(dg));
+        store(dg, g);
+        let b = d + load(db);
+        store(db, b);
     }
     for i in n..x.len() {
         dgamma[i] = dy[i].mul_add((x[i] - m).mul_add(r, c), dgamma[i]);
@@ -555,9 +604,11 @@ pub(crate) fn sum_dy_dxm_dev(dy: &[f32], x: &[f32], m: f32) -> (f64, f64, f64) {
     let mut s1 = [f32x8::ZERO; 2];
     let mut s2 = [f32x8::ZERO; 2];
     let mut s3 = [f32x8::ZERO; 2];
-    let mut pd = dy.chunks_exact(2 * LANES);
-    let mut px = x.chunks_exact(2 * LANES);
-    for (d, v) in (&mut pd).zip(&mut px) {
+    let n2 = x.len() / (2 * LANES) * (2 * LANES);
+    for (d, v) in dy[..n2]
+        .chunks_exact(2 * LANES)
+        .zip(x[..n2].chunks_exact(2 * LANES))
+    {
         for k in 0..2 {
             let g = load(&d[k * LANES..]);
             let e = load(&v[k * LANES..]) - mv;
@@ -566,9 +617,11 @@ pub(crate) fn sum_dy_dxm_dev(dy: &[f32], x: &[f32], m: f32) -> (f64, f64, f64) {
             s3[k] += e;
         }
     }
-    let mut od = pd.remainder().chunks_exact(LANES);
-    let mut ox = px.remainder().chunks_exact(LANES);
-    for (d, v) in (&mut od).zip(&mut ox) {
+    let n1 = x.len() / LANES * LANES;
+    for (d, v) in dy[n2..n1]
+        .chunks_exact(LANES)
+        .zip(x[n2..n1].chunks_exact(LANES))
+    {
         let g = load(d);
         let e = load(v) - mv;
         s1[0] += g;
@@ -576,7 +629,7 @@ pub(crate) fn sum_dy_dxm_dev(dy: &[f32], x: &[f32], m: f32) -> (f64, f64, f64) {
         s3[0] += e;
     }
     let (mut t1, mut t2, mut t3) = (0.0f64, 0.0f64, 0.0f64);
-    for (&d, &v) in od.remainder().iter().zip(ox.remainder()) {
+    for (&d, &v) in dy[n1..].iter().zip(&x[n1..]) {
         let e = (v - m) as f64;
         t1 += d as f64;
         t2 += d as f64 * e;

@@ -40,13 +40,22 @@ pub(crate) enum AffineLayout {
 /// tile `[s, s + len)` of a group, with `[lo, hi)` the overlap relative to the tile.
 #[inline(always)]
 fn for_each_plane(s: usize, len: usize, hw: usize, mut f: impl FnMut(usize, usize, usize)) {
+    planes(s, len, hw).for_each(|(k, lo, hi)| f(k, lo, hi));
+}
+
+/// The `(k, lo, hi)` that [`for_each_plane`] visits, as an iterator.
+#[inline(always)]
+fn planes(s: usize, len: usize, hw: usize) -> impl Iterator<Item = (usize, usize, usize)> {
     let mut lo = 0;
-    while lo < len {
-        let k = (s + lo) / hw;
-        let hi = ((k + 1) * hw - s).min(len);
-        f(k, lo, hi);
-        lo = hi;
-    }
+    std::iter::from_fn(move || {
+        (lo < len).then(|| {
+            let k = (s + lo) / hw;
+            let hi = ((k + 1) * hw - s).min(len);
+            let piece = (k, lo, hi);
+            lo = hi;
+            piece
+        })
+    })
 }
 
 /// The moments of a group, as saved: `(pivot mean, rstd)` in f32 plus the exact moments.
@@ -99,13 +108,13 @@ pub(crate) fn forward_groups(
                 }
                 (Some(a), AffineLayout::PerChannel { groups, hw }) => {
                     let c0 = (gi % groups) * (len / hw);
-                    for_each_plane(s, xu.len(), hw, |k, lo, hi| {
+                    let pieces = planes(s, xu.len(), hw).map(|(k, lo, hi)| {
                         let (g, beta) = (a.gamma[c0 + k] as f64, a.beta[c0 + k] as f64);
                         let (sa, sb) = fold_affine(p, mom.mean, rs, g, beta);
-                        let (xp, yp) = (&xu[lo..hi], &mut yu[lo..hi]);
-                        let ahead = next.get(s + lo..s + hi).unwrap_or(&[]);
-                        simd::center_scale_shift_ahead(xp, yp, (ctr, sa, sb), (ahead, sink));
+                        (lo, hi, sa, sb)
                     });
+                    let ahead = next.get(s..s + xu.len()).unwrap_or(&[]);
+                    simd::center_scale_shift_pieces(xu, yu, (ctr, pieces), (ahead, sink));
                 }
             }
         };
@@ -159,30 +168,29 @@ pub(crate) fn backward_groups_per_channel(
         let (m, r) = (mean[gi], rstd[gi]);
         let c0 = (gi % groups) * cpg;
         // Pass 1: per-plane partial sums of each tile, merged in tile order.
-        let tile_sums = |t: usize, (du, xu): (&[f32], &[f32])| {
-            let mut out = Vec::with_capacity(2);
-            for_each_plane(t * TILE, xu.len(), hw, |_, lo, hi| {
-                out.push(slice_sums(&du[lo..hi], &xu[lo..hi], m));
-            });
-            out
-        };
-        let parts: Vec<Vec<Sums>> = if inner {
-            dyg.par_chunks(TILE)
+        if inner {
+            let tile_sums = |t: usize, (du, xu): (&[f32], &[f32])| {
+                let mut out = Vec::with_capacity(2);
+                for_each_plane(t * TILE, xu.len(), hw, |k, lo, hi| {
+                    out.push((k, slice_sums(&du[lo..hi], &xu[lo..hi], m)));
+                });
+                out
+            };
+            let parts: Vec<Vec<(usize, Sums)>> = dyg
+                .par_chunks(TILE)
                 .zip(xg.par_chunks(TILE))
                 .enumerate()
                 .map(|(t, p)| tile_sums(t, p))
-                .collect()
+                .collect();
+            for (k, s) in parts.into_iter().flatten() {
+                sg[k] = add_sums(sg[k], s);
+            }
         } else {
-            dyg.chunks(TILE)
-                .zip(xg.chunks(TILE))
-                .enumerate()
-                .map(|(t, p)| tile_sums(t, p))
-                .collect()
-        };
-        for (t, p) in parts.iter().enumerate() {
-            let k0 = t * TILE / hw;
-            for (j, &s) in p.iter().enumerate() {
-                sg[k0 + j] = add_sums(sg[k0 + j], s);
+            // The same merges in the same order, without a vector per group.
+            for (t, (du, xu)) in dyg.chunks(TILE).zip(xg.chunks(TILE)).enumerate() {
+                for_each_plane(t * TILE, xu.len(), hw, |k, lo, hi| {
+                    sg[k] = add_sums(sg[k], slice_sums(&du[lo..hi], &xu[lo..hi], m));
+                });
             }
         }
         let gam = |k: usize| gamma.map_or(1.0, |g| g[c0 + k] as f64);
