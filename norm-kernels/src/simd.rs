@@ -581,16 +581,89 @@ pub(crate) fn acc_dgamma_dbeta(
         .chunks_exact_mut(LANES)
         .zip(dbeta[..n].chunks_exact_mut(LANES));
     for ((dv, v), (dg, db)) in lanes.zip(outs) {
-        let d = load(dv);
-        let g = d.mul_add((load(v) - mv).mul_add(rv, cv), load(dg));
-        store(dg, g);
-        let b = d + load(db);
-        store(db, b);
+        acc_lanes(load(dv), load(v) - mv, (rv, cv), (dg, db));
     }
-    for i in n..x.len() {
+    acc_tail(
+        (&dy[n..], &x[n..]),
+        (m, r, c),
+        (&mut dgamma[n..], &mut dbeta[n..]),
+    );
+}
+
+/// One vector of [`acc_dgamma_dbeta`], from `dy` and `x - m`.
+#[inline(always)]
+fn acc_lanes(d: f32x8, e: f32x8, (rv, cv): (f32x8, f32x8), (dg, db): (&mut [f32], &mut [f32])) {
+    store(dg, d.mul_add(e.mul_add(rv, cv), load(dg)));
+    store(db, d + load(db));
+}
+
+/// [`acc_dgamma_dbeta`] element by element (a tail shorter than a vector).
+#[inline(always)]
+fn acc_tail(
+    (dy, x): (&[f32], &[f32]),
+    (m, r, c): (f32, f32, f32),
+    (dgamma, dbeta): (&mut [f32], &mut [f32]),
+) {
+    for i in 0..x.len() {
         dgamma[i] = dy[i].mul_add((x[i] - m).mul_add(r, c), dgamma[i]);
         dbeta[i] += dy[i];
     }
+}
+
+/// [`gdy_xm_affine`] and [`acc_dgamma_dbeta`] (with `r`, `c` of `rc`) in one read of `dy`, `x`:
+/// LayerNorm's second backward pass when it has `γ` and asks for `dγ`, `dβ`. The same bits as
+/// the two calls.
+#[inline(always)]
+pub(crate) fn gdy_xm_affine_acc(
+    (dy, g): (&[f32], &[f32]),
+    x: &[f32],
+    dx: &mut [f32],
+    (m, abc): (f32, (f32, f32, f32)),
+    (rc, dgamma, dbeta): ((f32, f32), &mut [f32], &mut [f32]),
+    sink: Sink,
+) {
+    debug_assert!(dy.len() == x.len() && x.len() == dx.len() && x.len() == g.len());
+    debug_assert!(x.len() == dgamma.len() && x.len() == dbeta.len());
+    by_sink!(sink, dx, |lo, hi, P| gdy_xm_affine_acc_to::<P>(
+        (&dy[lo..hi], &g[lo..hi], &x[lo..hi]),
+        &mut dx[lo..hi],
+        (m, abc, rc),
+        (&mut dgamma[lo..hi], &mut dbeta[lo..hi])
+    ))
+}
+
+#[inline(always)]
+fn gdy_xm_affine_acc_to<P: Put>(
+    (dy, g, x): (&[f32], &[f32], &[f32]),
+    dx: &mut [f32],
+    (m, (a, b, c), (r, rc)): (f32, (f32, f32, f32), (f32, f32)),
+    (dgamma, dbeta): (&mut [f32], &mut [f32]),
+) {
+    let (mv, av, bv, cv) = (
+        f32x8::splat(m),
+        f32x8::splat(a),
+        f32x8::splat(b),
+        f32x8::splat(c),
+    );
+    let (rv, rcv) = (f32x8::splat(r), f32x8::splat(rc));
+    let n = x.len() / LANES * LANES;
+    let ins = dy[..n].chunks_exact(LANES).zip(g[..n].chunks_exact(LANES));
+    let ins = ins.zip(x[..n].chunks_exact(LANES));
+    let outs = dgamma[..n]
+        .chunks_exact_mut(LANES)
+        .zip(dbeta[..n].chunks_exact_mut(LANES));
+    let outs = dx[..n].chunks_exact_mut(LANES).zip(outs);
+    for (((d, gv), v), (o, acc)) in ins.zip(outs) {
+        let (d, e) = (load(d), load(v) - mv);
+        P::put(o, (d * load(gv)).mul_add(av, e.mul_add(bv, cv)));
+        acc_lanes(d, e, (rv, rcv), acc);
+    }
+    gdy_xm_affine_to::<P>((&dy[n..], &g[n..]), &x[n..], &mut dx[n..], m, (a, b, c));
+    acc_tail(
+        (&dy[n..], &x[n..]),
+        (m, r, rc),
+        (&mut dgamma[n..], &mut dbeta[n..]),
+    );
 }
 
 /// `(Σ dy, Σ dy·(x - m), Σ (x - m))`: the backward reductions with the mean subtracted in f32
@@ -791,6 +864,41 @@ mod tests {
                     f(Sink::Streamed, xs, ds, gs, bs, &mut b[r.clone()]);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&a), bits(&b), "{name} start={start} len={len}");
+                }
+            }
+        }
+    }
+
+    /// The fused LayerNorm pass writes the bits of `gdy_xm_affine` then `acc_dgamma_dbeta`,
+    /// cached or streamed, wherever the slices start.
+    #[test]
+    fn fused_dx_and_affine_grads_equal_the_two_calls() {
+        let n = 300;
+        let (x, dy, g) = (data(n, 1000.0), data(n, 0.3), data(n, 0.9));
+        let (mabc, (r, c)) = ((1000.01, (0.7, -1.1, 0.3)), (0.8, 0.05));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for sink in [Sink::Cached, Sink::Streamed] {
+            for start in 0..9 {
+                for len in [0, 1, 5, 8, 17, 64, 200] {
+                    let w = start..start + len;
+                    let (xs, ds, gs) = (&x[w.clone()], &dy[w.clone()], &g[w]);
+                    let (mut dx1, mut dg1, mut db1) =
+                        (vec![0.0; len], data(len, 0.5), data(len, -0.5));
+                    let (mut dx2, mut dg2, mut db2) = (dx1.clone(), dg1.clone(), db1.clone());
+                    gdy_xm_affine((ds, gs), xs, &mut dx1, mabc, sink);
+                    acc_dgamma_dbeta((ds, xs), (mabc.0, r, c), &mut dg1, &mut db1);
+                    gdy_xm_affine_acc(
+                        (ds, gs),
+                        xs,
+                        &mut dx2,
+                        mabc,
+                        ((r, c), &mut dg2, &mut db2),
+                        sink,
+                    );
+                    let what = format!("{sink:?} start={start} len={len}");
+                    assert_eq!(bits(&dx1), bits(&dx2), "dx {what}");
+                    assert_eq!(bits(&dg1), bits(&dg2), "dgamma {what}");
+                    assert_eq!(bits(&db1), bits(&db2), "dbeta {what}");
                 }
             }
         }

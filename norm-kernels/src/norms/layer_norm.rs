@@ -259,15 +259,21 @@ pub fn layer_norm_backward(
         for (k, dxk) in dxs.into_iter().enumerate() {
             let (xk, dyk) = piece(k, s, dxk.len());
             let ((m, r), ((b, c), er)) = ((mean[k], rstd[k]), coef[k]);
-            match gamma {
-                None => simd::dy_xm_affine((dyk, xk), dxk, (m, (r, b, c)), sink),
-                Some(g) => {
+            let mabc = (m, (r, b, c));
+            match (gamma, acc.as_mut()) {
+                (Some(g), Some((dg, db))) => {
                     let gdy = (dyk, &g[s..s + xk.len()]);
-                    simd::gdy_xm_affine(gdy, xk, dxk, (m, (r, b, c)), sink)
+                    simd::gdy_xm_affine_acc(gdy, xk, dxk, mabc, ((r, er), dg, db), sink)
                 }
-            }
-            if let Some((dg, db)) = acc.as_mut() {
-                simd::acc_dgamma_dbeta((dyk, xk), (m, r, er), dg, db);
+                (Some(g), None) => {
+                    simd::gdy_xm_affine((dyk, &g[s..s + xk.len()]), xk, dxk, mabc, sink)
+                }
+                (None, acc) => {
+                    simd::dy_xm_affine((dyk, xk), dxk, mabc, sink);
+                    if let Some((dg, db)) = acc {
+                        simd::acc_dgamma_dbeta((dyk, xk), (m, r, er), dg, db);
+                    }
+                }
             }
         }
     });
