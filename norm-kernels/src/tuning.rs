@@ -148,6 +148,14 @@ impl Tuning {
         }
     }
 
+    /// Column strips per band of a walk over `strips` [`STRIP`]s whose per-column state
+    /// (`bytes` per element: LayerNorm's `γ`, `dγ`, `dβ`) stays in L2 while every sample's piece
+    /// of the band goes by, so each sample is read in runs of a band, not hops of a strip. At
+    /// most a quarter of the strips, so that the pool still has bands to share.
+    pub(crate) fn strips_per_band(&self, strips: usize, bytes: usize) -> usize {
+        (self.l2_reuse / (bytes * STRIP)).clamp(1, (strips / 4).max(1))
+    }
+
     /// How a kernel writes an output of `len` f32.
     #[inline]
     pub(crate) fn sink(&self, len: usize) -> Sink {

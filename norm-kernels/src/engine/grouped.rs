@@ -255,15 +255,16 @@ pub(crate) fn backward_groups_per_channel(
     }
 }
 
-/// Splits `buf` (samples of `len` elements) into column strips of [`STRIP`]: entry `j` holds
-/// strip `j` of every sample, in sample order.
-pub(crate) fn column_strips(buf: &mut [f32], len: usize) -> Vec<Vec<&mut [f32]>> {
+/// Splits `buf` (samples of `len` elements) into column strips `width` wide (a multiple of
+/// [`STRIP`]): entry `j` holds strip `j` of every sample, in sample order.
+pub(crate) fn column_strips(buf: &mut [f32], len: usize, width: usize) -> Vec<Vec<&mut [f32]>> {
+    debug_assert!(width.is_multiple_of(STRIP));
     let samples = buf.len() / len;
-    let mut strips: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(STRIP))
+    let mut strips: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(width))
         .map(|_| Vec::with_capacity(samples))
         .collect();
     for sample in buf.chunks_mut(len) {
-        for (j, piece) in sample.chunks_mut(STRIP).enumerate() {
+        for (j, piece) in sample.chunks_mut(width).enumerate() {
             strips[j].push(piece);
         }
     }

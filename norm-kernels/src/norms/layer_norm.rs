@@ -34,8 +34,11 @@
 //!   *By strip*: the statistics of every sample, then `y = ((x - μ)·r)·γ + β` strip by strip —
 //!   right when everything fits in the last-level cache anyway (each strip of `γ`, `β` is then
 //!   read once), or when not even one sample and the parameters fit.
-//! * **Backward**, two passes over strips. Pass 1 reads `x`, `dy`, `γ` and keeps, per strip and
-//!   sample, `(Σ dy·γ, Σ dy·γ·(x-μ), Σ (x-μ))`. Each sample's sums are merged in strip order into
+//! * **Backward**, two passes over bands of strips: a task takes a band (as many strips as keep
+//!   its `γ`, `dγ`, `dβ` in L2, from the detected caches) and walks it sample by sample, so each
+//!   sample is read in runs of a band rather than hops of one strip between samples (which
+//!   starved the hardware prefetchers once the batch outgrew the L3). Pass 1 reads `x`, `dy`,
+//!   `γ` and keeps, per strip and sample, `(Σ dy·γ, Σ dy·γ·(x-μ), Σ (x-μ))`. Each sample's sums are merged in strip order into
 //!   its `dx` coefficients and the correction of its saved mean's rounding. Pass 2 reads `x`,
 //!   `dy`, `γ` again, writes `dx` and accumulates `dγ`, `dβ` in sample order (they need the
 //!   correction, known only after pass 1).
@@ -159,8 +162,10 @@ fn forward_walk(
         (mom.center(), rs as f32, ((p as f64 - mom.mean) * rs) as f32)
     });
     let sink = tuning().sink(y.len());
-    let strips: Vec<(usize, Vec<&mut [f32]>)> =
-        column_strips(y, len).into_iter().enumerate().collect();
+    let strips: Vec<(usize, Vec<&mut [f32]>)> = column_strips(y, len, STRIP)
+        .into_iter()
+        .enumerate()
+        .collect();
     run(par, strips, shape.n * STRIP, |(j, ys)| {
         let s = j * STRIP;
         for (k, yk) in ys.into_iter().enumerate() {
@@ -208,19 +213,23 @@ pub fn layer_norm_backward(
     let (len, n) = (shape.chw(), shape.n);
     let piece = |k: usize, s: usize, w: usize| (&x[k * len + s..][..w], &dy[k * len + s..][..w]);
 
-    // Pass 1: per strip and sample, (Σ dy·γ, Σ dy·γ·(x - μ), Σ (x - μ)).
+    // Pass 1: per strip and sample, (Σ dy·γ, Σ dy·γ·(x - μ), Σ (x - μ)); a task walks a band
+    // of strips sample by sample (the band from the caches, the sums per strip as ever).
     let strips = len.div_ceil(STRIP);
+    let band = tuning().strips_per_band(strips, 3 * 4);
     let mut sums = vec![(0.0f64, 0.0f64, 0.0f64); strips * n];
-    let tasks: Vec<_> = sums.chunks_mut(n).enumerate().collect();
-    run(par, tasks, n * STRIP, |(j, out)| {
-        let s = j * STRIP;
-        let w = STRIP.min(len - s);
-        for (k, o) in out.iter_mut().enumerate() {
-            let (xk, dyk) = piece(k, s, w);
-            *o = match gamma {
-                None => slice_sums(dyk, xk, mean[k]),
-                Some(g) => gamma_sums(dyk, xk, &g[s..s + w], mean[k]),
-            };
+    let tasks: Vec<_> = sums.chunks_mut(band * n).enumerate().collect();
+    run(par, tasks, band * n * STRIP, |(b, out)| {
+        for k in 0..n {
+            for (i, row) in out.chunks_mut(n).enumerate() {
+                let s = (b * band + i) * STRIP;
+                let w = STRIP.min(len - s);
+                let (xk, dyk) = piece(k, s, w);
+                row[k] = match gamma {
+                    None => slice_sums(dyk, xk, mean[k]),
+                    Some(g) => gamma_sums(dyk, xk, &g[s..s + w], mean[k]),
+                };
+            }
         }
     });
     // Per sample, merged in strip order: the dx coefficients and the mean's correction e·r.
@@ -235,23 +244,24 @@ pub fn layer_norm_backward(
         })
         .collect();
 
-    // Pass 2: dx = dy·γ·r + (x - μ)·b + c strip by strip, and in the same read dγ, dβ in sample
-    // order (each strip of them written once).
+    // Pass 2: dx = dy·γ·r + (x - μ)·b + c band by band, and in the same read dγ, dβ in sample
+    // order (each band of them written once; elementwise, so the band changes no bit).
+    let width = band * STRIP;
     type Acc<'a> = Option<(&'a mut [f32], &'a mut [f32])>;
     let accs: Vec<Acc<'_>> = match affine {
-        Some(g) => (g.dgamma.chunks_mut(STRIP).zip(g.dbeta.chunks_mut(STRIP)))
+        Some(g) => (g.dgamma.chunks_mut(width).zip(g.dbeta.chunks_mut(width)))
             .map(Some)
             .collect(),
-        None => (0..strips).map(|_| None).collect(),
+        None => (0..len.div_ceil(width)).map(|_| None).collect(),
     };
     let sink = tuning().sink(dx.len());
-    let tasks: Vec<_> = column_strips(dx, len)
+    let tasks: Vec<_> = column_strips(dx, len, width)
         .into_iter()
         .zip(accs)
         .enumerate()
         .collect();
-    run(par, tasks, n * STRIP, |(j, (dxs, mut acc))| {
-        let s = j * STRIP;
+    run(par, tasks, n * width, |(j, (dxs, mut acc))| {
+        let s = j * width;
         if let Some((dg, db)) = acc.as_mut() {
             dg.fill(0.0);
             db.fill(0.0);
