@@ -556,12 +556,20 @@ fn gdy_xm_affine_to<P: Put>(
     let lanes = dy[..n].chunks_exact(LANES).zip(g[..n].chunks_exact(LANES));
     let lanes = lanes.zip(x[..n].chunks_exact(LANES));
     for (((d, gv), v), o) in lanes.zip(dx[..n].chunks_exact_mut(LANES)) {
-        let gd = load(d) * load(gv);
-        P::put(o, gd.mul_add(av, (load(v) - mv).mul_add(bv, cv)));
+        P::put(
+            o,
+            gdy_xm_lanes(load(d), load(gv), load(v) - mv, (av, bv, cv)),
+        );
     }
     for i in n..x.len() {
         dx[i] = (dy[i] * g[i]).mul_add(a, (x[i] - m).mul_add(b, c));
     }
+}
+
+/// One vector of [`gdy_xm_affine`], from `dy`, `g` and `x - m`.
+#[inline(always)]
+fn gdy_xm_lanes(d: f32x8, g: f32x8, e: f32x8, (av, bv, cv): (f32x8, f32x8, f32x8)) -> f32x8 {
+    (d * g).mul_add(av, e.mul_add(bv, cv))
 }
 
 /// `dgamma += dy·((x - m)·r + c)`, `dbeta += dy` elementwise: one sample's contribution to
@@ -655,7 +663,7 @@ fn gdy_xm_affine_acc_to<P: Put>(
     let outs = dx[..n].chunks_exact_mut(LANES).zip(outs);
     for (((d, gv), v), (o, acc)) in ins.zip(outs) {
         let (d, e) = (load(d), load(v) - mv);
-        P::put(o, (d * load(gv)).mul_add(av, e.mul_add(bv, cv)));
+        P::put(o, gdy_xm_lanes(d, load(gv), e, (av, bv, cv)));
         acc_lanes(d, e, (rv, rcv), acc);
     }
     gdy_xm_affine_to::<P>((&dy[n..], &g[n..]), &x[n..], &mut dx[n..], m, (a, b, c));

@@ -9,8 +9,9 @@
 //!   chosen so that the smallest caches the project runs on (32 KiB L1d, 512 KiB L2) hold them.
 //! * **The walk** ([`Tuning`]) decides only who computes what and in which order the memory is
 //!   visited: rayon task sizes, when to spread the work inside one item, how many strips a task
-//!   walks sample by sample, and whether parameters or a slab stay in cache between two passes. It is derived from the caches of the machine
-//!   the code runs on ([`CacheSizes::detect`]), read once per process.
+//!   walks sample by sample, and whether parameters or a slab stay in cache between two passes.
+//!   It is derived from the caches of the machine the code runs on ([`CacheSizes::detect`]),
+//!   read once per process.
 //!
 //! Cache sizes come from Linux's `/sys/devices/system/cpu/cpu0/cache/`, else a fallback
 //! ([`CacheSizes::FALLBACK`], a Zen3 core: the smallest the project runs on). The environment

@@ -36,14 +36,8 @@ pub(crate) enum AffineLayout {
     PerElement,
 }
 
-/// Calls `f(k, lo, hi)` for each channel plane `k` (relative to the group) that overlaps the
-/// tile `[s, s + len)` of a group, with `[lo, hi)` the overlap relative to the tile.
-#[inline(always)]
-fn for_each_plane(s: usize, len: usize, hw: usize, mut f: impl FnMut(usize, usize, usize)) {
-    planes(s, len, hw).for_each(|(k, lo, hi)| f(k, lo, hi));
-}
-
-/// The `(k, lo, hi)` that [`for_each_plane`] visits, as an iterator.
+/// Each channel plane `k` (relative to the group) that overlaps the tile `[s, s + len)` of a
+/// group, as `(k, lo, hi)` with `[lo, hi)` the overlap relative to the tile.
 #[inline(always)]
 fn planes(s: usize, len: usize, hw: usize) -> impl Iterator<Item = (usize, usize, usize)> {
     let mut lo = 0;
@@ -170,11 +164,9 @@ pub(crate) fn backward_groups_per_channel(
         // Pass 1: per-plane partial sums of each tile, merged in tile order.
         if inner {
             let tile_sums = |t: usize, (du, xu): (&[f32], &[f32])| {
-                let mut out = Vec::with_capacity(2);
-                for_each_plane(t * TILE, xu.len(), hw, |k, lo, hi| {
-                    out.push((k, slice_sums(&du[lo..hi], &xu[lo..hi], m)));
-                });
-                out
+                planes(t * TILE, xu.len(), hw)
+                    .map(|(k, lo, hi)| (k, slice_sums(&du[lo..hi], &xu[lo..hi], m)))
+                    .collect::<Vec<_>>()
             };
             let parts: Vec<Vec<(usize, Sums)>> = dyg
                 .par_chunks(TILE)
@@ -188,9 +180,9 @@ pub(crate) fn backward_groups_per_channel(
         } else {
             // The same merges in the same order, without a vector per group.
             for (t, (du, xu)) in dyg.chunks(TILE).zip(xg.chunks(TILE)).enumerate() {
-                for_each_plane(t * TILE, xu.len(), hw, |k, lo, hi| {
+                for (k, lo, hi) in planes(t * TILE, xu.len(), hw) {
                     sg[k] = add_sums(sg[k], slice_sums(&du[lo..hi], &xu[lo..hi], m));
-                });
+                }
             }
         }
         let gam = |k: usize| gamma.map_or(1.0, |g| g[c0 + k] as f64);
@@ -200,11 +192,11 @@ pub(crate) fn backward_groups_per_channel(
         let ((_, b, c), _) = dx_coefs(weighted, len as f64, r as f64, 1.0);
         // Pass 2: dx, on the slab just read (still in cache).
         let tile = |t: usize, (du, (xu, dyu)): (&mut [f32], (&[f32], &[f32]))| {
-            for_each_plane(t * TILE, xu.len(), hw, |k, lo, hi| {
+            for (k, lo, hi) in planes(t * TILE, xu.len(), hw) {
                 let a = (gam(k) * r as f64) as f32;
                 let (dyx, du) = ((&dyu[lo..hi], &xu[lo..hi]), &mut du[lo..hi]);
                 simd::dy_xm_affine(dyx, du, (m, (a, b, c)), sink);
-            });
+            }
         };
         if inner {
             dxg.par_chunks_mut(TILE)

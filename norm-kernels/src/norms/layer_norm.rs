@@ -38,10 +38,10 @@
 //!   its `γ`, `dγ`, `dβ` in L2, from the detected caches) and walks it sample by sample, so each
 //!   sample is read in runs of a band rather than hops of one strip between samples (which
 //!   starved the hardware prefetchers once the batch outgrew the L3). Pass 1 reads `x`, `dy`,
-//!   `γ` and keeps, per strip and sample, `(Σ dy·γ, Σ dy·γ·(x-μ), Σ (x-μ))`. Each sample's sums are merged in strip order into
-//!   its `dx` coefficients and the correction of its saved mean's rounding. Pass 2 reads `x`,
-//!   `dy`, `γ` again, writes `dx` and accumulates `dγ`, `dβ` in sample order (they need the
-//!   correction, known only after pass 1).
+//!   `γ` and keeps, per strip and sample, `(Σ dy·γ, Σ dy·γ·(x-μ), Σ (x-μ))`. Each sample's sums
+//!   are merged in strip order into its `dx` coefficients and the correction of its saved
+//!   mean's rounding. Pass 2 reads `x`, `dy`, `γ` again, writes `dx` and accumulates `dγ`, `dβ`
+//!   in sample order (they need the correction, known only after pass 1).
 //!
 //! Strips are fixed by the shape and every sum is merged in index order, so results are
 //! bit-identical for any number of threads.
