@@ -156,6 +156,13 @@ pub(crate) fn from_vec<S: Shape>(
 /// thread count; elementwise results would not anyway).
 pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
+/// `max(v, 0)`, with `+0` for every non-positive `v` and NaN. (`f32::max(-0.0, 0.0)` may return
+/// either zero, and the vectorised and scalar forms of one loop differ in which.)
+#[inline(always)]
+pub(crate) fn relu(v: f32) -> f32 {
+    if v > 0.0 { v } else { 0.0 }
+}
+
 /// `dst += src` elementwise, over rayon for large buffers.
 pub(crate) fn add_assign(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len());

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::{
     BufferPool, ELEMENTWISE_CHUNK, Shape1, Shape4, acc_grad,
-    pool::{max_pool2_backward, max_pool2_forward},
+    pool::{relu_max_pool2_backward, relu_max_pool2_forward},
     put_grad, read, take_grad, write,
 };
 use crate::TrainError;
@@ -165,34 +165,32 @@ pub fn norm<T: Tape<f32, Cpu> + Merge<T>>(
             None
         }
     };
-    if relu {
-        ys.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
-    }
-    let (out, arg) = if post == Post::ReluMaxPool2 {
+    let (out, arg, ys) = if post == Post::ReluMaxPool2 {
+        // The ReLU inside the pool's pass; its mask lives on in `arg`.
         let out_len = n * c * (h / 2) * (w / 2);
         let (mut ps, mut arg) = (pool.take(out_len), index_pool.take(out_len));
-        max_pool2_forward(n * c, h, w, &ys, &mut ps, &mut arg);
-        (
-            write(&dev, (n, c, h / 2, w / 2), &ps).map_err(tensor)?,
-            Some(arg),
-        )
+        relu_max_pool2_forward(n * c, h, w, &ys, &mut ps, &mut arg);
+        let out = write(&dev, (n, c, h / 2, w / 2), &ps).map_err(tensor)?;
+        (out, Some(arg), None)
     } else {
-        (write(&dev, *x.shape(), &ys).map_err(tensor)?, None)
+        if relu {
+            ys.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = super::relu(*v)));
+        }
+        let out = write(&dev, *x.shape(), &ys).map_err(tensor)?;
+        (out, None, relu.then_some(ys))
     };
-    let ys = relu.then_some(ys);
     if T::OWNS_TAPE {
         let (x_g, out_g) = (x.ghost(), out.ghost());
         let ab_g = affine_t.as_ref().map(|(g, b)| (g.ghost(), b.ghost()));
         let pool = pool.clone();
         tape.add_backward_op(move |grads| {
             let dy_out = take_grad!(grads, out_g);
-            // Back through the pool (to a full-size gradient), then the ReLU: dy · [y > 0].
+            // Back through the pool and its ReLU (to a full-size gradient), or the ReLU alone:
+            // dy · [y > 0].
             let unpooled = arg.as_ref().map(|arg| {
                 let mut d = pool.take(shape.len());
-                d.par_chunks_mut(ELEMENTWISE_CHUNK)
-                    .for_each(|d| d.fill(0.0));
-                max_pool2_backward(n * c, h, w, arg, &dy_out, &mut d);
+                relu_max_pool2_backward(n * c, h, w, arg, &dy_out, &mut d);
                 d
             });
             let dy_full: &[f32] = unpooled.as_deref().unwrap_or(&dy_out);

@@ -20,7 +20,7 @@ pub fn add_relu_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
         .zip(b.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|((y, a), b)| {
             for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = (a + b).max(0.0);
+                *y = super::relu(a + b);
             }
         });
 }
