@@ -15,6 +15,10 @@ use dfdx::shapes::HasShape;
 use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
 use rayon::prelude::*;
 
+pub(super) use super::lanes::L;
+#[cfg(target_arch = "x86_64")]
+use super::lanes::W16;
+use super::lanes::{Lanes, W8, Width};
 use super::{BufferPool, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
 use crate::error::tensor;
@@ -329,135 +333,14 @@ pub fn conv3x3_backward_gemm(
 // Direct 3×3 kernels: the layers of the study's CNN are small (3→16 at 32×32 up to 32→64 at
 // 8×8), so per-image GEMMs spend much of their time packing operands that are used only
 // H·W times. These kernels read a zero-bordered copy of each input plane (in L1) and keep one
-// register block of outputs in flight: 4 output channels × 3 vectors of 8 pixels for the forward
-// and `dx` (the same kernel on `dy` with the flipped, transposed weights), the 9 taps of one
-// input channel × 8 output channels for `dW`. Every sum runs in an order fixed by the shape alone.
+// register block of outputs in flight: 4 output channels × 3 vectors of 8 pixels (× 4 of 16 with
+// AVX-512) for the forward and `dx` (the same kernel on `dy` with the flipped, transposed
+// weights), the 9 taps of one input channel × 8 (16) output channels for `dW`. Every sum runs in
+// an order fixed by the shape alone, the same for both vector widths ([`Width`]).
 // ---------------------------------------------------------------------------------------------
 
-/// Lanes of one vector of the direct kernels (one AVX2 register of `f32`).
-pub(super) const L: usize = 8;
 /// Output channels per register block of the forward kernel: its weights are broadcast.
 const CO_BLOCK: usize = 4;
-/// Pixel vectors per register block of the forward kernel: `CO_BLOCK × PIX_BLOCK` = 12
-/// accumulators, and 3 + 1 registers for the pixel vectors and a broadcast weight.
-const PIX_BLOCK: usize = 3;
-
-/// One vector of [`L`] lanes for the direct kernels: an AVX register where the build has AVX2
-/// and FMA (x86-64-v3, `.cargo/config.toml`), an array elsewhere. Written with intrinsics: from
-/// plain loops over `[f32; 8]` LLVM rebuilds the overlapping shifted rows of a 3×3 window with
-/// shuffles instead of unaligned loads, and spills the accumulators.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-mod lanes {
-    use std::arch::x86_64::*;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct V(__m256);
-
-    #[inline(always)]
-    pub(super) fn splat(v: f32) -> V {
-        // SAFETY: the build enables AVX (this module's cfg).
-        V(unsafe { _mm256_set1_ps(v) })
-    }
-
-    /// The `L` values of `s` from `at`.
-    ///
-    /// # Safety
-    /// `at + L <= s.len()`. (Checked indexing would put a panic path inside the kernels' loops,
-    /// after which LLVM stores every accumulator back to memory; each caller asserts its
-    /// bounds once, before its loops.)
-    #[inline(always)]
-    pub(super) unsafe fn load(s: &[f32], at: usize) -> V {
-        debug_assert!(at + super::L <= s.len());
-        // SAFETY: in bounds by the caller's contract; unaligned load.
-        unsafe { V(_mm256_loadu_ps(s.as_ptr().add(at))) }
-    }
-
-    /// `s[at]` in every lane, loaded by the broadcast itself (a load, not a shuffle).
-    ///
-    /// # Safety
-    /// `at < s.len()`.
-    #[inline(always)]
-    pub(super) unsafe fn broadcast(s: &[f32], at: usize) -> V {
-        debug_assert!(at < s.len());
-        // SAFETY: in bounds by the caller's contract.
-        unsafe { V(_mm256_broadcast_ss(&*s.as_ptr().add(at))) }
-    }
-
-    /// `a·b + c`, fused.
-    #[inline(always)]
-    pub(super) fn fma(a: V, b: V, c: V) -> V {
-        // SAFETY: the build enables FMA (this module's cfg).
-        V(unsafe { _mm256_fmadd_ps(a.0, b.0, c.0) })
-    }
-
-    #[inline(always)]
-    pub(super) fn add(a: V, b: V) -> V {
-        // SAFETY: the build enables AVX (this module's cfg).
-        V(unsafe { _mm256_add_ps(a.0, b.0) })
-    }
-
-    #[inline(always)]
-    pub(super) fn to_array(v: V) -> [f32; super::L] {
-        let mut out = [0.0f32; super::L];
-        // SAFETY: `out` holds 8 f32; unaligned store.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v.0) };
-        out
-    }
-}
-
-/// The portable twin of the AVX2 `lanes` (same operations lane by lane).
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-mod lanes {
-    use super::L;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct V([f32; L]);
-
-    #[inline(always)]
-    pub(super) fn splat(v: f32) -> V {
-        V([v; L])
-    }
-
-    /// # Safety
-    /// `at + L <= s.len()` (checked here all the same).
-    #[inline(always)]
-    pub(super) unsafe fn load(s: &[f32], at: usize) -> V {
-        V(s[at..at + L].try_into().unwrap())
-    }
-
-    /// # Safety
-    /// `at < s.len()` (checked here all the same).
-    #[inline(always)]
-    pub(super) unsafe fn broadcast(s: &[f32], at: usize) -> V {
-        V([s[at]; L])
-    }
-
-    /// `a·b + c` (not fused: without FMA in the build `mul_add` is a library call).
-    #[inline(always)]
-    pub(super) fn fma(a: V, b: V, c: V) -> V {
-        V(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
-    }
-
-    #[inline(always)]
-    pub(super) fn add(a: V, b: V) -> V {
-        V(std::array::from_fn(|l| a.0[l] + b.0[l]))
-    }
-
-    #[inline(always)]
-    pub(super) fn to_array(v: V) -> [f32; L] {
-        v.0
-    }
-}
-
-use lanes::V;
 
 /// The zero-bordered layout of one `h × w` plane: `h + 2` rows of `pitch` values, the pixel
 /// `(y, x)` at `(y + 1)·pitch + x + 1`. `pitch` leaves room for a full vector read at the last
@@ -546,8 +429,10 @@ pub(super) struct Geometry<const T: usize> {
     pub plane: usize,
     /// Pixels of one output plane.
     pub out_plane: usize,
-    /// `(input origin, output offset, lanes)` per vector of [`L`] output pixels.
+    /// `(input origin, output offset, lanes)` per vector of `width.lanes()` output pixels.
     pub vectors: Vec<(usize, usize, usize)>,
+    /// The vectors the kernel runs with.
+    pub width: Width,
     /// The taps' offsets, in summation order (a fixed count, so the kernel's tap loop unrolls
     /// with the weights at fixed places).
     pub taps: [usize; T],
@@ -556,42 +441,74 @@ pub(super) struct Geometry<const T: usize> {
 impl Geometry<9> {
     /// The stride-1 3×3 convolution over [`Padded`] planes: output `(oy, ox)` reads the padded
     /// pixels `(oy + ky, ox + kx)`.
-    fn stride1(pad: Padded) -> Self {
+    /// Rows of a multiple of 16 pixels take the 16-lane vectors where the CPU has them: their
+    /// reads then end inside the row's padding (the pitch is `w + 2`).
+    fn stride1(pad: Padded, width: Width) -> Self {
         let (h, w, pitch) = (pad.h, pad.w, pad.pitch);
         Self {
             plane: pad.plane(),
             out_plane: h * w,
-            vectors: row_vectors(h, w, |oy, ox| oy * pitch + ox),
+            vectors: row_vectors(width.lanes(), (h, w), |oy, ox| oy * pitch + ox),
+            width,
             taps: std::array::from_fn(|t| (t / 3) * pitch + t % 3),
         }
     }
 }
 
-/// The vectors of an `h × w` output, row by row (the last of a row partly past its end), with
-/// their input origins from `origin(oy, ox)`.
+/// The vectors of `lanes` pixels of an `h × w` output, row by row (the last of a row partly past
+/// its end), with their input origins from `origin(oy, ox)`.
 pub(super) fn row_vectors(
-    h: usize,
-    w: usize,
+    lanes: usize,
+    (h, w): (usize, usize),
     origin: impl Fn(usize, usize) -> usize,
 ) -> Vec<(usize, usize, usize)> {
     (0..h)
-        .flat_map(|oy| (0..w).step_by(L).map(move |ox| (oy, ox)))
-        .map(|(oy, ox)| (origin(oy, ox), oy * w + ox, L.min(w - ox)))
+        .flat_map(|oy| (0..w).step_by(lanes).map(move |ox| (oy, ox)))
+        .map(|(oy, ox)| (origin(oy, ox), oy * w + ox, lanes.min(w - ox)))
         .collect()
 }
 
 /// One image of the direct convolution: `y[o, v] (init) Σ_i Σ_t w[o, i, t] · xp[i, v + taps[t]]`
 /// over the padded input `xp` (`c_in` planes of `g.plane`), for `c_out` output planes of
-/// `g.out_plane` in `y`. `packed` is [`pack_weights`].
-///
-/// The image's vectors are taken [`PIX_BLOCK`] at a time; each weight broadcast feeds
-/// `PIX_BLOCK` multiply-adds and each pixel vector [`CO_BLOCK`], as in a GEMM micro-kernel.
+/// `g.out_plane` in `y`. `packed` is [`pack_weights`]. Runs with `g.width`'s vectors.
 pub(super) fn direct_image<const T: usize>(
     g: &Geometry<T>,
-    c_in: usize,
-    c_out: usize,
-    xp: &[f32],
-    packed: &[f32],
+    (c_in, c_out): (usize, usize),
+    (xp, packed): (&[f32], &[f32]),
+    init: Init<'_>,
+    y: &mut [f32],
+) {
+    match g.width {
+        Width::W8 => direct_image_in::<W8, T, 3>(W8, g, (c_in, c_out), (xp, packed), init, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `W16` exists only where the CPU has AVX-512F.
+        Width::W16(v) => unsafe { direct_image_w16(v, g, (c_in, c_out), (xp, packed), init, y) },
+    }
+}
+
+/// [`direct_image_in`] compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn direct_image_w16<const T: usize>(
+    v: W16,
+    g: &Geometry<T>,
+    c: (usize, usize),
+    data: (&[f32], &[f32]),
+    init: Init<'_>,
+    y: &mut [f32],
+) {
+    direct_image_in::<W16, T, 4>(v, g, c, data, init, y);
+}
+
+/// [`direct_image`] with vectors `S`, taking the image's vectors `P` at a time: each weight
+/// broadcast feeds `P` multiply-adds and each pixel vector [`CO_BLOCK`], as in a GEMM
+/// micro-kernel (`4·P` accumulators: 12 of the 16 AVX2 registers, 16 of the 32 AVX-512 ones).
+#[inline(always)]
+fn direct_image_in<S: Lanes, const T: usize, const P: usize>(
+    v: S,
+    g: &Geometry<T>,
+    (c_in, c_out): (usize, usize),
+    (xp, packed): (&[f32], &[f32]),
     init: Init<'_>,
     y: &mut [f32],
 ) {
@@ -602,7 +519,11 @@ pub(super) fn direct_image<const T: usize>(
         xp.len() >= c_in * plane && packed.len() >= c_out.div_ceil(CO_BLOCK) * c_in * T * CO_BLOCK
     );
     let reach = g.taps.iter().copied().max().unwrap_or(0);
-    assert!(g.vectors.iter().all(|v| v.0 + reach + L <= plane));
+    assert!(
+        g.vectors
+            .iter()
+            .all(|u| u.0 + reach + S::L <= plane && u.2 <= S::L)
+    );
     let block_len = c_in * T * CO_BLOCK;
     for (b, wb) in packed
         .chunks_exact(block_len.max(1))
@@ -615,35 +536,32 @@ pub(super) fn direct_image<const T: usize>(
         if let Init::Bias(bias) = init {
             start[..n_o].copy_from_slice(&bias[o0..o0 + n_o]);
         }
-        for group in g.vectors.chunks(PIX_BLOCK) {
+        for group in g.vectors.chunks(P) {
             // A short last group repeats its first vector; the repeats are not stored.
-            let offs: [usize; PIX_BLOCK] =
-                std::array::from_fn(|p| group.get(p).unwrap_or(&group[0]).0);
-            let mut acc: [[V; PIX_BLOCK]; CO_BLOCK] =
-                std::array::from_fn(|o| [lanes::splat(start[o]); PIX_BLOCK]);
+            let offs: [usize; P] = std::array::from_fn(|p| group.get(p).unwrap_or(&group[0]).0);
+            let mut acc: [[S::V; P]; CO_BLOCK] = std::array::from_fn(|o| [v.splat(start[o]); P]);
             for (ci, wci) in wb.chunks_exact(T * CO_BLOCK).enumerate() {
                 let xc = &xp[ci * plane..][..plane];
                 for (&t, wv) in g.taps.iter().zip(wci.chunks_exact(CO_BLOCK)) {
-                    // SAFETY: offs[p] + t + L <= offs[p] + reach + L <= plane = xc.len()
+                    // SAFETY: offs[p] + t + S::L <= offs[p] + reach + S::L <= plane = xc.len()
                     // (asserted for every vector above).
-                    let xv: [V; PIX_BLOCK] =
-                        std::array::from_fn(|p| unsafe { lanes::load(xc, offs[p] + t) });
+                    let xv: [S::V; P] = std::array::from_fn(|p| unsafe { v.load(xc, offs[p] + t) });
                     for (a, &wo) in acc.iter_mut().zip(wv) {
-                        let wo = lanes::splat(wo);
+                        let wo = v.splat(wo);
                         for (ap, &xp) in a.iter_mut().zip(&xv) {
-                            *ap = lanes::fma(wo, xp, *ap);
+                            *ap = v.fma(wo, xp, *ap);
                         }
                     }
                 }
             }
             for (o, a) in acc.iter().enumerate().take(n_o) {
                 let yo = &mut y[(o0 + o) * out_plane..][..out_plane];
-                for (&(_, out, n), &v) in group.iter().zip(a) {
-                    let v = lanes::to_array(v);
+                for (&(_, out, n), &u) in group.iter().zip(a) {
+                    let u = v.to_array(u);
                     let dst = &mut yo[out..out + n];
                     match init {
-                        Init::Bias(_) => dst.copy_from_slice(&v[..n]),
-                        Init::Add => dst.iter_mut().zip(v).for_each(|(d, s)| *d += s),
+                        Init::Bias(_) => dst.copy_from_slice(&u[..n]),
+                        Init::Add => dst.iter_mut().zip(u).for_each(|(d, s)| *d += s),
                     }
                 }
             }
@@ -682,11 +600,44 @@ pub(super) fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], 
 /// (`[C_out, C_in, 3, 3]`) and `db` when given: `dW[o, i, ky, kx] += Σ_images Σ_(oy, ox)
 /// dy[o, oy, ox] · xp[i, S·oy + ky, S·ox + kx]` and `db[o] += Σ dy[o, ·]`. `xp` holds the chunk's
 /// padded inputs (`c_in` planes of `pad` per image), `dyc` its output gradients (`out` = `oh ×
-/// ow` pixels) channels-last ([`channels_last`]). The lanes are 8 output channels, so one
-/// `(output block, input channel)` pair keeps its 9 taps in 9 accumulators and every pixel costs
-/// one vector load of `dy`, 9 broadcasts of `x` and 9 multiply-adds; each sum runs over the
-/// chunk's images and pixels in order.
+/// ow` pixels) channels-last ([`channels_last`]). The lanes are output channels (16 where the CPU
+/// has AVX-512F and `c_out` is a multiple of 16, else 8), so one `(output block, input channel)`
+/// pair keeps its 9 taps in 9 accumulators and every pixel costs one vector load of `dy`, 9
+/// broadcasts of `x` and 9 multiply-adds; each sum runs over the chunk's images and pixels in
+/// order.
 pub(super) fn weight_grad_chunk<const S: usize>(
+    pad: Padded,
+    out: (usize, usize),
+    dims: (usize, usize, usize),
+    data: (&[f32], &[f32]),
+    grads: (&mut [f32], Option<&mut [f32]>),
+) {
+    match Width::for_multiple_of(dims.2) {
+        Width::W8 => weight_grad_in::<W8, S>(W8, pad, out, dims, data, grads),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `W16` exists only where the CPU has AVX-512F.
+        Width::W16(v) => unsafe { weight_grad_w16::<S>(v, pad, out, dims, data, grads) },
+    }
+}
+
+/// [`weight_grad_in`] compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn weight_grad_w16<const S: usize>(
+    v: W16,
+    pad: Padded,
+    out: (usize, usize),
+    dims: (usize, usize, usize),
+    data: (&[f32], &[f32]),
+    grads: (&mut [f32], Option<&mut [f32]>),
+) {
+    weight_grad_in::<W16, S>(v, pad, out, dims, data, grads);
+}
+
+/// [`weight_grad_chunk`] with vectors `V` (their lanes must divide `c_out` or be 8).
+#[inline(always)]
+fn weight_grad_in<V: Lanes, const S: usize>(
+    v: V,
     pad: Padded,
     (oh, ow): (usize, usize),
     (images, c_in, c_out): (usize, usize, usize),
@@ -695,13 +646,14 @@ pub(super) fn weight_grad_chunk<const S: usize>(
 ) {
     let (pitch, plane) = (pad.pitch, pad.plane());
     let (ohw, c8) = (oh * ow, c_out.next_multiple_of(L));
+    assert!(V::L == L || c_out.is_multiple_of(V::L));
     assert!(xp.len() >= images * c_in * plane && dyc.len() >= images * ohw * c8);
     assert!(S * (oh - 1) + 3 <= pad.h + 2 && S * (ow - 1) + 3 <= pitch);
     let mut db = db;
-    for o0 in (0..c_out).step_by(L) {
-        let n_o = L.min(c_out - o0);
+    for o0 in (0..c_out).step_by(V::L) {
+        let n_o = V::L.min(c_out - o0);
         for ci in 0..c_in {
-            let mut acc = [lanes::splat(0.0); 9];
+            let mut acc = [v.splat(0.0); 9];
             for img in 0..images {
                 let xc = &xp[(img * c_in + ci) * plane..][..plane];
                 let dc = &dyc[img * ohw * c8..][..ohw * c8];
@@ -709,21 +661,22 @@ pub(super) fn weight_grad_chunk<const S: usize>(
                     let rows: [&[f32]; 3] =
                         std::array::from_fn(|ky| &xc[(S * oy + ky) * pitch..][..S * (ow - 1) + 3]);
                     for ox in 0..ow {
-                        // SAFETY: (oy·ow + ox)·c8 + o0 + L <= ohw·c8 = dc.len(), as o0 < c8.
-                        let d = unsafe { lanes::load(dc, (oy * ow + ox) * c8 + o0) };
+                        // SAFETY: (oy·ow + ox)·c8 + o0 + V::L <= ohw·c8 = dc.len(), as o0 + V::L
+                        // <= c8 (o0 < c8 = c_out.next_multiple_of(V::L)).
+                        let d = unsafe { v.load(dc, (oy * ow + ox) * c8 + o0) };
                         for (ky, row) in rows.iter().enumerate() {
                             for kx in 0..3 {
                                 let a = &mut acc[ky * 3 + kx];
                                 // SAFETY: S·ox + kx <= S·(ow − 1) + 2 < row.len().
-                                let xv = unsafe { lanes::broadcast(row, S * ox + kx) };
-                                *a = lanes::fma(d, xv, *a);
+                                let xv = unsafe { v.broadcast(row, S * ox + kx) };
+                                *a = v.fma(d, xv, *a);
                             }
                         }
                     }
                 }
             }
-            for (t, &v) in acc.iter().enumerate() {
-                for (j, &g) in lanes::to_array(v).iter().enumerate().take(n_o) {
+            for (t, &u) in acc.iter().enumerate() {
+                for (j, &g) in v.to_array(u).iter().enumerate().take(n_o) {
                     dw[((o0 + j) * c_in + ci) * 9 + t] += g;
                 }
             }
@@ -731,12 +684,12 @@ pub(super) fn weight_grad_chunk<const S: usize>(
         let Some(db) = db.as_deref_mut() else {
             continue;
         };
-        let mut acc = lanes::splat(0.0);
+        let mut acc = v.splat(0.0);
         for p in 0..images * ohw {
-            // SAFETY: p·c8 + o0 + L <= images·ohw·c8 <= dyc.len(), as o0 < c8.
-            acc = lanes::add(acc, unsafe { lanes::load(dyc, p * c8 + o0) });
+            // SAFETY: p·c8 + o0 + V::L <= images·ohw·c8 <= dyc.len(), as above.
+            acc = v.add(acc, unsafe { v.load(dyc, p * c8 + o0) });
         }
-        for (j, &g) in lanes::to_array(acc).iter().enumerate().take(n_o) {
+        for (j, &g) in v.to_array(acc).iter().enumerate().take(n_o) {
             db[o0 + j] += g;
         }
     }
@@ -760,12 +713,12 @@ pub fn conv3x3_forward(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y:
         return;
     }
     let pad = Padded::new(s.h, s.w);
-    let geom = Geometry::stride1(pad);
+    let geom = Geometry::stride1(pad, Width::for_multiple_of(s.w));
     let packed = pack_weights::<9>(s.c_out, s.c_in, |o, i, t| weight[(o * s.c_in + i) * 9 + t]);
     y.par_chunks_mut(chw_out).enumerate().for_each(|(i, y)| {
         with_scratch(s.c_in * pad.plane(), |xp| {
             pad.fill(s.c_in, &x[i * chw_in..][..chw_in], xp);
-            direct_image(&geom, s.c_in, s.c_out, xp, &packed, Init::Bias(bias), y);
+            direct_image(&geom, (s.c_in, s.c_out), (xp, &packed), Init::Bias(bias), y);
         });
     });
 }
@@ -798,7 +751,7 @@ pub fn conv3x3_backward(
         return;
     }
     let pad = Padded::new(s.h, s.w);
-    let geom = Geometry::stride1(pad);
+    let geom = Geometry::stride1(pad, Width::for_multiple_of(s.w));
     let wl = s.weight_len();
     // dx = conv(dy) with c_out inputs and c_in outputs: tap t of w' is tap 8 - t of w.
     let flipped = dx.is_some().then(|| {
@@ -832,7 +785,7 @@ pub fn conv3x3_backward(
                 pad.fill(images * s.c_out, dy, dyp);
                 for (img, dx) in dx.chunks_exact_mut(chw_in).enumerate() {
                     let dyi = &dyp[img * s.c_out * pad.plane()..][..s.c_out * pad.plane()];
-                    direct_image(&geom, s.c_out, s.c_in, dyi, flipped, Init::Add, dx);
+                    direct_image(&geom, (s.c_out, s.c_in), (dyi, flipped), Init::Add, dx);
                 }
             }
         });

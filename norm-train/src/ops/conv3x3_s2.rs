@@ -18,6 +18,7 @@ use super::conv::{
     ConvShape, Geometry, GradChunk, Init, L, Padded, backward_chunks, channels_last, direct_image,
     pack_weights, row_vectors, weight_grad_chunk, with_scratch,
 };
+use super::lanes::Width;
 
 /// Output height and width of the stride-2 convolution of an `h × w` input.
 pub const fn out_dims(h: usize, w: usize) -> (usize, usize) {
@@ -86,7 +87,8 @@ impl Phased {
         Geometry {
             plane: self.plane(),
             out_plane: oh * ow,
-            vectors: row_vectors(oh, ow, |oy, ox| 2 * oy * pitch + ox),
+            vectors: row_vectors(L, (oh, ow), |oy, ox| 2 * oy * pitch + ox),
+            width: Width::W8,
             taps: std::array::from_fn(|t| (t / 3) * pitch + col[t % 3]),
         }
     }
@@ -116,7 +118,13 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(chw_out).enumerate().for_each(|(i, y)| {
         with_scratch(s.c_in * phased.plane(), |xp| {
             phased.fill(s.c_in, &x[i * chw_in..][..chw_in], xp);
-            direct_image(&geom, s.c_in, s.c_out, xp, &packed, Init::Bias(&zeros), y);
+            direct_image(
+                &geom,
+                (s.c_in, s.c_out),
+                (xp, &packed),
+                Init::Bias(&zeros),
+                y,
+            );
         });
     });
 }
@@ -156,7 +164,8 @@ impl<const T: usize> DxClass<T> {
         let geom = Geometry {
             plane: pad.plane(),
             out_plane: hy * wx,
-            vectors: row_vectors(hy, wx, |m, n| m * pad.pitch + n),
+            vectors: row_vectors(L, (hy, wx), |m, n| m * pad.pitch + n),
+            width: Width::W8,
             taps: std::array::from_fn(|t| {
                 let ((_, d), (_, e)) = tap(t);
                 (d + 1) * pad.pitch + e + 1
@@ -187,10 +196,8 @@ impl<const T: usize> DxClass<T> {
         let zeros = vec![0.0f32; s.c_in];
         direct_image(
             &self.geom,
-            s.c_out,
-            s.c_in,
-            dyp,
-            &self.packed,
+            (s.c_out, s.c_in),
+            (dyp, &self.packed),
             Init::Bias(&zeros),
             ph,
         );

@@ -14,6 +14,7 @@
 pub mod conv;
 pub mod conv3x3_s2;
 pub mod conv_strided;
+mod lanes;
 pub mod norm;
 pub mod pool;
 pub mod residual;

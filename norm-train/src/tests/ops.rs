@@ -430,3 +430,89 @@ fn batch_norm_eval_mode_uses_running_statistics() {
     assert_close("bn eval y", &y_v, &want_y, 1e-5);
     assert_close("bn eval dx", &g.get(&xt).as_vec(), &want_dx, 1e-5);
 }
+
+/// Set in the child run of [`conv_vector_widths_write_the_same_bits`].
+const LANES_CHILD: &str = "NORMLAB_CONV_LANES_TEST_CHILD";
+
+/// Bits of every output of the stride-1 and stride-2 direct convolutions, forward and backward,
+/// on rows and channel counts that are and are not multiples of 16.
+fn conv_digests() -> Vec<String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut out = Vec::new();
+    for &(n, c_in, c_out, h, w) in &[
+        (3, 5, 16, 7, 16),
+        (2, 3, 48, 5, 32),
+        (2, 16, 32, 16, 48),
+        (3, 7, 24, 6, 16),
+        (2, 4, 16, 9, 20),
+        (2, 8, 32, 8, 8),
+    ] {
+        let s = conv::ConvShape {
+            n,
+            c_in,
+            c_out,
+            h,
+            w,
+        };
+        let x = random(&mut rng, s.x_len(), -1.0, 1.0);
+        let wt = random(&mut rng, s.weight_len(), -1.0, 1.0);
+        let b = random(&mut rng, c_out, -1.0, 1.0);
+        let dy = random(&mut rng, s.y_len(), -1.0, 1.0);
+        let mut y = vec![0.0; s.y_len()];
+        conv::conv3x3_forward(s, &x, &wt, &b, &mut y);
+        let (mut dx, mut dw, mut db) =
+            (vec![0.5; s.x_len()], vec![0.25; wt.len()], vec![0.0; c_out]);
+        conv::conv3x3_backward(s, &x, &wt, &dy, Some(&mut dx), &mut dw, &mut db);
+        let (oh, ow) = crate::ops::conv3x3_s2::out_dims(h, w);
+        let dy2 = random(&mut rng, n * c_out * oh * ow, -1.0, 1.0);
+        let mut y2 = vec![0.0; dy2.len()];
+        crate::ops::conv3x3_s2::forward(s, &x, &wt, &mut y2);
+        let (mut dx2, mut dw2) = (vec![0.0; s.x_len()], vec![0.0; wt.len()]);
+        crate::ops::conv3x3_s2::backward(s, &x, &wt, &dy2, Some(&mut dx2), &mut dw2);
+        for (name, v) in [("y", &y), ("dx", &dx), ("dw", &dw), ("db", &db)]
+            .into_iter()
+            .chain([("y2", &y2), ("dx2", &dx2), ("dw2", &dw2)])
+        {
+            let fnv = v.iter().fold(0xcbf2_9ce4_8422_2325u64, |a, f| {
+                (a ^ u64::from(f.to_bits())).wrapping_mul(0x0100_0000_01b3)
+            });
+            out.push(format!("{n}x{c_in}->{c_out} {h}x{w} {name} {fnv:016x}"));
+        }
+    }
+    out
+}
+
+/// The 16-lane (AVX-512F) kernels write the bits of the 8-lane ones: this run (16 lanes where the
+/// CPU has them) against a child run with `NORMLAB_CONV_LANES=8`. On a CPU without AVX-512 both
+/// runs take 8 lanes and the test only checks that the child runs.
+#[test]
+fn conv_vector_widths_write_the_same_bits() {
+    if std::env::var_os(LANES_CHILD).is_some() {
+        for line in conv_digests() {
+            println!("digest {line}");
+        }
+        return;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "tests::ops::conv_vector_widths_write_the_same_bits",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LANES_CHILD, "1")
+        .env("NORMLAB_CONV_LANES", "8")
+        .output()
+        .unwrap();
+    assert!(child.status.success(), "the 8-lane child run failed");
+    let narrow: Vec<String> = String::from_utf8_lossy(&child.stdout)
+        .lines()
+        // (The harness's "test … " may start the first line.)
+        .filter_map(|l| l.split_once("digest ").map(|(_, d)| d.to_owned()))
+        .collect();
+    let wide = conv_digests();
+    assert_eq!(narrow.len(), wide.len(), "the child printed every digest");
+    for (a, b) in wide.iter().zip(&narrow) {
+        assert_eq!(a, b, "16 lanes against 8");
+    }
+}
