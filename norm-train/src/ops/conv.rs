@@ -433,6 +433,10 @@ pub(super) struct Geometry<const T: usize> {
     pub vectors: Vec<(usize, usize, usize)>,
     /// The vectors the kernel runs with.
     pub width: Width,
+    /// For vectors of two output rows of `width.lanes() / 2` pixels (contiguous in the output),
+    /// the input offset from the lower half's taps' origin to the upper half's; 0 for vectors of
+    /// contiguous pixels.
+    pub halves: usize,
     /// The taps' offsets, in summation order (a fixed count, so the kernel's tap loop unrolls
     /// with the weights at fixed places).
     pub taps: [usize; T],
@@ -441,18 +445,38 @@ pub(super) struct Geometry<const T: usize> {
 impl Geometry<9> {
     /// The stride-1 3×3 convolution over [`Padded`] planes: output `(oy, ox)` reads the padded
     /// pixels `(oy + ky, ox + kx)`.
-    /// Rows of a multiple of 16 pixels take the 16-lane vectors where the CPU has them: their
-    /// reads then end inside the row's padding (the pitch is `w + 2`).
-    fn stride1(pad: Padded, width: Width) -> Self {
+    fn stride1(pad: Padded) -> Self {
         let (h, w, pitch) = (pad.h, pad.w, pad.pitch);
+        let (vectors, width, halves) = output_vectors((h, w), |oy, ox| oy * pitch + ox);
         Self {
             plane: pad.plane(),
             out_plane: h * w,
-            vectors: row_vectors(width.lanes(), (h, w), |oy, ox| oy * pitch + ox),
+            vectors,
             width,
+            halves,
             taps: std::array::from_fn(|t| (t / 3) * pitch + t % 3),
         }
     }
+}
+
+/// The vectors of an `h × w` output, their width and [`Geometry::halves`], with their input
+/// origins from `origin(oy, ox)` (linear in `oy`). Rows of a multiple of 16 pixels take the
+/// 16-lane vectors where the CPU has them, and so does an even number of rows of 8, two rows to a
+/// vector; the geometries' padded rows hold a whole vector from each of these origins.
+pub(super) fn output_vectors(
+    (h, w): (usize, usize),
+    origin: impl Fn(usize, usize) -> usize,
+) -> (Vec<(usize, usize, usize)>, Width, usize) {
+    let wide = Width::for_multiple_of(2 * w);
+    if w == L && h % 2 == 0 && wide.lanes() == 2 * w {
+        let vectors = (0..h)
+            .step_by(2)
+            .map(|oy| (origin(oy, 0), oy * w, 2 * w))
+            .collect();
+        return (vectors, wide, origin(1, 0) - origin(0, 0));
+    }
+    let width = Width::for_multiple_of(w);
+    (row_vectors(width.lanes(), (h, w), origin), width, 0)
 }
 
 /// The vectors of `lanes` pixels of an `h × w` output, row by row (the last of a row partly past
@@ -478,18 +502,22 @@ pub(super) fn direct_image<const T: usize>(
     init: Init<'_>,
     y: &mut [f32],
 ) {
-    match g.width {
-        Width::W8 => direct_image_in::<W8, T, 3>(W8, g, (c_in, c_out), (xp, packed), init, y),
+    let (c, data) = ((c_in, c_out), (xp, packed));
+    match (g.width, g.halves > 0) {
+        (Width::W8, false) => direct_image_in::<W8, T, 3, false>(W8, g, c, data, init, y),
+        (Width::W8, true) => direct_image_in::<W8, T, 3, true>(W8, g, c, data, init, y),
+        // SAFETY (both): a `W16` exists only where the CPU has AVX-512F.
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `W16` exists only where the CPU has AVX-512F.
-        Width::W16(v) => unsafe { direct_image_w16(v, g, (c_in, c_out), (xp, packed), init, y) },
+        (Width::W16(v), false) => unsafe { direct_image_w16::<T, false>(v, g, c, data, init, y) },
+        #[cfg(target_arch = "x86_64")]
+        (Width::W16(v), true) => unsafe { direct_image_w16::<T, true>(v, g, c, data, init, y) },
     }
 }
 
 /// [`direct_image_in`] compiled for AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn direct_image_w16<const T: usize>(
+fn direct_image_w16<const T: usize, const HALVES: bool>(
     v: W16,
     g: &Geometry<T>,
     c: (usize, usize),
@@ -497,14 +525,15 @@ fn direct_image_w16<const T: usize>(
     init: Init<'_>,
     y: &mut [f32],
 ) {
-    direct_image_in::<W16, T, 4>(v, g, c, data, init, y);
+    direct_image_in::<W16, T, 4, HALVES>(v, g, c, data, init, y);
 }
 
 /// [`direct_image`] with vectors `S`, taking the image's vectors `P` at a time: each weight
 /// broadcast feeds `P` multiply-adds and each pixel vector [`CO_BLOCK`], as in a GEMM
 /// micro-kernel (`4·P` accumulators: 12 of the 16 AVX2 registers, 16 of the 32 AVX-512 ones).
+/// `HALVES`: the vectors are two rows each (`g.halves`).
 #[inline(always)]
-fn direct_image_in<S: Lanes, const T: usize, const P: usize>(
+fn direct_image_in<S: Lanes, const T: usize, const P: usize, const HALVES: bool>(
     v: S,
     g: &Geometry<T>,
     (c_in, c_out): (usize, usize),
@@ -519,10 +548,13 @@ fn direct_image_in<S: Lanes, const T: usize, const P: usize>(
         xp.len() >= c_in * plane && packed.len() >= c_out.div_ceil(CO_BLOCK) * c_in * T * CO_BLOCK
     );
     let reach = g.taps.iter().copied().max().unwrap_or(0);
+    // The reads of one vector reach `span` past its tap's offset.
+    let span = if HALVES { g.halves + S::L / 2 } else { S::L };
+    assert!(HALVES == (g.halves > 0));
     assert!(
         g.vectors
             .iter()
-            .all(|u| u.0 + reach + S::L <= plane && u.2 <= S::L)
+            .all(|u| u.0 + reach + span <= plane && u.2 <= S::L)
     );
     let block_len = c_in * T * CO_BLOCK;
     for (b, wb) in packed
@@ -543,9 +575,16 @@ fn direct_image_in<S: Lanes, const T: usize, const P: usize>(
             for (ci, wci) in wb.chunks_exact(T * CO_BLOCK).enumerate() {
                 let xc = &xp[ci * plane..][..plane];
                 for (&t, wv) in g.taps.iter().zip(wci.chunks_exact(CO_BLOCK)) {
-                    // SAFETY: offs[p] + t + S::L <= offs[p] + reach + S::L <= plane = xc.len()
+                    // SAFETY: offs[p] + t + span <= offs[p] + reach + span <= plane = xc.len()
                     // (asserted for every vector above).
-                    let xv: [S::V; P] = std::array::from_fn(|p| unsafe { v.load(xc, offs[p] + t) });
+                    let xv: [S::V; P] = std::array::from_fn(|p| unsafe {
+                        let at = offs[p] + t;
+                        if HALVES {
+                            v.load_halves(xc, at, at + g.halves)
+                        } else {
+                            v.load(xc, at)
+                        }
+                    });
                     for (a, &wo) in acc.iter_mut().zip(wv) {
                         let wo = v.splat(wo);
                         for (ap, &xp) in a.iter_mut().zip(&xv) {
@@ -713,7 +752,7 @@ pub fn conv3x3_forward(s: ConvShape, x: &[f32], weight: &[f32], bias: &[f32], y:
         return;
     }
     let pad = Padded::new(s.h, s.w);
-    let geom = Geometry::stride1(pad, Width::for_multiple_of(s.w));
+    let geom = Geometry::stride1(pad);
     let packed = pack_weights::<9>(s.c_out, s.c_in, |o, i, t| weight[(o * s.c_in + i) * 9 + t]);
     y.par_chunks_mut(chw_out).enumerate().for_each(|(i, y)| {
         with_scratch(s.c_in * pad.plane(), |xp| {
@@ -751,7 +790,7 @@ pub fn conv3x3_backward(
         return;
     }
     let pad = Padded::new(s.h, s.w);
-    let geom = Geometry::stride1(pad, Width::for_multiple_of(s.w));
+    let geom = Geometry::stride1(pad);
     let wl = s.weight_len();
     // dx = conv(dy) with c_out inputs and c_in outputs: tap t of w' is tap 8 - t of w.
     let flipped = dx.is_some().then(|| {

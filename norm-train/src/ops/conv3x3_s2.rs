@@ -16,9 +16,8 @@ use rayon::prelude::*;
 
 use super::conv::{
     ConvShape, Geometry, GradChunk, Init, L, Padded, backward_chunks, channels_last, direct_image,
-    pack_weights, row_vectors, weight_grad_chunk, with_scratch,
+    output_vectors, pack_weights, weight_grad_chunk, with_scratch,
 };
-use super::lanes::Width;
 
 /// Output height and width of the stride-2 convolution of an `h × w` input.
 pub const fn out_dims(h: usize, w: usize) -> (usize, usize) {
@@ -84,11 +83,14 @@ impl Phased {
         let (pitch, half) = (self.pitch(), self.half);
         // Tap kx: padded column 2·ox + kx, i.e. even ox, odd ox, even ox + 1.
         let col = [0, half, 1];
+        // A vector's reads stay inside each half (`half` is at least `ow + 1`).
+        let (vectors, width, halves) = output_vectors((oh, ow), |oy, ox| 2 * oy * pitch + ox);
         Geometry {
             plane: self.plane(),
             out_plane: oh * ow,
-            vectors: row_vectors(L, (oh, ow), |oy, ox| 2 * oy * pitch + ox),
-            width: Width::W8,
+            vectors,
+            width,
+            halves,
             taps: std::array::from_fn(|t| (t / 3) * pitch + col[t % 3]),
         }
     }
@@ -161,11 +163,13 @@ impl<const T: usize> DxClass<T> {
         assert_eq!(R * C, T);
         let (hy, wx) = ((s.h + 1 - class.0) / 2, (s.w + 1 - class.1) / 2);
         let tap = |t: usize| (rows[t / C], cols[t % C]);
+        let (vectors, width, halves) = output_vectors((hy, wx), |m, n| m * pad.pitch + n);
         let geom = Geometry {
             plane: pad.plane(),
             out_plane: hy * wx,
-            vectors: row_vectors(L, (hy, wx), |m, n| m * pad.pitch + n),
-            width: Width::W8,
+            vectors,
+            width,
+            halves,
             taps: std::array::from_fn(|t| {
                 let ((_, d), (_, e)) = tap(t);
                 (d + 1) * pad.pitch + e + 1

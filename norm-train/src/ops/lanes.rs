@@ -34,6 +34,12 @@ pub(super) trait Lanes: Copy {
     /// loops, after which LLVM stores every accumulator back to memory; each caller asserts its
     /// bounds once, before its loops.)
     unsafe fn load(self, s: &[f32], at: usize) -> Self::V;
+    /// The lower half of the lanes from `s[lo..]`, the upper half from `s[hi..]` (two rows of
+    /// `Self::L / 2` pixels in one vector).
+    ///
+    /// # Safety
+    /// `lo + Self::L / 2 <= s.len()` and `hi + Self::L / 2 <= s.len()`.
+    unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> Self::V;
     /// `s[at]` in every lane, loaded by the broadcast itself (a load, not a shuffle).
     ///
     /// # Safety
@@ -74,6 +80,18 @@ mod w8 {
             debug_assert!(at + L <= s.len());
             // SAFETY: in bounds by the caller's contract; unaligned load.
             unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) }
+        }
+        #[inline(always)]
+        unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> __m256 {
+            debug_assert!(lo.max(hi) + L / 2 <= s.len());
+            // SAFETY: in bounds by the caller's contract; unaligned loads; AVX as above.
+            unsafe {
+                let (lo, hi) = (
+                    _mm_loadu_ps(s.as_ptr().add(lo)),
+                    _mm_loadu_ps(s.as_ptr().add(hi)),
+                );
+                _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(lo), hi)
+            }
         }
         #[inline(always)]
         unsafe fn broadcast(self, s: &[f32], at: usize) -> __m256 {
@@ -121,6 +139,16 @@ mod w8 {
         #[inline(always)]
         unsafe fn load(self, s: &[f32], at: usize) -> [f32; L] {
             s[at..at + L].try_into().unwrap()
+        }
+        #[inline(always)]
+        unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> [f32; L] {
+            std::array::from_fn(|l| {
+                if l < L / 2 {
+                    s[lo + l]
+                } else {
+                    s[hi + l - L / 2]
+                }
+            })
         }
         #[inline(always)]
         unsafe fn broadcast(self, s: &[f32], at: usize) -> [f32; L] {
@@ -183,6 +211,17 @@ mod w16 {
             debug_assert!(at + 16 <= s.len());
             // SAFETY: in bounds by the caller's contract; AVX-512F as above; unaligned load.
             unsafe { _mm512_loadu_ps(s.as_ptr().add(at)) }
+        }
+        #[inline(always)]
+        unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> __m512 {
+            debug_assert!(lo.max(hi) + 8 <= s.len());
+            // SAFETY: in bounds by the caller's contract; AVX-512F as above; unaligned loads.
+            // (The 64-bit insert is AVX-512F; the 32-bit one would need AVX-512DQ.)
+            unsafe {
+                let lo = _mm256_castps_pd(_mm256_loadu_ps(s.as_ptr().add(lo)));
+                let hi = _mm256_castps_pd(_mm256_loadu_ps(s.as_ptr().add(hi)));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(lo), hi))
+            }
         }
         #[inline(always)]
         unsafe fn broadcast(self, s: &[f32], at: usize) -> __m512 {
