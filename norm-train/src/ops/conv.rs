@@ -374,14 +374,44 @@ impl Padded {
             .zip(src.chunks_exact(h * w))
         {
             d[..pitch].fill(0.0);
+            if w >= L {
+                Self::fill_rows(pitch, d, s, w);
+            } else {
+                for (drow, srow) in d[pitch..(h + 1) * pitch]
+                    .chunks_exact_mut(pitch)
+                    .zip(s.chunks_exact(w))
+                {
+                    drow[0] = 0.0;
+                    drow[1..w + 1].copy_from_slice(srow);
+                    drow[w + 1..].fill(0.0);
+                }
+            }
             d[(h + 1) * pitch..].fill(0.0);
-            for (drow, srow) in d[pitch..(h + 1) * pitch]
-                .chunks_exact_mut(pitch)
-                .zip(s.chunks_exact(w))
-            {
-                drow[0] = 0.0;
-                drow[1..w + 1].copy_from_slice(srow);
-                drow[w + 1..].fill(0.0);
+        }
+    }
+
+    /// The rows of one plane (`w >= L`) in vector stores: rows are a few vectors long, and slice
+    /// copies and fills of them are `memcpy` and `memset` calls. A row's zero tail is one vector
+    /// from column `w + 1`, which may run into the next row's head (written after it) or, for
+    /// the last row, into the bottom border (zeroed after the rows).
+    fn fill_rows(pitch: usize, d: &mut [f32], s: &[f32], w: usize) {
+        let h = s.len() / w;
+        let lanes = W8;
+        // Every store below ends at most at (h + 1)·pitch + w + 1 + L <= (h + 2)·pitch.
+        assert!(w >= L && d.len() >= (h + 2) * pitch && w + 1 + L <= 2 * pitch);
+        for (i, row) in s.chunks_exact(w).enumerate() {
+            let at = (i + 1) * pitch;
+            // SAFETY: every index below is < at + w + 1 + L <= (h + 1)·pitch + w + 1 + L
+            // <= d.len() (asserted above), and every load reads row[j..j + L] with j + L <= w.
+            unsafe {
+                lanes.store(lanes.splat(0.0), d, at + w + 1);
+                *d.get_unchecked_mut(at) = 0.0;
+                for j in (0..w - L + 1).step_by(L) {
+                    lanes.store(lanes.load(row, j), d, at + 1 + j);
+                }
+                if w % L != 0 {
+                    lanes.store(lanes.load(row, w - L), d, at + 1 + w - L);
+                }
             }
         }
     }
@@ -554,7 +584,7 @@ fn direct_image_in<S: Lanes, const T: usize, const P: usize, const HALVES: bool>
     assert!(
         g.vectors
             .iter()
-            .all(|u| u.0 + reach + span <= plane && u.2 <= S::L)
+            .all(|u| u.0 + reach + span <= plane && u.2 <= S::L && u.1 + u.2 <= out_plane)
     );
     let block_len = c_in * T * CO_BLOCK;
     for (b, wb) in packed
@@ -596,6 +626,17 @@ fn direct_image_in<S: Lanes, const T: usize, const P: usize, const HALVES: bool>
             for (o, a) in acc.iter().enumerate().take(n_o) {
                 let yo = &mut y[(o0 + o) * out_plane..][..out_plane];
                 for (&(_, out, n), &u) in group.iter().zip(a) {
+                    if n == S::L {
+                        // A whole vector: stored as one (a slice copy here is a `memcpy` call).
+                        // SAFETY: out + n <= out_plane = yo.len() (a vector of the output).
+                        unsafe {
+                            match init {
+                                Init::Bias(_) => v.store(u, yo, out),
+                                Init::Add => v.store(v.add(v.load(yo, out), u), yo, out),
+                            }
+                        }
+                        continue;
+                    }
                     let u = v.to_array(u);
                     let dst = &mut yo[out..out + n];
                     match init {

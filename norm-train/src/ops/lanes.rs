@@ -40,6 +40,11 @@ pub(super) trait Lanes: Copy {
     /// # Safety
     /// `lo + Self::L / 2 <= s.len()` and `hi + Self::L / 2 <= s.len()`.
     unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> Self::V;
+    /// Writes the lanes to `s[at..at + Self::L]`.
+    ///
+    /// # Safety
+    /// `at + Self::L <= s.len()`.
+    unsafe fn store(self, v: Self::V, s: &mut [f32], at: usize);
     /// `s[at]` in every lane, loaded by the broadcast itself (a load, not a shuffle).
     ///
     /// # Safety
@@ -80,6 +85,12 @@ mod w8 {
             debug_assert!(at + L <= s.len());
             // SAFETY: in bounds by the caller's contract; unaligned load.
             unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, v: __m256, s: &mut [f32], at: usize) {
+            debug_assert!(at + L <= s.len());
+            // SAFETY: in bounds by the caller's contract; unaligned store.
+            unsafe { _mm256_storeu_ps(s.as_mut_ptr().add(at), v) }
         }
         #[inline(always)]
         unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> __m256 {
@@ -139,6 +150,10 @@ mod w8 {
         #[inline(always)]
         unsafe fn load(self, s: &[f32], at: usize) -> [f32; L] {
             s[at..at + L].try_into().unwrap()
+        }
+        #[inline(always)]
+        unsafe fn store(self, v: [f32; L], s: &mut [f32], at: usize) {
+            s[at..at + L].copy_from_slice(&v);
         }
         #[inline(always)]
         unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> [f32; L] {
@@ -211,6 +226,12 @@ mod w16 {
             debug_assert!(at + 16 <= s.len());
             // SAFETY: in bounds by the caller's contract; AVX-512F as above; unaligned load.
             unsafe { _mm512_loadu_ps(s.as_ptr().add(at)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, v: __m512, s: &mut [f32], at: usize) {
+            debug_assert!(at + 16 <= s.len());
+            // SAFETY: in bounds by the caller's contract; AVX-512F as above; unaligned store.
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr().add(at), v) }
         }
         #[inline(always)]
         unsafe fn load_halves(self, s: &[f32], lo: usize, hi: usize) -> __m512 {
