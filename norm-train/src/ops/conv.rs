@@ -409,7 +409,7 @@ impl Padded {
                 for j in (0..w - L + 1).step_by(L) {
                     lanes.store(lanes.load(row, j), d, at + 1 + j);
                 }
-                if w % L != 0 {
+                if !w.is_multiple_of(L) {
                     lanes.store(lanes.load(row, w - L), d, at + 1 + w - L);
                 }
             }
