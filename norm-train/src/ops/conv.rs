@@ -18,7 +18,7 @@ use rayon::prelude::*;
 pub(super) use super::lanes::L;
 #[cfg(target_arch = "x86_64")]
 use super::lanes::W16;
-use super::lanes::{Lanes, W8, Width};
+use super::lanes::{Lanes, W8, Width, transpose8};
 use super::{BufferPool, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
 use crate::error::tensor;
@@ -655,6 +655,7 @@ pub(super) fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], 
     let c8 = c_out.next_multiple_of(L);
     debug_assert_eq!(dy.len(), images * c_out * hw);
     debug_assert_eq!(dst.len(), images * hw * c8);
+    let (full_c, full_p) = (c_out / L * L, hw / L * L);
     for (src, d) in dy
         .chunks_exact(c_out * hw)
         .zip(dst.chunks_exact_mut(hw * c8))
@@ -662,15 +663,24 @@ pub(super) fn channels_last(images: usize, c_out: usize, hw: usize, dy: &[f32], 
         if c8 != c_out {
             d.fill(0.0);
         }
-        // 16 pixels (one cache line of each source plane) at a time, so the destination block
-        // (16 pixels × c8) stays in L1 while every channel is scattered into it.
-        for p0 in (0..hw).step_by(16) {
-            let pn = 16.min(hw - p0);
-            let block = &mut d[p0 * c8..(p0 + pn) * c8];
-            for (o, plane) in src.chunks_exact(hw).enumerate() {
-                for (px, &v) in block.chunks_exact_mut(c8).zip(&plane[p0..p0 + pn]) {
-                    px[o] = v;
-                }
+        // 8 × 8 blocks (8 channels of 8 pixels) transposed in registers.
+        for p0 in (0..full_p).step_by(L) {
+            for o0 in (0..full_c).step_by(L) {
+                // SAFETY: the block reads src[(o0 + k)·hw + p0..][..8] and writes
+                // d[(p0 + k)·c8 + o0..][..8], k < 8, inside `src` and `d` as o0 + 8 <= c_out
+                // <= c8 and p0 + 8 <= hw.
+                unsafe { transpose8(&src[o0 * hw + p0..], hw, &mut d[p0 * c8 + o0..], c8) };
+            }
+        }
+        // The channels past the last block of 8, then the pixels past the last block of 8.
+        for o in full_c..c_out {
+            for (p, &v) in src[o * hw..][..full_p].iter().enumerate() {
+                d[p * c8 + o] = v;
+            }
+        }
+        for (o, plane) in src.chunks_exact(hw).enumerate() {
+            for (p, &v) in plane.iter().enumerate().skip(full_p) {
+                d[p * c8 + o] = v;
             }
         }
     }
@@ -937,4 +947,40 @@ where
         });
     }
     Ok(out.put_tape(tape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocked transpose against the definition, with channel and pixel counts on both sides
+    /// of the 8 × 8 blocks.
+    #[test]
+    fn channels_last_is_the_transpose() {
+        for (images, c_out, hw) in [
+            (2usize, 16usize, 64usize),
+            (1, 13, 21),
+            (3, 8, 8),
+            (2, 5, 7),
+            (1, 24, 1),
+        ] {
+            let dy: Vec<f32> = (0..images * c_out * hw).map(|i| i as f32 + 0.5).collect();
+            let c8 = c_out.next_multiple_of(L);
+            let mut got = vec![f32::NAN; images * hw * c8];
+            channels_last(images, c_out, hw, &dy, &mut got);
+            for img in 0..images {
+                for p in 0..hw {
+                    for o in 0..c8 {
+                        let want = if o < c_out {
+                            dy[(img * c_out + o) * hw + p]
+                        } else {
+                            0.0
+                        };
+                        let at = (img * hw + p) * c8 + o;
+                        assert_eq!(got[at].to_bits(), want.to_bits(), "{images}x{c_out}x{hw}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -303,3 +303,74 @@ impl Width {
         }
     }
 }
+
+/// The 8×8 block transposed: `dst[p·ds + o] = src[o·ss + p]` for `o, p < 8` (rows of a
+/// channels-first block to a channels-last one).
+///
+/// # Safety
+/// `7·ss + 8 <= src.len()` and `7·ds + 8 <= dst.len()`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+pub(super) unsafe fn transpose8(src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(7 * ss + 8 <= src.len() && 7 * ds + 8 <= dst.len());
+    // SAFETY: every load reads src[k·ss..k·ss + 8] and every store writes dst[k·ds..k·ds + 8],
+    // k < 8, in bounds by the caller's contract; the build enables AVX (this function's cfg).
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(src.as_ptr().add(k * ss)));
+        let t: [__m256; 8] = std::array::from_fn(|k| {
+            let (a, b) = (r[k / 2 * 2], r[k / 2 * 2 + 1]);
+            if k % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // u[j]: lanes of columns j (low 128 bits: rows 0–3 of its half) for j in 0..4 per half.
+        let quad = |lo: __m256, hi: __m256, upper: bool| {
+            if upper {
+                _mm256_shuffle_ps::<0xEE>(lo, hi)
+            } else {
+                _mm256_shuffle_ps::<0x44>(lo, hi)
+            }
+        };
+        let u: [__m256; 8] = std::array::from_fn(|k| {
+            let base = (k / 4) * 4;
+            let (lo, hi) = (t[base + (k % 4) / 2], t[base + 2 + (k % 4) / 2]);
+            quad(lo, hi, k % 2 == 1)
+        });
+        for j in 0..4 {
+            let (a, b) = (u[j], u[4 + j]);
+            _mm256_storeu_ps(
+                dst.as_mut_ptr().add(j * ds),
+                _mm256_permute2f128_ps::<0x20>(a, b),
+            );
+            _mm256_storeu_ps(
+                dst.as_mut_ptr().add((j + 4) * ds),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            );
+        }
+    }
+}
+
+/// The portable twin of the AVX2 transpose.
+///
+/// # Safety
+/// As the AVX2 one (checked here all the same).
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+#[inline(always)]
+pub(super) unsafe fn transpose8(src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
+    for o in 0..8 {
+        for p in 0..8 {
+            dst[p * ds + o] = src[o * ss + p];
+        }
+    }
+}
