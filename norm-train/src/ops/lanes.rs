@@ -192,11 +192,14 @@ pub(super) struct W16(());
 
 #[cfg(target_arch = "x86_64")]
 impl W16 {
-    /// The wide vectors, if this CPU has AVX-512F and `NORMLAB_CONV_LANES` is not `8`.
+    /// The wide vectors, if this CPU has AVX-512F and `NORMLAB_CONV_LANES` is not `8` — and
+    /// the build's 8 lanes fuse their multiply-adds as these do (AVX2 + FMA): a portable build
+    /// keeps 8 lanes everywhere, so that its bits do not depend on the CPU either.
     pub(super) fn detect() -> Option<Self> {
         static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let wide = *WIDE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
+            cfg!(all(target_feature = "avx2", target_feature = "fma"))
+                && std::arch::is_x86_feature_detected!("avx512f")
                 && std::env::var("NORMLAB_CONV_LANES").as_deref() != Ok("8")
         });
         wide.then_some(Self(()))
