@@ -15,10 +15,9 @@ use dfdx::shapes::HasShape;
 use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
 use rayon::prelude::*;
 
-pub(super) use super::lanes::L;
 #[cfg(target_arch = "x86_64")]
 use super::lanes::W16;
-use super::lanes::{Lanes, W8, Width, transpose8};
+use super::lanes::{L, Lanes, W8, Width, transpose8};
 use super::{BufferPool, Shape1, Shape4, acc_grad, put_grad, read, take_grad, write};
 use crate::TrainError;
 use crate::error::tensor;
@@ -459,14 +458,8 @@ pub(super) struct Geometry<const T: usize> {
     pub plane: usize,
     /// Pixels of one output plane.
     pub out_plane: usize,
-    /// `(input origin, output offset, lanes)` per vector of `width.lanes()` output pixels.
-    pub vectors: Vec<(usize, usize, usize)>,
-    /// The vectors the kernel runs with.
-    pub width: Width,
-    /// For vectors of two output rows of `width.lanes() / 2` pixels (contiguous in the output),
-    /// the input offset from the lower half's taps' origin to the upper half's; 0 for vectors of
-    /// contiguous pixels.
-    pub halves: usize,
+    /// The output's vectors ([`output_vectors`]).
+    pub vectors: Vectors,
     /// The taps' offsets, in summation order (a fixed count, so the kernel's tap loop unrolls
     /// with the weights at fixed places).
     pub taps: [usize; T],
@@ -477,36 +470,52 @@ impl Geometry<9> {
     /// pixels `(oy + ky, ox + kx)`.
     fn stride1(pad: Padded) -> Self {
         let (h, w, pitch) = (pad.h, pad.w, pad.pitch);
-        let (vectors, width, halves) = output_vectors((h, w), |oy, ox| oy * pitch + ox);
         Self {
             plane: pad.plane(),
             out_plane: h * w,
-            vectors,
-            width,
-            halves,
+            vectors: output_vectors((h, w), |oy, ox| oy * pitch + ox),
             taps: std::array::from_fn(|t| (t / 3) * pitch + t % 3),
         }
     }
 }
 
-/// The vectors of an `h × w` output, their width and [`Geometry::halves`], with their input
-/// origins from `origin(oy, ox)` (linear in `oy`). Rows of a multiple of 16 pixels take the
-/// 16-lane vectors where the CPU has them, and so does an even number of rows of 8, two rows to a
-/// vector; the geometries' padded rows hold a whole vector from each of these origins.
+/// The vectors of one image's output and the width the kernel runs them with.
+pub(super) struct Vectors {
+    /// `(input origin, output offset, lanes)` per vector of `width.lanes()` output pixels.
+    pub list: Vec<(usize, usize, usize)>,
+    /// The vectors' type.
+    pub width: Width,
+    /// For vectors of two output rows of `width.lanes() / 2` pixels (contiguous in the output),
+    /// the input offset from the lower half's taps' origin to the upper half's; 0 for vectors of
+    /// contiguous pixels.
+    pub halves: usize,
+}
+
+/// The vectors of an `h × w` output, with their input origins from `origin(oy, ox)` (linear in
+/// `oy`). Rows of a multiple of 16 pixels take the 16-lane vectors where the CPU has them; an
+/// even number of rows of half the widest vector (8 pixels, or 4 without AVX-512) takes two rows
+/// to a vector. The geometries' padded rows hold a whole vector from each of these origins.
 pub(super) fn output_vectors(
     (h, w): (usize, usize),
     origin: impl Fn(usize, usize) -> usize,
-) -> (Vec<(usize, usize, usize)>, Width, usize) {
+) -> Vectors {
     let wide = Width::for_multiple_of(2 * w);
-    if w == L && h % 2 == 0 && wide.lanes() == 2 * w {
-        let vectors = (0..h)
-            .step_by(2)
-            .map(|oy| (origin(oy, 0), oy * w, 2 * w))
-            .collect();
-        return (vectors, wide, origin(1, 0) - origin(0, 0));
+    if 2 * w == wide.lanes() && h.is_multiple_of(2) {
+        return Vectors {
+            list: (0..h)
+                .step_by(2)
+                .map(|oy| (origin(oy, 0), oy * w, 2 * w))
+                .collect(),
+            width: wide,
+            halves: origin(1, 0) - origin(0, 0),
+        };
     }
     let width = Width::for_multiple_of(w);
-    (row_vectors(width.lanes(), (h, w), origin), width, 0)
+    Vectors {
+        list: row_vectors(width.lanes(), (h, w), origin),
+        width,
+        halves: 0,
+    }
 }
 
 /// The vectors of `lanes` pixels of an `h × w` output, row by row (the last of a row partly past
@@ -524,7 +533,7 @@ pub(super) fn row_vectors(
 
 /// One image of the direct convolution: `y[o, v] (init) Σ_i Σ_t w[o, i, t] · xp[i, v + taps[t]]`
 /// over the padded input `xp` (`c_in` planes of `g.plane`), for `c_out` output planes of
-/// `g.out_plane` in `y`. `packed` is [`pack_weights`]. Runs with `g.width`'s vectors.
+/// `g.out_plane` in `y`. `packed` is [`pack_weights`]. Runs with `g.vectors`' width.
 pub(super) fn direct_image<const T: usize>(
     g: &Geometry<T>,
     (c_in, c_out): (usize, usize),
@@ -533,7 +542,7 @@ pub(super) fn direct_image<const T: usize>(
     y: &mut [f32],
 ) {
     let (c, data) = ((c_in, c_out), (xp, packed));
-    match (g.width, g.halves > 0) {
+    match (g.vectors.width, g.vectors.halves > 0) {
         (Width::W8, false) => direct_image_in::<W8, T, 3, false>(W8, g, c, data, init, y),
         (Width::W8, true) => direct_image_in::<W8, T, 3, true>(W8, g, c, data, init, y),
         // SAFETY (both): a `W16` exists only where the CPU has AVX-512F.
@@ -561,7 +570,7 @@ fn direct_image_w16<const T: usize, const HALVES: bool>(
 /// [`direct_image`] with vectors `S`, taking the image's vectors `P` at a time: each weight
 /// broadcast feeds `P` multiply-adds and each pixel vector [`CO_BLOCK`], as in a GEMM
 /// micro-kernel (`4·P` accumulators: 12 of the 16 AVX2 registers, 16 of the 32 AVX-512 ones).
-/// `HALVES`: the vectors are two rows each (`g.halves`).
+/// `HALVES`: the vectors are two rows each (`g.vectors.halves`).
 #[inline(always)]
 fn direct_image_in<S: Lanes, const T: usize, const P: usize, const HALVES: bool>(
     v: S,
@@ -579,10 +588,11 @@ fn direct_image_in<S: Lanes, const T: usize, const P: usize, const HALVES: bool>
     );
     let reach = g.taps.iter().copied().max().unwrap_or(0);
     // The reads of one vector reach `span` past its tap's offset.
-    let span = if HALVES { g.halves + S::L / 2 } else { S::L };
-    assert!(HALVES == (g.halves > 0));
+    let (vectors, halves) = (&g.vectors.list, g.vectors.halves);
+    let span = if HALVES { halves + S::L / 2 } else { S::L };
+    assert!(HALVES == (halves > 0));
     assert!(
-        g.vectors
+        vectors
             .iter()
             .all(|u| u.0 + reach + span <= plane && u.2 <= S::L && u.1 + u.2 <= out_plane)
     );
@@ -598,7 +608,7 @@ fn direct_image_in<S: Lanes, const T: usize, const P: usize, const HALVES: bool>
         if let Init::Bias(bias) = init {
             start[..n_o].copy_from_slice(&bias[o0..o0 + n_o]);
         }
-        for group in g.vectors.chunks(P) {
+        for group in vectors.chunks(P) {
             // A short last group repeats its first vector; the repeats are not stored.
             let offs: [usize; P] = std::array::from_fn(|p| group.get(p).unwrap_or(&group[0]).0);
             let mut acc: [[S::V; P]; CO_BLOCK] = std::array::from_fn(|o| [v.splat(start[o]); P]);
@@ -610,7 +620,7 @@ fn direct_image_in<S: Lanes, const T: usize, const P: usize, const HALVES: bool>
                     let xv: [S::V; P] = std::array::from_fn(|p| unsafe {
                         let at = offs[p] + t;
                         if HALVES {
-                            v.load_halves(xc, at, at + g.halves)
+                            v.load_halves(xc, at, at + halves)
                         } else {
                             v.load(xc, at)
                         }

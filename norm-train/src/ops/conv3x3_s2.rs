@@ -15,9 +15,10 @@
 use rayon::prelude::*;
 
 use super::conv::{
-    ConvShape, Geometry, GradChunk, Init, L, Padded, backward_chunks, channels_last, direct_image,
+    ConvShape, Geometry, GradChunk, Init, Padded, backward_chunks, channels_last, direct_image,
     output_vectors, pack_weights, weight_grad_chunk, with_scratch,
 };
+use super::lanes::L;
 
 /// Output height and width of the stride-2 convolution of an `h × w` input.
 pub const fn out_dims(h: usize, w: usize) -> (usize, usize) {
@@ -83,14 +84,11 @@ impl Phased {
         let (pitch, half) = (self.pitch(), self.half);
         // Tap kx: padded column 2·ox + kx, i.e. even ox, odd ox, even ox + 1.
         let col = [0, half, 1];
-        // A vector's reads stay inside each half (`half` is at least `ow + 1`).
-        let (vectors, width, halves) = output_vectors((oh, ow), |oy, ox| 2 * oy * pitch + ox);
         Geometry {
             plane: self.plane(),
             out_plane: oh * ow,
-            vectors,
-            width,
-            halves,
+            // A vector's reads stay inside each half (`half` is at least `ow + 1`).
+            vectors: output_vectors((oh, ow), |oy, ox| 2 * oy * pitch + ox),
             taps: std::array::from_fn(|t| (t / 3) * pitch + col[t % 3]),
         }
     }
@@ -163,13 +161,10 @@ impl<const T: usize> DxClass<T> {
         assert_eq!(R * C, T);
         let (hy, wx) = ((s.h + 1 - class.0) / 2, (s.w + 1 - class.1) / 2);
         let tap = |t: usize| (rows[t / C], cols[t % C]);
-        let (vectors, width, halves) = output_vectors((hy, wx), |m, n| m * pad.pitch + n);
         let geom = Geometry {
             plane: pad.plane(),
             out_plane: hy * wx,
-            vectors,
-            width,
-            halves,
+            vectors: output_vectors((hy, wx), |m, n| m * pad.pitch + n),
             taps: std::array::from_fn(|t| {
                 let ((_, d), (_, e)) = tap(t);
                 (d + 1) * pad.pitch + e + 1

@@ -54,7 +54,13 @@ pub(super) trait Lanes: Copy {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// The lanes, then zeros up to [`MAX_LANES`].
-    fn to_array(self, v: Self::V) -> [f32; MAX_LANES];
+    #[inline(always)]
+    fn to_array(self, v: Self::V) -> [f32; MAX_LANES] {
+        let mut out = [0.0f32; MAX_LANES];
+        // SAFETY: Self::L <= MAX_LANES = out.len().
+        unsafe { self.store(v, &mut out, 0) };
+        out
+    }
 }
 
 /// The 8-lane vectors, available everywhere.
@@ -69,7 +75,7 @@ pub(super) struct W8;
 mod w8 {
     use std::arch::x86_64::*;
 
-    use super::{L, Lanes, MAX_LANES, W8};
+    use super::{L, Lanes, W8};
 
     impl Lanes for W8 {
         const L: usize = L;
@@ -120,13 +126,6 @@ mod w8 {
             // SAFETY: the build enables AVX (this module's cfg).
             unsafe { _mm256_add_ps(a, b) }
         }
-        #[inline(always)]
-        fn to_array(self, v: __m256) -> [f32; MAX_LANES] {
-            let mut out = [0.0f32; MAX_LANES];
-            // SAFETY: `out` holds at least 8 f32; unaligned store.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
-            out
-        }
     }
 }
 
@@ -137,7 +136,7 @@ mod w8 {
     target_feature = "fma"
 )))]
 mod w8 {
-    use super::{L, Lanes, MAX_LANES, W8};
+    use super::{L, Lanes, W8};
 
     impl Lanes for W8 {
         const L: usize = L;
@@ -178,10 +177,6 @@ mod w8 {
         fn add(self, a: [f32; L], b: [f32; L]) -> [f32; L] {
             std::array::from_fn(|l| a[l] + b[l])
         }
-        #[inline(always)]
-        fn to_array(self, v: [f32; L]) -> [f32; MAX_LANES] {
-            std::array::from_fn(|l| if l < L { v[l] } else { 0.0 })
-        }
     }
 }
 
@@ -213,7 +208,7 @@ impl W16 {
 mod w16 {
     use std::arch::x86_64::*;
 
-    use super::{Lanes, MAX_LANES, W16};
+    use super::{Lanes, W16};
 
     impl Lanes for W16 {
         const L: usize = 16;
@@ -262,13 +257,6 @@ mod w16 {
         fn add(self, a: __m512, b: __m512) -> __m512 {
             // SAFETY: AVX-512F as above.
             unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn to_array(self, v: __m512) -> [f32; MAX_LANES] {
-            let mut out = [0.0f32; MAX_LANES];
-            // SAFETY: `out` holds 16 f32; AVX-512F as above; unaligned store.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
-            out
         }
     }
 }

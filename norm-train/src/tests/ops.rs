@@ -146,6 +146,8 @@ fn conv3x3_direct_matches_gemm_twin() {
         (5, 32, 64, 8, 8),
         (4, 2, 9, 11, 1),
         (2, 5, 3, 2, 24),
+        (3, 6, 9, 6, 4),
+        (2, 4, 8, 8, 16),
     ] {
         let s = conv::ConvShape {
             n,
@@ -449,6 +451,7 @@ fn conv_digests() -> Vec<String> {
         (3, 64, 64, 8, 8),
         (2, 5, 16, 7, 8),
         (2, 8, 32, 16, 16),
+        (2, 6, 16, 8, 4),
     ] {
         let s = conv::ConvShape {
             n,
