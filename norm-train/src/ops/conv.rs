@@ -749,48 +749,107 @@ fn weight_grad_in<V: Lanes, const S: usize>(
     assert!(V::L == L || c_out.is_multiple_of(V::L));
     assert!(xp.len() >= images * c_in * plane && dyc.len() >= images * ohw * c8);
     assert!(S * (oh - 1) + 3 <= pad.h + 2 && S * (ow - 1) + 3 <= pitch);
-    let mut db = db;
-    for o0 in (0..c_out).step_by(V::L) {
-        let n_o = V::L.min(c_out - o0);
-        for ci in 0..c_in {
-            let mut acc = [v.splat(0.0); 9];
-            for img in 0..images {
-                let xc = &xp[(img * c_in + ci) * plane..][..plane];
-                let dc = &dyc[img * ohw * c8..][..ohw * c8];
-                for oy in 0..oh {
-                    let rows: [&[f32]; 3] =
-                        std::array::from_fn(|ky| &xc[(S * oy + ky) * pitch..][..S * (ow - 1) + 3]);
-                    for ox in 0..ow {
-                        // SAFETY: (oy·ow + ox)·c8 + o0 + V::L <= ohw·c8 = dc.len(), as o0 + V::L
-                        // <= c8 (o0 < c8 = c_out.next_multiple_of(V::L)).
-                        let d = unsafe { v.load(dc, (oy * ow + ox) * c8 + o0) };
-                        for (ky, row) in rows.iter().enumerate() {
-                            for kx in 0..3 {
-                                let a = &mut acc[ky * 3 + kx];
-                                // SAFETY: S·ox + kx <= S·(ow − 1) + 2 < row.len().
-                                let xv = unsafe { v.broadcast(row, S * ox + kx) };
-                                *a = v.fma(d, xv, *a);
+    // Two vectors of output channels per pass where their 18 accumulators fit in the registers,
+    // so that each broadcast of `x` feeds two multiply-adds (a 16-lane broadcast takes a slot of
+    // the vector pipes on Zen4: docs/training.md, "The convolution").
+    if V::REGISTERS >= 32 && c_out.is_multiple_of(2 * V::L) {
+        for o0 in (0..c_out).step_by(2 * V::L) {
+            let block = Block {
+                o0,
+                c_out,
+                c_in,
+                images,
+            };
+            weight_grad_block::<V, S, 2>(v, pad, (oh, ow), block, (xp, dyc), dw);
+        }
+    } else {
+        for o0 in (0..c_out).step_by(V::L) {
+            let block = Block {
+                o0,
+                c_out,
+                c_in,
+                images,
+            };
+            weight_grad_block::<V, S, 1>(v, pad, (oh, ow), block, (xp, dyc), dw);
+        }
+    }
+    if let Some(db) = db {
+        for o0 in (0..c_out).step_by(V::L) {
+            let n_o = V::L.min(c_out - o0);
+            let mut acc = v.splat(0.0);
+            for p in 0..images * ohw {
+                // SAFETY: p·c8 + o0 + V::L <= images·ohw·c8 <= dyc.len(), as above.
+                acc = v.add(acc, unsafe { v.load(dyc, p * c8 + o0) });
+            }
+            for (j, &g) in v.to_array(acc).iter().enumerate().take(n_o) {
+                db[o0 + j] += g;
+            }
+        }
+    }
+}
+
+/// Which output channels a [`weight_grad_block`] pass sums, out of how many, over what.
+#[derive(Clone, Copy)]
+struct Block {
+    /// The first output channel of the pass.
+    o0: usize,
+    c_out: usize,
+    c_in: usize,
+    images: usize,
+}
+
+/// The `dW` of `B` vectors of output channels from `block.o0`, every input channel: per
+/// `(input channel, tap)` one accumulator per vector, summed over the images and pixels in order
+/// (the order of every `B`), then added to `dw`.
+#[inline(always)]
+fn weight_grad_block<V: Lanes, const S: usize, const B: usize>(
+    v: V,
+    pad: Padded,
+    (oh, ow): (usize, usize),
+    Block {
+        o0,
+        c_out,
+        c_in,
+        images,
+    }: Block,
+    (xp, dyc): (&[f32], &[f32]),
+    dw: &mut [f32],
+) {
+    let (pitch, plane) = (pad.pitch, pad.plane());
+    let (ohw, c8) = (oh * ow, c_out.next_multiple_of(L));
+    for ci in 0..c_in {
+        let mut acc = [[v.splat(0.0); 9]; B];
+        for img in 0..images {
+            let xc = &xp[(img * c_in + ci) * plane..][..plane];
+            let dc = &dyc[img * ohw * c8..][..ohw * c8];
+            for oy in 0..oh {
+                let rows: [&[f32]; 3] =
+                    std::array::from_fn(|ky| &xc[(S * oy + ky) * pitch..][..S * (ow - 1) + 3]);
+                for ox in 0..ow {
+                    // SAFETY: (oy·ow + ox)·c8 + o0 + B·V::L <= ohw·c8 = dc.len(), as the caller's
+                    // blocks end at c_out <= c8 or, for a partial vector, at c8.
+                    let d: [V::V; B] = std::array::from_fn(|b| unsafe {
+                        v.load(dc, (oy * ow + ox) * c8 + o0 + b * V::L)
+                    });
+                    for (ky, row) in rows.iter().enumerate() {
+                        for kx in 0..3 {
+                            // SAFETY: S·ox + kx <= S·(ow − 1) + 2 < row.len().
+                            let xv = unsafe { v.broadcast(row, S * ox + kx) };
+                            for (a, &d) in acc.iter_mut().zip(&d) {
+                                a[ky * 3 + kx] = v.fma(d, xv, a[ky * 3 + kx]);
                             }
                         }
                     }
                 }
             }
+        }
+        for (b, acc) in acc.iter().enumerate() {
+            let n_o = V::L.min(c_out - o0 - b * V::L);
             for (t, &u) in acc.iter().enumerate() {
                 for (j, &g) in v.to_array(u).iter().enumerate().take(n_o) {
-                    dw[((o0 + j) * c_in + ci) * 9 + t] += g;
+                    dw[((o0 + b * V::L + j) * c_in + ci) * 9 + t] += g;
                 }
             }
-        }
-        let Some(db) = db.as_deref_mut() else {
-            continue;
-        };
-        let mut acc = v.splat(0.0);
-        for p in 0..images * ohw {
-            // SAFETY: p·c8 + o0 + V::L <= images·ohw·c8 <= dyc.len(), as above.
-            acc = v.add(acc, unsafe { v.load(dyc, p * c8 + o0) });
-        }
-        for (j, &g) in v.to_array(acc).iter().enumerate().take(n_o) {
-            db[o0 + j] += g;
         }
     }
 }

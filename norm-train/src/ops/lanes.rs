@@ -24,6 +24,9 @@ pub(super) const MAX_LANES: usize = 16;
 pub(super) trait Lanes: Copy {
     /// Lanes per vector.
     const L: usize;
+    /// Vector registers of the code this type is used in (16 with AVX2, 32 with AVX-512):
+    /// how many accumulators a loop can keep without spilling.
+    const REGISTERS: usize;
     /// One vector.
     type V: Copy;
     fn splat(self, v: f32) -> Self::V;
@@ -79,6 +82,7 @@ mod w8 {
 
     impl Lanes for W8 {
         const L: usize = L;
+        const REGISTERS: usize = 16;
         type V = __m256;
 
         #[inline(always)]
@@ -140,6 +144,7 @@ mod w8 {
 
     impl Lanes for W8 {
         const L: usize = L;
+        const REGISTERS: usize = 16;
         type V = [f32; L];
 
         #[inline(always)]
@@ -212,6 +217,7 @@ mod w16 {
 
     impl Lanes for W16 {
         const L: usize = 16;
+        const REGISTERS: usize = 32;
         type V = __m512;
 
         #[inline(always)]

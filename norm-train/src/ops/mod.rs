@@ -38,8 +38,9 @@ pub type Shape1 = (usize,);
 ///
 /// [`BufferPool::take`] returns a [`Pooled`] buffer of the requested length (contents
 /// unspecified: callers overwrite it); dropping a [`Pooled`] returns its allocation to the pool,
-/// so after the first training step no large buffer is allocated again. The pool is behind a
-/// mutex so backward closures (`'static`) can own buffers.
+/// so after the first training step no large buffer is allocated again. A free buffer keeps its
+/// full length, so a take of fewer elements than it once held fills nothing. The pool is behind
+/// a mutex so backward closures (`'static`) can own buffers.
 #[derive(Clone, Debug)]
 pub struct BufferPool<T> {
     free: Arc<Mutex<Vec<Vec<T>>>>,
@@ -54,31 +55,25 @@ impl<T> Default for BufferPool<T> {
 }
 
 impl<T: Copy + Default> BufferPool<T> {
-    /// A buffer of `len` elements: the smallest free allocation that fits, else a new one.
+    /// A buffer of `len` elements: the shortest free buffer that is long enough, else the longest
+    /// one grown (rather than keep an ever larger set), else a new one.
     pub fn take(&self, len: usize) -> Pooled<T> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let best = free
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
+            .filter(|(_, v)| v.len() >= len)
+            .min_by_key(|(_, v)| v.len())
+            .or_else(|| free.iter().enumerate().max_by_key(|(_, v)| v.len()))
             .map(|(i, _)| i);
-        let mut buf = match best {
-            Some(i) => free.swap_remove(i),
-            // Take the largest free allocation and grow it rather than keep an ever larger set.
-            None => free
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, v)| v.capacity())
-                .map(|(i, _)| i)
-                .map(|i| free.swap_remove(i))
-                .unwrap_or_default(),
-        };
+        let mut buf = best.map(|i| free.swap_remove(i)).unwrap_or_default();
         drop(free);
-        buf.resize(len, T::default());
-        buf.truncate(len);
+        if buf.len() < len {
+            buf.resize(len, T::default());
+        }
         Pooled {
             buf,
+            len,
             pool: self.clone(),
         }
     }
@@ -91,30 +86,32 @@ impl<T: Copy + Default> BufferPool<T> {
     }
 }
 
-/// A buffer on loan from a [`BufferPool`]; derefs to `[T]` and returns itself on drop.
+/// A buffer on loan from a [`BufferPool`]; derefs to its first `len` elements and returns
+/// itself on drop.
 #[derive(Debug)]
 pub struct Pooled<T> {
     buf: Vec<T>,
+    len: usize,
     pool: BufferPool<T>,
 }
 
 impl<T> std::ops::Deref for Pooled<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.buf
+        &self.buf[..self.len]
     }
 }
 
 impl<T> std::ops::DerefMut for Pooled<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf
+        &mut self.buf[..self.len]
     }
 }
 
 impl<T> Drop for Pooled<T> {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        if buf.capacity() > 0 {
+        if !buf.is_empty() {
             self.pool
                 .free
                 .lock()

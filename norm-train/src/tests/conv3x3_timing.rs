@@ -51,7 +51,15 @@ fn run() {
         "layer", "fwd ms", "gemm ms", "GF/s", "bwd ms", "gemm ms", "GF/s", "dW ms"
     );
     for &n in &batches {
-        for (c_in, c_out, hw) in [(3, 16, 32), (16, 32, 16), (32, 64, 8)] {
+        // The plain CNN's layers, then the ResNets' 3×3 layers inside a stage.
+        for (c_in, c_out, hw) in [
+            (3, 16, 32),
+            (16, 32, 16),
+            (32, 64, 8),
+            (16, 16, 32),
+            (32, 32, 16),
+            (64, 64, 8),
+        ] {
             let s = ConvShape {
                 n,
                 c_in,
