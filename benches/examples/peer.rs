@@ -7,6 +7,9 @@
 //! - `floor:<N>x<C>x<H>x<W>` — the `bandwidth` bench's `y = a·x + b` on the rayon pool;
 //! - `floor-stream:<N>x<C>x<H>x<W>` — the same with streaming stores, as the kernels write an
 //!   output larger than the last-level cache;
+//! - `fma:<lanes>` — the cores' multiply-add throughput (`floor::fma_chains`, 8 lanes, or 16
+//!   where the CPU has AVX-512F), the compute floor under the training steps; the line adds
+//!   `gflops`;
 //! - `train:<model>:<norm>:<batch>` — one training step (forward + backward + SGD update, as
 //!   `norm-train/examples/train_step.rs`), batch preparation not timed (`model`: cnn (alias
 //!   plain), resnet8, resnet14, resnet20).
@@ -37,6 +40,8 @@ const CASE_MS: f64 = 600.0;
 const MIN_SAMPLES: usize = 7;
 /// Warm-up per case, ms.
 const WARMUP_MS: f64 = 150.0;
+/// Rounds of `floor::fma_chains` per call: about 1 ms at 3 GHz.
+const FMA_ITERS: u64 = 250_000;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
     let cases: Vec<String> = std::env::args().skip(1).collect();
     if cases.is_empty() || cases.iter().any(|c| c == "-h" || c == "--help") {
         eprintln!(
-            "usage: peer CASE... (kernel:<norm>:<NxCxHxW>:<fwd|fwdbwd>, floor[-stream]:<NxCxHxW>, train:<model>:<norm>:<batch>, info)"
+            "usage: peer CASE... (kernel:<norm>:<NxCxHxW>:<fwd|fwdbwd>, floor[-stream]:<NxCxHxW>, fma:<8|16>, train:<model>:<norm>:<batch>, info)"
         );
         return ExitCode::from(2);
     }
@@ -62,11 +67,12 @@ fn run(case: &str) -> Result<(), BoxError> {
     let (median, samples) = match parts.as_slice() {
         ["info"] => {
             println!(
-                "{{\"case\": \"info\", \"threads\": {}, \"simd\": \"{}\", \"caches\": \"{}\", \"dram_shape\": \"{}\"}}",
+                "{{\"case\": \"info\", \"threads\": {}, \"simd\": \"{}\", \"caches\": \"{}\", \"dram_shape\": \"{}\", \"fma_widths\": {:?}}}",
                 rayon::current_num_threads(),
                 norm_kernels::simd_level(),
                 machine::describe_caches(),
-                machine::dram_shape()
+                machine::dram_shape(),
+                floor::fma_widths()
             );
             return Ok(());
         }
@@ -98,6 +104,21 @@ fn run(case: &str) -> Result<(), BoxError> {
                 f(&x, &mut y, black_box(1.5), black_box(0.25));
                 black_box(&y);
             })
+        }
+        ["fma", lanes] => {
+            let lanes: usize = lanes
+                .parse()
+                .map_err(|_| format!("{case}: lanes `{lanes}` is not a number"))?;
+            let flops = floor::fma_chains(lanes, FMA_ITERS)
+                .ok_or_else(|| format!("{case}: this CPU has no {lanes}-lane multiply-add"))?;
+            let (ms, samples) = time(|| {
+                black_box(floor::fma_chains(lanes, FMA_ITERS));
+            });
+            println!(
+                "{{\"case\": \"{case}\", \"median_ms\": {ms:.6}, \"samples\": {samples}, \"gflops\": {:.1}}}",
+                flops / ms / 1e6
+            );
+            return Ok(());
         }
         ["train", model, norm, batch] => {
             let norm: NormChoice = norm.parse().map_err(|e| format!("{case}: {e}"))?;

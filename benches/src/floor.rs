@@ -1,6 +1,7 @@
 //! The memory floor under every forward kernel: a streaming `y = a·x + b` (read `x`, write `y`:
 //! the 8 bytes/element a forward must move, with nothing else to compute), shared by the
-//! `bandwidth` bench and the `peer` example.
+//! `bandwidth` bench and the `peer` example; and the compute floor under the training steps, the
+//! cores' multiply-add throughput ([`fma_chains`]).
 
 use rayon::prelude::*;
 
@@ -61,6 +62,84 @@ fn axpb_stream(x: &[f32], y: &mut [f32], a: f32, b: f32) {
     axpb(x, y, a, b);
 }
 
+/// Independent accumulators per thread in [`fma_chains`]: more than latency × issue width (4 × 2
+/// on the x86 cores seen here), so the loop is bound by multiply-add throughput, not latency.
+pub const FMA_CHAINS: usize = 12;
+
+/// Multiply-add widths [`fma_chains`] can run here: 8 lanes (AVX2 + FMA at this crate's build
+/// level, else portable), and 16 where the CPU has AVX-512F, as the convolutions use.
+pub fn fma_widths() -> Vec<usize> {
+    let mut w = vec![8];
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        w.push(16);
+    }
+    w
+}
+
+/// `iters` rounds of [`FMA_CHAINS`] vector multiply-adds `acc = acc·a + b` of `lanes` lanes (one
+/// of [`fma_widths`]) on every thread of the rayon pool at once; returns the floating-point
+/// operations done (2 per lane per multiply-add), or `None` for a width this CPU lacks. Time it
+/// from outside for the cores' FLOP/s: the compute floor a convolution's arithmetic sits on.
+pub fn fma_chains(lanes: usize, iters: u64) -> Option<f64> {
+    if !fma_widths().contains(&lanes) {
+        return None;
+    }
+    let sums = rayon::broadcast(|_| match lanes {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        // SAFETY: 16 is in `fma_widths` only where the CPU has AVX-512F.
+        16 => unsafe { chains16(iters) },
+        _ => chains8(iters),
+    });
+    std::hint::black_box(sums.iter().sum::<f32>());
+    Some((sums.len() as u64 * iters * (FMA_CHAINS * lanes * 2) as u64) as f64)
+}
+
+fn chains8(iters: u64) -> f32 {
+    use wide::f32x8;
+    // acc → b / (1 − a) = 1: no overflow, no subnormals, whatever `iters`.
+    let (a, b) = (
+        std::hint::black_box(f32x8::splat(0.999)),
+        std::hint::black_box(f32x8::splat(1e-3)),
+    );
+    let mut acc = [f32x8::splat(0.0); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in &mut acc {
+            *v = v.mul_add(a, b);
+        }
+    }
+    acc.iter().map(|v| v.reduce_add()).sum()
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx512f")]
+fn chains16(iters: u64) -> f32 {
+    use core::arch::x86_64::*;
+    let (a, b) = (
+        std::hint::black_box(_mm512_set1_ps(0.999)),
+        std::hint::black_box(_mm512_set1_ps(1e-3)),
+    );
+    let mut acc = [_mm512_setzero_ps(); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in &mut acc {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +153,15 @@ mod tests {
             axpb_stream_rayon(&x[start..], &mut b[start..], 1.5, 0.25);
             assert_eq!(a, b, "start {start} len {len}");
         }
+    }
+
+    #[test]
+    fn fma_chains_count_what_they_do() {
+        let threads = rayon::current_num_threads() as f64;
+        for lanes in fma_widths() {
+            let flops = fma_chains(lanes, 1000).unwrap();
+            assert_eq!(flops, threads * 1000.0 * (FMA_CHAINS * lanes * 2) as f64);
+        }
+        assert_eq!(fma_chains(5, 10), None);
     }
 }

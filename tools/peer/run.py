@@ -3,7 +3,9 @@
 (benches/examples/peer.rs), then for each of --rounds rounds runs every group of cases with ours
 and then PyTorch (tools/peer/torch_peer.py) -- A B A B -- and writes a markdown report of the
 medians and ratios, headed by the CPU model, caches, thread count, load average and the copy
-floor measured in the same rounds.
+floor measured in the same rounds; the training table adds the compute floor, each step's
+convolution and linear FLOPs (counted by PyTorch's flop counter) over the cores' multiply-add
+throughput (measured in the same rounds by peer.rs's `fma` cases).
 
 One-time set-up (not in CI; see docs/performance.md):
     python3 -m venv ~/torch && ~/torch/bin/pip install torch numpy
@@ -120,10 +122,15 @@ def main():
         for n in NORMS:
             groups.append((n, [f"kernel:{n}:{s}:{m}" for s in shapes for m in ("fwd", "fwdbwd")],
                            n not in OURS_ONLY))
+    flops = {}  # (model, batch) -> FLOPs of one step; the norm does not change them
     if args.only != "kernels":
+        groups.append(("fma", [f"fma:{w}" for w in ours_info["fma_widths"]], False))
         for model in args.models.split(","):
             groups.append((model, [f"train:{model}:{n}:{b}" for n in TRAIN_NORMS
                                    for b in BATCHES], True))
+            for b in BATCHES:
+                case = f"flops:{model}:group:{b}"
+                flops[(model, b)] = results(sh([args.python, TORCH_PEER, case], torch_env))[case]["flops"]
 
     started = datetime.now(timezone.utc)
     load_start = load()
@@ -132,7 +139,7 @@ def main():
         for name, cases, run_torch in groups:
             print(f"round {r + 1}/{args.rounds}: {name} ours", file=sys.stderr)
             for c, v in results(sh([peer] + cases, env)).items():
-                ours.setdefault(c, []).append(v["median_ms"])
+                ours.setdefault(c, []).append(v.get("gflops", v["median_ms"]))
             if run_torch:
                 print(f"round {r + 1}/{args.rounds}: {name} PyTorch", file=sys.stderr)
                 for c, v in results(sh([args.python, TORCH_PEER] + cases, torch_env)).items():
@@ -201,17 +208,40 @@ def main():
                            f"{md(ours[fb]) / (2.5 * floor[s]):.2f} |")
         out.append("")
     if args.only != "kernels":
+        peak = {w: md(ours[f"fma:{w}"]) for w in ours_info["fma_widths"]}
+        best = max(peak.values())
+        out.append("## Compute floor (multiply-adds on every core at once)")
+        out.append("")
+        out.append(f"{args.rounds} rounds of `peer fma:<lanes>`"
+                   f" ({ours_info['threads']} threads, independent multiply-add chains in"
+                   " registers): the most FLOP/s any convolution can reach here.")
+        out.append("")
+        out.append("| lanes | GFLOP/s | per round |")
+        out.append("|---:|---:|---|")
+        for w, g in peak.items():
+            per = ", ".join(f"{v:.1f}" for v in ours[f"fma:{w}"])
+            out.append(f"| {w} | {g:.1f} | {per} |")
+        out.append("")
         out.append("## Training step (ms per step: forward + backward + SGD update; images/s)")
         out.append("")
-        out.append("| model | norm | batch | ours ms | PyTorch ms | speed-up | ours img/s | PyTorch img/s |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        out.append(f"`GFLOP` is the step's convolutions and linear layer, forward and backward"
+                   f" (PyTorch's flop counter; the same for every norm); `floor ms` that work at the"
+                   f" measured {best:.0f} GFLOP/s. `PyTorch / floor` is the largest speed-up over"
+                   " PyTorch that these multiply-adds allow on this machine.")
+        out.append("")
+        out.append("| model | norm | batch | ours ms | PyTorch ms | speed-up | ours img/s |"
+                   " PyTorch img/s | GFLOP | floor ms | ours / floor | PyTorch / floor |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for model in args.models.split(","):
             for n in TRAIN_NORMS:
                 for b in BATCHES:
                     c = f"train:{model}:{n}:{b}"
                     o, t = md(ours[c]), md(torch[c])
+                    fl = flops[(model, b)] / 1e9
+                    fms = 1e3 * fl / best
                     out.append(f"| {model} | {n} | {b} | {o:.3f} | {t:.3f} | {ratio_cell(c)} | "
-                               f"{1e3 * b / o:,.0f} | {1e3 * b / t:,.0f} |")
+                               f"{1e3 * b / o:,.0f} | {1e3 * b / t:,.0f} | {fl:.3f} | "
+                               f"{fms:.3f} | {o / fms:.2f} | {t / fms:.2f} |")
         out.append("")
     text = "\n".join(out)
     print(text)

@@ -13,6 +13,10 @@ Cases (the same strings as benches/examples/peer.rs):
       cross-entropy, backward, SGD (lr 0.01, momentum 0.9, weight decay 5e-4 on conv and linear
       weights only), zero_grad(set_to_none=True); the batch is prepared outside the timing.
       model: cnn (alias plain), resnet8, resnet14, resnet20 (MODELS below).
+  flops:<model>:<norm>:<batch>  not timed: the floating-point operations of the convolutions and
+      the linear layer in one such step, forward and backward, as torch.utils.flop_counter counts
+      them (2 per multiply-add, nominal shapes: what any implementation of these layers without
+      a fast transform has to do); printed as {"case": ..., "flops": ...}.
 
 Threads: torch.set_num_threads(PEER_THREADS or RAYON_NUM_THREADS or os.cpu_count()).
 Timing: as peer.rs -- warm-up 150 ms, samples of >= 5 ms (several calls if one is shorter)
@@ -164,6 +168,18 @@ def train_case(model, norm, batch):
     return median(samples), len(samples)
 
 
+def flops_case(model, norm, batch):
+    """The step's convolution and matmul FLOPs, forward and backward (see the module doc)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    if model not in MODELS:
+        raise ValueError(f"unknown model `{model}` (known: {', '.join(MODELS)})")
+    net = MODELS[model](norm).train()
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(x), y).backward()
+    return counter.get_total_flops()
+
+
 def run(case):
     p = case.split(":")
     if p == ["info"]:
@@ -173,6 +189,10 @@ def run(case):
         return
     if len(p) == 4 and p[0] == "kernel":
         med, k = kernel_case(p[1], p[2], p[3])
+    elif len(p) == 4 and p[0] == "flops":
+        flops = flops_case(p[1], p[2], int(p[3]))
+        print(json.dumps({"case": case, "flops": flops}), flush=True)
+        return
     elif len(p) == 4 and p[0] == "train":
         med, k = train_case(p[1], p[2], int(p[3]))
     else:
