@@ -203,6 +203,15 @@ pub struct RecipeArgs {
         allow_negative_numbers = true
     )]
     pub norm_ramp: f32,
+    /// A probe, not a recipe: Gaussian noise of this size relative to each gradient tensor's
+    /// RMS added before every update (rounding-sized: 1e-6 to 1e-5); 0: none
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub grad_noise: f32,
 }
 
 fn size_help(what: &str, n: &str, synthetic: usize) -> String {

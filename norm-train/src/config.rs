@@ -354,6 +354,11 @@ pub struct TrainConfig {
     /// settings ([`norm_kernels::Norm::ramped`]; BatchRenorm's `r_max`, `d_max`); 0: none.
     #[serde(default)]
     pub norm_ramp: f32,
+    /// A probe of rounding's part in training, 0 (the default) for none: before each update,
+    /// every gradient element gets Gaussian noise of `grad_noise` times its tensor's RMS
+    /// (rounding-sized at about 1e-6 to 1e-5), drawn from stream 2 of `seed`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub grad_noise: f32,
 }
 
 impl Default for TrainConfig {
@@ -373,6 +378,7 @@ impl Default for TrainConfig {
             augment: data::Augment::CIFAR,
             seed: 0,
             norm_ramp: 0.0,
+            grad_noise: 0.0,
         }
     }
 }
@@ -452,6 +458,12 @@ impl TrainConfig {
             self.norm_ramp,
             (0.0..=1.0).contains(&self.norm_ramp),
             "in [0, 1]",
+        )?;
+        hyper(
+            "grad_noise",
+            self.grad_noise,
+            self.grad_noise.is_finite() && self.grad_noise >= 0.0,
+            "finite and non-negative",
         )?;
         hyper(
             "warmup_epochs",

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use rand::{SeedableRng, seq::SliceRandom};
+use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +137,25 @@ impl Sgd {
     }
 }
 
+/// Adds Gaussian noise of `scale` times each tensor's RMS to every element of `grads`
+/// ([`TrainConfig::grad_noise`]); the normals come from Box–Muller in f64.
+fn perturb(grads: &mut [Vec<f32>], scale: f32, rng: &mut ChaCha8Rng) {
+    for g in grads {
+        let rms =
+            (g.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / g.len().max(1) as f64).sqrt();
+        let sd = scale as f64 * rms;
+        for pair in g.chunks_mut(2) {
+            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+            let r = (-2.0 * u1.ln()).sqrt() * sd;
+            let t = std::f64::consts::TAU * u2;
+            pair[0] += (r * t.cos()) as f32;
+            if let Some(v) = pair.get_mut(1) {
+                *v += (r * t.sin()) as f32;
+            }
+        }
+    }
+}
+
 /// Progress `t` (0 to 1) of the norm's settings warm-up at step `t` of `total`, when it lasts
 /// `share` of training (0: no warm-up, the final settings from the first step).
 pub fn norm_ramp_progress(share: f32, step: usize, total: usize) -> f32 {
@@ -168,6 +187,8 @@ pub fn train(
     let normalizer = data::Normalizer::from_dataset(&data.train);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     rng.set_stream(1);
+    let mut noise_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    noise_rng.set_stream(2);
     let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
     let steps = data.train.len() / cfg.batch;
     let total = steps * cfg.epochs;
@@ -202,7 +223,7 @@ pub fn train(
                 total,
             ));
             let t0 = Instant::now();
-            let (loss, logits, grads) = model.loss_and_grads(&xb, &lb)?;
+            let (loss, logits, mut grads) = model.loss_and_grads(&xb, &lb)?;
             // Stop at once: one more update would spread NaN into every weight, and the rest of
             // the run would only report chance accuracy.
             if !loss.is_finite() {
@@ -214,6 +235,9 @@ pub fn train(
                     lr,
                     loss,
                 });
+            }
+            if cfg.grad_noise > 0.0 {
+                perturb(&mut grads, cfg.grad_noise, &mut noise_rng);
             }
             sgd.step(&mut model, &grads, lr);
             step_secs += t0.elapsed().as_secs_f64();

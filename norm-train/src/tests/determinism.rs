@@ -246,3 +246,38 @@ fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
         }
     }
 }
+
+/// `grad_noise` changes training only when set, and its draws follow the seed.
+#[test]
+fn gradient_noise_is_seeded_and_off_by_default() {
+    let split = data::synthetic(1, 96, 32);
+    let noisy = |scale: f32| {
+        let mut cfg = TrainConfig {
+            epochs: 1,
+            batch: 24,
+            grad_noise: scale,
+            ..TrainConfig::default()
+        };
+        cfg.model = ModelConfig::new(
+            cfg.model.widths,
+            NormChoice::Norm(NormKind::Batch),
+            DEFAULT_GROUPS,
+            DEFAULT_EPS,
+        );
+        let out = in_pool(2, || train(&cfg, &split, &mut |_| {}).unwrap());
+        out.model
+            .params()
+            .iter()
+            .flat_map(|p| bits(&p.data))
+            .collect::<Vec<_>>()
+    };
+    let (plain, a, b) = (noisy(0.0), noisy(1e-3), noisy(1e-3));
+    assert_eq!(a, b, "the same seed draws the same noise");
+    assert_ne!(plain, a, "noise of 1e-3 changes the weights");
+    let bad = TrainConfig {
+        grad_noise: -1.0,
+        ..TrainConfig::default()
+    };
+    let err = bad.validate(1000).unwrap_err().to_string();
+    assert!(err.contains("grad_noise"), "{err}");
+}
