@@ -269,6 +269,16 @@ def param_groups(model, wd):
 
 # ---------------------------------------------------------------- training
 
+def add_grad_noise(model, size, gen):
+    """normlab's --grad-noise: Gaussian noise of `size` times each gradient tensor's RMS added to
+    it before the update (from a stream of its own, so the other draws stay the same)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                rms = p.grad.double().pow(2).mean().sqrt().item()
+                p.grad.add_(torch.randn(p.grad.shape, generator=gen, dtype=torch.float64).to(p.grad.dtype), alpha=size * rms)
+
+
 def learning_rate(peak, t, warmup, total, schedule="cosine"):
     if t < warmup:
         return peak * (t + 1) / warmup
@@ -294,6 +304,7 @@ def train_cell(a, data, norm, batch, per_worker, seed):
     workers = batch // per_worker if per_worker else 1
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1_000_003)
+    noise_gen = torch.Generator().manual_seed(seed + 2_000_003)
     model = build(a, norm, workers)
     mean, std = normalizer(tx)
     if a.stream:
@@ -337,6 +348,8 @@ def train_cell(a, data, norm, batch, per_worker, seed):
             loss = F.cross_entropy(model(x), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if a.grad_noise > 0:
+                add_grad_noise(model, a.grad_noise, noise_gen)
             opt.step()
             step_secs += time.time() - t0
             loss_sum += loss.item()
@@ -355,6 +368,8 @@ def train_cell(a, data, norm, batch, per_worker, seed):
         "streams": "normlab" if a.stream else "torch",
         "data": {"dir": os.path.abspath(a.data), "train_size": int(len(ty)), "test_size": int(len(vy))},
     }
+    if a.grad_noise > 0:
+        recipe["grad_noise"] = a.grad_noise
     if per_worker:
         recipe["batch"] = batch
     if a.save_models:
@@ -576,6 +591,14 @@ def check_step_grads(a, d, meta, x, y, start):
     raw = np.fromfile(os.path.join(d, "grads.bin"), dtype="<f4").astype(np.float64).reshape(meta["steps"], -1)
     models = {dt: twin_of(a, start, meta["workers"], dt) for dt in (torch.float32, torch.float64)}
     errs = {"normlab": [], "torch32": []}
+    # Also in --grad-noise's unit: the RMS of the deviation over the RMS of the tensor's float64
+    # gradient, the median over tensors (each step).
+    rms = {"normlab": [], "torch32": []}
+    # A bias rather than noise: the whole model's deviation e projected on the float64 gradient,
+    # <e, g>/<g, g>, and on the weights, <e, w>/(|w| |g|) (a drift like weight decay's).
+    w64 = np.concatenate([dict(models[torch.float64].named_parameters())[n].detach().double().numpy().ravel()
+                          for n in names])
+    bias = {k: {"along_grad": [], "along_weights": []} for k in errs}
     for t in range(meta["steps"]):
         g = {}
         for dt, m in models.items():
@@ -585,19 +608,35 @@ def check_step_grads(a, d, meta, x, y, start):
             params = dict(m.named_parameters())
             g[dt] = [params[n].grad.double().numpy().ravel() for n in names]
         top = max(np.abs(v).max() for v in g[torch.float64])
-        at, worst = 0, {"normlab": 0.0, "torch32": 0.0}
+        at, worst, rel = 0, {"normlab": 0.0, "torch32": 0.0}, {"normlab": [], "torch32": []}
         for i, ref in enumerate(g[torch.float64]):
             den = max(np.abs(ref).max(), 1e-3 * top)
-            worst["normlab"] = max(worst["normlab"], np.abs(raw[t, at:at + ref.size] - ref).max() / den)
-            worst["torch32"] = max(worst["torch32"], np.abs(g[torch.float32][i] - ref).max() / den)
+            mine = {"normlab": raw[t, at:at + ref.size], "torch32": g[torch.float32][i]}
+            ref_rms = max(np.sqrt(np.mean(ref * ref)), 1e-3 * top)
+            for k, v in mine.items():
+                worst[k] = max(worst[k], np.abs(v - ref).max() / den)
+                rel[k].append(np.sqrt(np.mean((v - ref) ** 2)) / ref_rms)
             at += ref.size
+        ref_all = np.concatenate(g[torch.float64])
+        mine_all = {"normlab": raw[t], "torch32": np.concatenate(g[torch.float32])}
+        gg = float(ref_all @ ref_all)
         for k in errs:
             errs[k].append(float(worst[k]))
+            rms[k].append(float(np.median(rel[k])))
+            e = mine_all[k] - ref_all
+            bias[k]["along_grad"].append(float(e @ ref_all) / gg)
+            bias[k]["along_weights"].append(float(e @ w64) / (np.linalg.norm(w64) * np.sqrt(gg)))
     out = {"steps": meta["steps"]}
     for k, v in errs.items():
         v = np.array(v)
         out[k + "_vs_torch64"] = {"median": float(np.median(v)), "max": float(v.max()),
-                                 "steps_above_1e-4": int((v > 1e-4).sum())}
+                                 "steps_above_1e-4": int((v > 1e-4).sum()),
+                                 "rms_relative_median": float(np.median(rms[k])),
+                                 "rms_relative_mean": float(np.mean(rms[k])),
+                                 "rms_relative_max": float(np.max(rms[k]))}
+        for part, b in bias[k].items():
+            b = np.array(b)
+            out[k + "_vs_torch64"]["bias_" + part] = [float(b.mean()), float(b.std(ddof=1) / np.sqrt(len(b)))]
     print(json.dumps(out))
 
 
@@ -751,6 +790,8 @@ def main():
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--running-from", default="worker0", choices=["worker0", "every"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--grad-noise", type=float, default=0.0, metavar="SIZE",
+                   help="add Gaussian noise of SIZE times each gradient tensor's RMS (normlab's --grad-noise)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="train in this precision (float64: the twin without float32's rounding)")
     p.add_argument("--throughput", action="store_true")
