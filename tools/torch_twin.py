@@ -599,6 +599,8 @@ def check_step_grads(a, d, meta, x, y, start):
     w64 = np.concatenate([dict(models[torch.float64].named_parameters())[n].detach().double().numpy().ravel()
                           for n in names])
     bias = {k: {"along_grad": [], "along_weights": []} for k in errs}
+    # Per tensor: <e_i, g_i>/<g_i, g_i>, to find a bias confined to one layer (a norm's γ, say).
+    per_tensor = {k: [[] for _ in names] for k in errs}
     for t in range(meta["steps"]):
         g = {}
         for dt, m in models.items():
@@ -616,6 +618,7 @@ def check_step_grads(a, d, meta, x, y, start):
             for k, v in mine.items():
                 worst[k] = max(worst[k], np.abs(v - ref).max() / den)
                 rel[k].append(np.sqrt(np.mean((v - ref) ** 2)) / ref_rms)
+                per_tensor[k][i].append(float((v - ref) @ ref) / max(float(ref @ ref), 1e-300))
             at += ref.size
         ref_all = np.concatenate(g[torch.float64])
         mine_all = {"normlab": raw[t], "torch32": np.concatenate(g[torch.float32])}
@@ -637,6 +640,14 @@ def check_step_grads(a, d, meta, x, y, start):
         for part, b in bias[k].items():
             b = np.array(b)
             out[k + "_vs_torch64"]["bias_" + part] = [float(b.mean()), float(b.std(ddof=1) / np.sqrt(len(b)))]
+        # The three tensors whose bias stands out most from their own step-to-step spread.
+        ts = []
+        for name, b in zip(names, per_tensor[k]):
+            b = np.array(b)
+            se = b.std(ddof=1) / np.sqrt(len(b))
+            ts.append((abs(b.mean()) / se if se > 0 else 0.0, name, float(b.mean()), float(se)))
+        out[k + "_vs_torch64"]["bias_along_grad_top_tensors"] = [
+            {"tensor": n, "mean": m, "se": e} for _, n, m, e in sorted(ts, reverse=True)[:3]]
     print(json.dumps(out))
 
 
