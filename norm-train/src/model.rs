@@ -4,7 +4,7 @@
 
 use dfdx::{
     prelude::{Axes2, Axis, BroadcastTo, MeanTo, PermuteTo, ReshapeTo, TryMatMul},
-    shapes::HasShape,
+    shapes::{HasShape, Shape},
     tensor::{Cache, Cpu, Merge, NoneTape, OwnedTape, PutTape, SplitTape, Tape, Tensor, Trace},
     tensor_ops::Backward,
 };
@@ -515,7 +515,15 @@ impl Model {
         let loss = dfdx::losses::cross_entropy_with_logits_loss(logits, targets);
         let loss_v = loss.as_vec()[0];
         let grads = loss.try_backward().map_err(tensor)?;
-        let g = p.iter().map(|t| grads.get(t).as_vec()).collect();
+        // A memcpy each, where dfdx's `as_vec` walks the strides element by element.
+        let g = p
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.0f32; t.shape().num_elements()];
+                grads.get(t).copy_into(&mut v);
+                v
+            })
+            .collect();
         Ok((loss_v, logits_v, g))
     }
 
