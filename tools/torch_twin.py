@@ -544,7 +544,10 @@ def check_steps(a):
         model.train()
         opt = torch.optim.SGD(param_groups(model, meta["weight_decay"]), lr=meta["lr"], momentum=meta["momentum"])
         states, losses = {}, []
+        warmup = meta.get("warmup", 0)
         for t in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(meta["lr"], t, warmup, 4 * steps, "step")
             loss = F.cross_entropy(model(torch.from_numpy(x[t]).to(dt)), torch.from_numpy(y[t]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -558,7 +561,7 @@ def check_steps(a):
     if meta["lr"] == 0:
         return check_step_grads(a, d, meta, x, y, start)
     s32, l32 = run(torch.float32)
-    s64, l64 = run(torch.float64)
+    s64, l64 = run(torch.float64) if not a.no_float64 else ({}, [float("nan")] * steps)
 
     # Relative to the tensor's largest value, floored at 1e-3 of the largest weight: a norm's
     # bias starts at 0, and after one step it holds only that step's rounding-sized update.
@@ -581,6 +584,13 @@ def check_steps(a):
         row["loss"] = {"normlab": meta["losses"][k - 1], "torch32": l32[k - 1], "torch64": l64[k - 1]}
         print(json.dumps(row))
         sys.stdout.flush()
+    # How far each tool's trajectory has trained: the mean train loss over windows of steps
+    # (one batch's loss is too noisy to compare trajectories by).
+    size = max(steps // 6, 1)
+    means = lambda ls: [float(np.mean(ls[i:i + size])) for i in range(0, steps - size + 1, size)]
+    print(json.dumps({"loss_windows": {"steps_per_window": size, "stream_seed": meta.get("stream_seed"),
+                                       "normlab": means(meta["losses"]), "torch32": means(l32),
+                                       "torch64": means(l64)}}))
 
 
 def check_step_grads(a, d, meta, x, y, start):
@@ -809,6 +819,8 @@ def main():
     p.add_argument("--seconds", type=float, default=5.0, help="--throughput: seconds per measurement")
     p.add_argument("--check-grads", metavar="DIR")
     p.add_argument("--check-steps", metavar="DIR")
+    p.add_argument("--no-float64", action="store_true",
+                   help="--check-steps: run PyTorch in float32 only (the loss windows, no weight comparison)")
     p.add_argument("--stop-after", type=int, default=0, metavar="E",
                    help="stop after E epochs of the --epochs schedule (to save a model from mid-training)")
     p.add_argument("--stream", metavar="DIR", help="train on normlab's init and batches (dump_stream)")

@@ -7,10 +7,12 @@
 //! the gradients of many batches at one point of training can be compared.
 //!
 //! `cargo run --release -p norm-train --example dump_steps -- DIR [arch] [norm] [workers]
-//! [batch] [steps] [lr] [START.safetensors|fresh] [eval_every]` (defaults: resnet8 batch 16 32
-//! 156 0.1 fresh 0; a fresh model from seed 7 unless START is given, e.g. a trained cell's model
-//! from `sweep --save-models`; `eval_every` K > 0 evaluates on the test set after every K
-//! steps). The learning rate is constant; SGD momentum 0.9, weight decay 5e-4.
+//! [batch] [steps] [lr] [START.safetensors|fresh[:SEED]] [eval_every] [stream_seed] [warmup]`
+//! (defaults: resnet8 batch 16 32 156 0.1 fresh 0 1 0; a fresh model from seed 7, or SEED, unless
+//! START is given, e.g. a trained cell's model from `sweep --save-models`; `eval_every` K > 0
+//! evaluates on the test set after every K steps; `stream_seed` seeds the batch order and
+//! augmentation). The learning rate is `lr`, after a linear warm-up over the first `warmup` steps
+//! as training's (`lr·(t+1)/warmup`); SGD momentum 0.9, weight decay 5e-4.
 
 use norm_train::{Arch, Model, ModelConfig, NormChoice, RunningFrom, Sgd, data};
 use rand::SeedableRng;
@@ -22,7 +24,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = std::path::PathBuf::from(args.first().ok_or(
-        "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors|fresh] [eval_every]",
+        "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors|fresh[:SEED]] [eval_every] [stream_seed] [warmup]",
     )?);
     let arg = |i: usize, default: &str| args.get(i).map_or(default.to_owned(), String::clone);
     let arch: Arch = arg(1, "resnet8").parse()?;
@@ -34,19 +36,22 @@ fn main() -> Result<(), BoxError> {
     // Evaluate on the test set after every `eval_every` steps, as the training loop does after
     // each epoch (0: never), to check that evaluation leaves training untouched.
     let eval_every: usize = arg(8, "0").parse()?;
+    let stream_seed: u64 = arg(9, "1").parse()?;
+    let warmup: usize = arg(10, "0").parse()?;
     if steps == 0 || batch == 0 || workers == 0 || !batch.is_multiple_of(workers) {
         return Err("steps and batch must be at least 1 and workers must divide batch".into());
     }
     std::fs::create_dir_all(&dir)?;
-    let mut model = match args.get(7).filter(|p| p.as_str() != "fresh") {
-        Some(p) => norm_train::checkpoint::load(std::path::Path::new(p))?.model,
-        None => Model::new(
+    let start = arg(7, "fresh");
+    let mut model = match start.strip_prefix("fresh") {
+        Some(seed) => Model::new(
             &ModelConfig {
                 arch,
                 ..ModelConfig::new([16, 32, 64], norm, 8, 1e-5)
             },
-            7,
+            seed.strip_prefix(':').map_or(Ok(7), str::parse)?,
         )?,
+        None => norm_train::checkpoint::load(std::path::Path::new(&start))?.model,
     };
     let split = data::synthetic(0, 5000, 1000);
     let normalizer = data::Normalizer::from_dataset(&split.train);
@@ -58,13 +63,16 @@ fn main() -> Result<(), BoxError> {
     model.set_workers(workers, RunningFrom::Worker0)?;
     model.train_mode();
     let mut sgd = Sgd::new(0.9, 5e-4);
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed);
     let mut order: Vec<usize> = (0..split.train.len()).collect();
     let per_epoch = split.train.len() / batch;
     let img = 3 * 32 * 32;
     let (mut xs, mut ls) = (Vec::with_capacity(steps * batch * img), Vec::new());
     let (mut xb, mut lb) = (vec![0.0f32; batch * img], vec![0usize; batch]);
     let saved_at = [1, 10, 50, steps];
+    // A total of 4·steps: the step schedule never reaches its first drop, so lr is held.
+    let step_lr =
+        |t: usize| norm_train::learning_rate(norm_train::Schedule::Step, lr, t, warmup, 4 * steps);
     let mut losses = Vec::with_capacity(steps);
     let mut gs: Vec<u8> = Vec::new();
     for t in 0..steps {
@@ -85,7 +93,7 @@ fn main() -> Result<(), BoxError> {
         let (loss, _, grads) = model.loss_and_grads(&xb, &lb)?;
         // Each step's gradients as computed, not as recovered from the update.
         gs.extend(grads.iter().flatten().flat_map(|v| v.to_le_bytes()));
-        sgd.step(&mut model, &grads, lr);
+        sgd.step(&mut model, &grads, step_lr(t));
         if eval_every > 0 && (t + 1) % eval_every == 0 {
             model.evaluate(&split.test, &normalizer)?;
         }
@@ -108,6 +116,7 @@ fn main() -> Result<(), BoxError> {
     let meta = serde_json::json!({
         "params": names, "batch": batch, "steps": steps, "lr": lr, "workers": workers, "momentum": 0.9,
         "weight_decay": 5e-4, "running_from": "worker0", "saved_at": saved_at, "losses": losses,
+        "stream_seed": stream_seed, "warmup": warmup,
     });
     std::fs::write(dir.join("meta.json"), meta.to_string())?;
     println!(
