@@ -538,6 +538,7 @@ def check_steps(a):
     y = np.fromfile(os.path.join(d, "labels.bin"), dtype="<u8").astype(np.int64).reshape(steps, b)
     a.running_from = meta["running_from"]
     start = read_ckpt(os.path.join(d, "start.safetensors"))
+    meta_norm = start[0]["norm"]
 
     def run(dt):
         model = twin_of(a, start, meta["workers"], dt)
@@ -556,6 +557,12 @@ def check_steps(a):
             if t + 1 in meta["saved_at"]:
                 states[t + 1] = {k: v.double().numpy().copy() for k, v in model.state_dict().items()
                                  if not k.endswith("num_batches_tracked")}
+        if a.save_final and dt == torch.float32:
+            # For a hand-over: normlab (dump_steps START) or the twin continues from here.
+            from safetensors import safe_open
+            with safe_open(os.path.join(d, "start.safetensors"), framework="np") as f:
+                norm_in = json.loads(f.metadata()["normlab.input_normalization"])
+            save_model(model, a, meta_norm, a.save_final, norm_in["mean"], norm_in["std"])
         return states, losses
 
     if meta["lr"] == 0:
@@ -819,6 +826,8 @@ def main():
     p.add_argument("--seconds", type=float, default=5.0, help="--throughput: seconds per measurement")
     p.add_argument("--check-grads", metavar="DIR")
     p.add_argument("--check-steps", metavar="DIR")
+    p.add_argument("--save-final", metavar="PATH",
+                   help="--check-steps: save PyTorch float32's model after the last step (normlab checkpoint)")
     p.add_argument("--no-float64", action="store_true",
                    help="--check-steps: run PyTorch in float32 only (the loss windows, no weight comparison)")
     p.add_argument("--stop-after", type=int, default=0, metavar="E",
