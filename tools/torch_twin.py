@@ -545,10 +545,11 @@ def check_steps(a):
         model.train()
         opt = torch.optim.SGD(param_groups(model, meta["weight_decay"]), lr=meta["lr"], momentum=meta["momentum"])
         states, losses = {}, []
-        warmup = meta.get("warmup", 0)
+        warmup, schedule = meta.get("warmup", 0), meta.get("schedule", "step")
+        total = steps if schedule == "cosine" else 4 * steps  # "step": held, as dump_steps
         for t in range(steps):
             for g in opt.param_groups:
-                g["lr"] = learning_rate(meta["lr"], t, warmup, 4 * steps, "step")
+                g["lr"] = learning_rate(meta["lr"], t, warmup, total, schedule)
             loss = F.cross_entropy(model(torch.from_numpy(x[t]).to(dt)), torch.from_numpy(y[t]))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -7,12 +7,15 @@
 //! the gradients of many batches at one point of training can be compared.
 //!
 //! `cargo run --release -p norm-train --example dump_steps -- DIR [arch] [norm] [workers]
-//! [batch] [steps] [lr] [START.safetensors|fresh[:SEED]] [eval_every] [stream_seed] [warmup]`
+//! [batch] [steps] [lr] [START.safetensors|fresh[:SEED]] [eval_every] [stream_seed] [warmup]
+//! [schedule]`
 //! (defaults: resnet8 batch 16 32 156 0.1 fresh 0 1 0; a fresh model from seed 7, or SEED, unless
 //! START is given, e.g. a trained cell's model from `sweep --save-models`; `eval_every` K > 0
 //! evaluates on the test set after every K steps; `stream_seed` seeds the batch order and
 //! augmentation). The learning rate is `lr`, after a linear warm-up over the first `warmup` steps
-//! as training's (`lr·(t+1)/warmup`); SGD momentum 0.9, weight decay 5e-4.
+//! as training's (`lr·(t+1)/warmup`), held (`schedule` step, the default) or falling as
+//! training's cosine to 0 at the last step (`cosine`); SGD momentum 0.9, weight decay 5e-4. With
+//! `lr` > 0 `grads.bin` is left empty (only the lr 0 comparison reads it).
 
 use norm_train::{Arch, Model, ModelConfig, NormChoice, RunningFrom, Sgd, data};
 use rand::SeedableRng;
@@ -24,7 +27,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = std::path::PathBuf::from(args.first().ok_or(
-        "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors|fresh[:SEED]] [eval_every] [stream_seed] [warmup]",
+        "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors|fresh[:SEED]] [eval_every] [stream_seed] [warmup] [step|cosine]",
     )?);
     let arg = |i: usize, default: &str| args.get(i).map_or(default.to_owned(), String::clone);
     let arch: Arch = arg(1, "resnet8").parse()?;
@@ -38,6 +41,11 @@ fn main() -> Result<(), BoxError> {
     let eval_every: usize = arg(8, "0").parse()?;
     let stream_seed: u64 = arg(9, "1").parse()?;
     let warmup: usize = arg(10, "0").parse()?;
+    let cosine = match arg(11, "step").as_str() {
+        "step" => false,
+        "cosine" => true,
+        other => return Err(format!("schedule {other:?}: expected step or cosine").into()),
+    };
     if steps == 0 || batch == 0 || workers == 0 || !batch.is_multiple_of(workers) {
         return Err("steps and batch must be at least 1 and workers must divide batch".into());
     }
@@ -70,9 +78,11 @@ fn main() -> Result<(), BoxError> {
     let (mut xs, mut ls) = (Vec::with_capacity(steps * batch * img), Vec::new());
     let (mut xb, mut lb) = (vec![0.0f32; batch * img], vec![0usize; batch]);
     let saved_at = [1, 10, 50, steps];
-    // A total of 4·steps: the step schedule never reaches its first drop, so lr is held.
-    let step_lr =
-        |t: usize| norm_train::learning_rate(norm_train::Schedule::Step, lr, t, warmup, 4 * steps);
+    // Held: a total of 4·steps, so the step schedule never reaches its first drop.
+    let step_lr = |t: usize| match cosine {
+        true => norm_train::learning_rate(norm_train::Schedule::Cosine, lr, t, warmup, steps),
+        false => norm_train::learning_rate(norm_train::Schedule::Step, lr, t, warmup, 4 * steps),
+    };
     let mut losses = Vec::with_capacity(steps);
     let mut gs: Vec<u8> = Vec::new();
     for t in 0..steps {
@@ -92,7 +102,9 @@ fn main() -> Result<(), BoxError> {
         );
         let (loss, _, grads) = model.loss_and_grads(&xb, &lb)?;
         // Each step's gradients as computed, not as recovered from the update.
-        gs.extend(grads.iter().flatten().flat_map(|v| v.to_le_bytes()));
+        if lr == 0.0 {
+            gs.extend(grads.iter().flatten().flat_map(|v| v.to_le_bytes()));
+        }
         sgd.step(&mut model, &grads, step_lr(t));
         if eval_every > 0 && (t + 1) % eval_every == 0 {
             model.evaluate(&split.test, &normalizer)?;
@@ -117,6 +129,7 @@ fn main() -> Result<(), BoxError> {
         "params": names, "batch": batch, "steps": steps, "lr": lr, "workers": workers, "momentum": 0.9,
         "weight_decay": 5e-4, "running_from": "worker0", "saved_at": saved_at, "losses": losses,
         "stream_seed": stream_seed, "warmup": warmup,
+        "schedule": if cosine { "cosine" } else { "step" },
     });
     std::fs::write(dir.join("meta.json"), meta.to_string())?;
     println!(
