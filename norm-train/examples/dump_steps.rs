@@ -12,7 +12,7 @@
 //! (defaults: resnet8 batch 16 32 156 0.1 fresh 0 1 0; a fresh model from seed 7, or SEED, unless
 //! START is given, e.g. a trained cell's model from `sweep --save-models`; `eval_every` K > 0
 //! evaluates on the test set after every K steps; `stream_seed` seeds the batch order and
-//! augmentation). The learning rate is `lr`, after a linear warm-up over the first `warmup` steps
+//! augmentation, `train:S` as `norm-cli train --seed S` does). The learning rate is `lr`, after a linear warm-up over the first `warmup` steps
 //! as training's (`lr·(t+1)/warmup`), held (`schedule` step, the default) or falling as
 //! training's cosine to 0 at the last step (`cosine`); SGD momentum 0.9, weight decay 5e-4. With
 //! `lr` > 0 `grads.bin` is left empty (only the lr 0 comparison reads it).
@@ -39,7 +39,11 @@ fn main() -> Result<(), BoxError> {
     // Evaluate on the test set after every `eval_every` steps, as the training loop does after
     // each epoch (0: never), to check that evaluation leaves training untouched.
     let eval_every: usize = arg(8, "0").parse()?;
-    let stream_seed: u64 = arg(9, "1").parse()?;
+    let stream = arg(9, "1");
+    let (stream_seed, as_train): (u64, bool) = match stream.strip_prefix("train:") {
+        Some(s) => (s.parse()?, true),
+        None => (stream.parse()?, false),
+    };
     let warmup: usize = arg(10, "0").parse()?;
     let cosine = match arg(11, "step").as_str() {
         "step" => false,
@@ -72,6 +76,9 @@ fn main() -> Result<(), BoxError> {
     model.train_mode();
     let mut sgd = Sgd::new(0.9, 5e-4);
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed);
+    if as_train {
+        rng.set_stream(1);
+    }
     let mut order: Vec<usize> = (0..split.train.len()).collect();
     let per_epoch = split.train.len() / batch;
     let img = 3 * 32 * 32;

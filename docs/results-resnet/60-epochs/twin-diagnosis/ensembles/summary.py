@@ -30,3 +30,10 @@ for w in range(6):
     tool=[ (v["N"]["normlab"][w]+v["T"]["normlab"][w])/2-(v["N"]["torch32"][w]+v["T"]["torch32"][w])/2 for v in full]
     st_=ms([a-b for a,b in zip(sN,sT)]); tl=ms(tool)
     print(f"window {w}: from normlab's state {st.mean(sN):.3f}, from torch's {st.mean(sT):.3f}: state effect {st_[0]:+.4f}±{st_[1]:.4f}; tool effect (normlab-torch) {tl[0]:+.4f}±{tl[1]:.4f}")
+print("== the 60-epoch recipe, same model and batches (test error %: as trained / re-estimated over 5,000 plain images)")
+for l in open(D + 'paired-60.jsonl'):
+    r = json.loads(l)
+    e = {k: r[k]["recalibrated"] for k in ("normlab", "torch32")}
+    cells = "  ".join(f"{k} {100 - 100 * v['test_acc_before']:.1f} / {100 - 100 * v['test_acc_after']:.1f}" for k, v in e.items())
+    print(f"seed {r['seed']}, stream {r.get('stream', str(r['seed']))}: {cells}; last train-loss sixth "
+          f"{r['loss_windows']['normlab'][-1]:.4f} / {r['loss_windows']['torch32'][-1]:.4f}")
