@@ -546,23 +546,23 @@ def check_steps(a):
         opt = torch.optim.SGD(param_groups(model, meta["weight_decay"]), lr=meta["lr"], momentum=meta["momentum"])
         states, losses = {}, []
         warmup, schedule = meta.get("warmup", 0), meta.get("schedule", "step")
-        total = steps if schedule == "cosine" else 4 * steps  # "step": held, as dump_steps
+        # A segment of a longer run (dump_steps offset=, total=): step t is step offset + t of it.
+        offset, total = meta.get("offset", 0), meta.get("total", steps)
+        total = total if schedule == "cosine" else 4 * total  # "step": held, as dump_steps
         for t in range(steps):
             for g in opt.param_groups:
-                g["lr"] = learning_rate(meta["lr"], t, warmup, total, schedule)
+                g["lr"] = learning_rate(meta["lr"], offset + t, warmup, total, schedule)
             loss = F.cross_entropy(model(torch.from_numpy(x[t]).to(dt)), torch.from_numpy(y[t]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
-            if t + 1 in meta["saved_at"]:
-                states[t + 1] = {k: v.double().numpy().copy() for k, v in model.state_dict().items()
+            if offset + t + 1 in meta["saved_at"]:
+                states[offset + t + 1] = {k: v.double().numpy().copy() for k, v in model.state_dict().items()
                                  if not k.endswith("num_batches_tracked")}
         if a.save_final and dt == torch.float32:
             # For a hand-over: normlab (dump_steps START) or the twin continues from here.
-            from safetensors import safe_open
-            with safe_open(os.path.join(d, "start.safetensors"), framework="np") as f:
-                norm_in = json.loads(f.metadata()["normlab.input_normalization"])
+            norm_in = start[0]["input_normalization"]
             save_model(model, a, meta_norm, a.save_final, norm_in["mean"], norm_in["std"])
         return states, losses
 
@@ -589,7 +589,8 @@ def check_steps(a):
             for label, mine, ref in (("normlab_vs_torch64", ours, s64[k]), ("torch32_vs_torch64", s32[k], s64[k]),
                                      ("normlab_vs_torch32", ours, s32[k])):
                 row[part][label], row[part][label + "_worst_tensor"] = worst(mine, ref, running)
-        row["loss"] = {"normlab": meta["losses"][k - 1], "torch32": l32[k - 1], "torch64": l64[k - 1]}
+        i = k - meta.get("offset", 0) - 1
+        row["loss"] = {"normlab": meta["losses"][i], "torch32": l32[i], "torch64": l64[i]}
         print(json.dumps(row))
         sys.stdout.flush()
     # How far each tool's trajectory has trained: the mean train loss over windows of steps
@@ -686,6 +687,8 @@ def read_ckpt(path):
     name, _, settings = spec.partition(":")
     kv = dict(p.split("=", 1) for p in settings.split(",") if "=" in p)
     model["norm"], model["groups"] = name, int(kv.get("groups", 8))
+    if "normlab.input_normalization" in meta:
+        model["input_normalization"] = json.loads(meta["normlab.input_normalization"])
     return model, out
 
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use norm_train::{Arch, NormChoice, NormKind, RunningFrom, Schedule, TrainConfig, data};
+use norm_train::{Arch, NoiseOn, NormChoice, NormKind, RunningFrom, Schedule, TrainConfig, data};
 
 use crate::sweep::{Seeds, Share};
 
@@ -94,6 +94,27 @@ impl From<RunningFromArg> for RunningFrom {
         match r {
             RunningFromArg::Worker0 => Self::Worker0,
             RunningFromArg::Every => Self::Every,
+        }
+    }
+}
+
+/// Which gradient tensors --grad-noise perturbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NoiseOnArg {
+    /// Every parameter.
+    All,
+    /// The conv and linear weights.
+    Weights,
+    /// The norms' γ and β and the biases.
+    Others,
+}
+
+impl From<NoiseOnArg> for NoiseOn {
+    fn from(r: NoiseOnArg) -> Self {
+        match r {
+            NoiseOnArg::All => Self::All,
+            NoiseOnArg::Weights => Self::Weights,
+            NoiseOnArg::Others => Self::Others,
         }
     }
 }
@@ -212,6 +233,9 @@ pub struct RecipeArgs {
         allow_negative_numbers = true
     )]
     pub grad_noise: f32,
+    /// Which gradient tensors get --grad-noise (each gets the draws it gets under `all`)
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = NoiseOnArg::All)]
+    pub grad_noise_on: NoiseOnArg,
 }
 
 fn size_help(what: &str, n: &str, synthetic: usize) -> String {
@@ -330,7 +354,8 @@ pub struct EvalArgs {
     /// Write the recalibrated model to this file (needs --recalibrate-bn).
     #[arg(long, value_name = "FILE", requires = "recalibrate_bn")]
     pub save: Option<PathBuf>,
-    /// Print the result as one JSON object.
+    /// Print the result as one JSON object (its `test_acc` is after re-estimation when there is
+    /// one; `recalibrated.test_acc_before` is the accuracy as trained).
     #[arg(long)]
     pub json: bool,
     /// Data set; the one the checkpoint was trained on if unset.

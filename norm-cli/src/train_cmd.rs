@@ -247,6 +247,7 @@ pub fn config(r: &RecipeArgs, norm: NormChoice, batch: usize, seed: u64) -> Trai
         .map(|k| with_settings(model_norm(k, r.groups, r.eps), r));
     c.norm_ramp = r.norm_ramp;
     c.grad_noise = r.grad_noise;
+    c.grad_noise_on = r.grad_noise_on.into();
     c.epochs = r.epochs;
     c.batch = batch;
     c.base_lr = r.lr;

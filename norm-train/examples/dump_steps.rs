@@ -16,6 +16,13 @@
 //! as training's (`lr·(t+1)/warmup`), held (`schedule` step, the default) or falling as
 //! training's cosine to 0 at the last step (`cosine`); SGD momentum 0.9, weight decay 5e-4. With
 //! `lr` > 0 `grads.bin` is left empty (only the lr 0 comparison reads it).
+//!
+//! Options after the positional arguments, for runs cut into segments (hand-overs along a long
+//! run): `offset=K` starts at step K of the stream and of the schedule (the stream's first K
+//! batches are drawn and skipped, so step K's batch is the uncut run's), `total=T` makes the
+//! schedule's last step T (default `offset + steps`), and `save=a,b,...` saves the model after
+//! those steps of the whole run (default 1, 10, 50 and the last; names are `after_K` in steps of
+//! the whole run).
 
 use norm_train::{Arch, Model, ModelConfig, NormChoice, RunningFrom, Sgd, data};
 use rand::SeedableRng;
@@ -25,7 +32,26 @@ use rand_chacha::ChaCha8Rng;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let (opts, args): (Vec<String>, Vec<String>) = all.into_iter().partition(|a| a.contains('='));
+    let (mut offset, mut total, mut save) = (0usize, None, None);
+    for o in &opts {
+        let (k, v) = o.split_once('=').unwrap_or_default();
+        match k {
+            "offset" => offset = v.parse()?,
+            "total" => total = Some(v.parse::<usize>()?),
+            "save" => {
+                save = Some(
+                    v.split(',')
+                        .map(str::parse)
+                        .collect::<Result<Vec<usize>, _>>()?,
+                )
+            }
+            _ => {
+                return Err(format!("option {o:?}: expected offset=K, total=T or save=a,b").into());
+            }
+        }
+    }
     let dir = std::path::PathBuf::from(args.first().ok_or(
         "usage: dump_steps DIR [arch] [norm] [workers] [batch] [steps] [lr] [START.safetensors|fresh[:SEED]] [eval_every] [stream_seed] [warmup] [step|cosine]",
     )?);
@@ -52,6 +78,10 @@ fn main() -> Result<(), BoxError> {
     };
     if steps == 0 || batch == 0 || workers == 0 || !batch.is_multiple_of(workers) {
         return Err("steps and batch must be at least 1 and workers must divide batch".into());
+    }
+    let total = total.unwrap_or(offset + steps);
+    if total < offset + steps {
+        return Err(format!("total={total} ends before the last step {}", offset + steps).into());
     }
     std::fs::create_dir_all(&dir)?;
     let start = arg(7, "fresh");
@@ -84,15 +114,15 @@ fn main() -> Result<(), BoxError> {
     let img = 3 * 32 * 32;
     let (mut xs, mut ls) = (Vec::with_capacity(steps * batch * img), Vec::new());
     let (mut xb, mut lb) = (vec![0.0f32; batch * img], vec![0usize; batch]);
-    let saved_at = [1, 10, 50, steps];
-    // Held: a total of 4·steps, so the step schedule never reaches its first drop.
+    let saved_at = save.unwrap_or(vec![offset + 1, offset + 10, offset + 50, offset + steps]);
+    // Held: a total of 4·total, so the step schedule never reaches its first drop.
     let step_lr = |t: usize| match cosine {
-        true => norm_train::learning_rate(norm_train::Schedule::Cosine, lr, t, warmup, steps),
-        false => norm_train::learning_rate(norm_train::Schedule::Step, lr, t, warmup, 4 * steps),
+        true => norm_train::learning_rate(norm_train::Schedule::Cosine, lr, t, warmup, total),
+        false => norm_train::learning_rate(norm_train::Schedule::Step, lr, t, warmup, 4 * total),
     };
     let mut losses = Vec::with_capacity(steps);
     let mut gs: Vec<u8> = Vec::new();
-    for t in 0..steps {
+    for t in 0..offset + steps {
         if t % per_epoch == 0 {
             order.shuffle(&mut rng);
         }
@@ -107,6 +137,10 @@ fn main() -> Result<(), BoxError> {
             &mut xb,
             &mut lb,
         );
+        // The stream's first `offset` batches are drawn as the uncut run draws them, then dropped.
+        if t < offset {
+            continue;
+        }
         let (loss, _, grads) = model.loss_and_grads(&xb, &lb)?;
         // Each step's gradients as computed, not as recovered from the update.
         if lr == 0.0 {
@@ -135,7 +169,7 @@ fn main() -> Result<(), BoxError> {
     let meta = serde_json::json!({
         "params": names, "batch": batch, "steps": steps, "lr": lr, "workers": workers, "momentum": 0.9,
         "weight_decay": 5e-4, "running_from": "worker0", "saved_at": saved_at, "losses": losses,
-        "stream_seed": stream_seed, "warmup": warmup,
+        "stream_seed": stream_seed, "warmup": warmup, "offset": offset, "total": total,
         "schedule": if cosine { "cosine" } else { "step" },
     });
     std::fs::write(dir.join("meta.json"), meta.to_string())?;

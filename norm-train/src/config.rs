@@ -314,6 +314,31 @@ pub enum RunningFrom {
     Every,
 }
 
+/// Which gradient tensors [`TrainConfig::grad_noise`] perturbs. The noise is drawn for every
+/// tensor whichever is chosen, so a part gets exactly the draws it gets under `All`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseOn {
+    /// Every parameter.
+    #[default]
+    All,
+    /// The conv and linear weights (the weight-decayed tensors).
+    Weights,
+    /// The rest: the norms' γ and β and the biases.
+    Others,
+}
+
+impl NoiseOn {
+    /// Whether a parameter with weight decay `decay` gets noise.
+    pub fn includes(self, decay: bool) -> bool {
+        match self {
+            Self::All => true,
+            Self::Weights => decay,
+            Self::Others => !decay,
+        }
+    }
+}
+
 fn one_usize() -> usize {
     1
 }
@@ -360,6 +385,9 @@ pub struct TrainConfig {
     /// stream 2 of `seed`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub grad_noise: f32,
+    /// Which tensors get `grad_noise` (a probe of where it acts).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub grad_noise_on: NoiseOn,
 }
 
 impl Default for TrainConfig {
@@ -380,6 +408,7 @@ impl Default for TrainConfig {
             seed: 0,
             norm_ramp: 0.0,
             grad_noise: 0.0,
+            grad_noise_on: NoiseOn::All,
         }
     }
 }

@@ -39,8 +39,8 @@ mod tests;
 mod train;
 
 pub use config::{
-    Arch, DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, RunningFrom, Schedule, TrainConfig,
-    model_norm,
+    Arch, DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NoiseOn, NormChoice, RunningFrom, Schedule,
+    TrainConfig, model_norm,
 };
 pub use error::TrainError;
 pub use error::short_num;

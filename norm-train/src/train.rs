@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{Model, Schedule, TrainConfig, TrainError, data, model::count_correct};
+use crate::{Model, NoiseOn, Param, Schedule, TrainConfig, TrainError, data, model::count_correct};
 
 /// Reported to the caller's callback during [`train`].
 #[derive(Clone, Debug, PartialEq)]
@@ -137,15 +137,26 @@ impl Sgd {
     }
 }
 
-/// Adds Gaussian noise of `scale` times each tensor's RMS to every element of `grads`
-/// ([`TrainConfig::grad_noise`]); the normals come from Box–Muller in f64.
-fn perturb(grads: &mut [Vec<f32>], scale: f32, rng: &mut ChaCha8Rng) {
-    for g in grads {
+/// Adds Gaussian noise of `scale` times each tensor's RMS to every element of the `grads` that
+/// `on` includes ([`TrainConfig::grad_noise`]); the normals come from Box–Muller in f64, drawn
+/// for every tensor so that each gets the same draws whatever `on` is.
+fn perturb(
+    grads: &mut [Vec<f32>],
+    params: &[Param],
+    on: NoiseOn,
+    scale: f32,
+    rng: &mut ChaCha8Rng,
+) {
+    for (g, p) in grads.iter_mut().zip(params) {
         let rms =
             (g.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / g.len().max(1) as f64).sqrt();
         let sd = scale as f64 * rms;
+        let chosen = on.includes(p.decay);
         for pair in g.chunks_mut(2) {
             let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+            if !chosen {
+                continue;
+            }
             let r = (-2.0 * u1.ln()).sqrt() * sd;
             let t = std::f64::consts::TAU * u2;
             pair[0] += (r * t.cos()) as f32;
@@ -237,7 +248,8 @@ pub fn train(
                 });
             }
             if cfg.grad_noise > 0.0 {
-                perturb(&mut grads, cfg.grad_noise, &mut noise_rng);
+                let (on, size) = (cfg.grad_noise_on, cfg.grad_noise);
+                perturb(&mut grads, model.params(), on, size, &mut noise_rng);
             }
             sgd.step(&mut model, &grads, lr);
             step_secs += t0.elapsed().as_secs_f64();

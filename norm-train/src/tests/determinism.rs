@@ -1,8 +1,8 @@
 //! Same seed → same result, bit for bit, for any number of rayon threads and on any machine.
 
 use crate::{
-    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NormChoice, NormKind, TrainConfig, TrainOutcome,
-    data,
+    DEFAULT_EPS, DEFAULT_GROUPS, ModelConfig, NoiseOn, NormChoice, NormKind, TrainConfig,
+    TrainOutcome, data,
     ops::conv::{self, gemm_strided},
     train,
 };
@@ -244,6 +244,47 @@ fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
             assert_eq!(bits(&ra.mean), bits(&rb.mean), "{tag}: running mean");
             assert_eq!(bits(&ra.var), bits(&rb.var), "{tag}: running var");
         }
+    }
+}
+
+/// `grad_noise_on` splits the noise between the weights and the rest: after one step, the
+/// chosen tensors hold what noise on every tensor gives them, the others what no noise gives.
+#[test]
+fn gradient_noise_on_a_part_gets_that_parts_draws() {
+    let split = data::synthetic(1, 24, 8);
+    let run = |scale: f32, on: NoiseOn| {
+        let mut cfg = TrainConfig {
+            epochs: 1,
+            batch: 24,
+            grad_noise: scale,
+            grad_noise_on: on,
+            ..TrainConfig::default()
+        };
+        cfg.model = ModelConfig::new(
+            cfg.model.widths,
+            NormChoice::Norm(NormKind::Batch),
+            DEFAULT_GROUPS,
+            DEFAULT_EPS,
+        );
+        let out = in_pool(1, || train(&cfg, &split, &mut |_| {}).unwrap());
+        let params = out.model.params();
+        let decay: Vec<bool> = params.iter().map(|p| p.decay).collect();
+        (
+            decay,
+            params.iter().map(|p| bits(&p.data)).collect::<Vec<_>>(),
+        )
+    };
+    let (decay, plain) = run(0.0, NoiseOn::All);
+    let (_, all) = run(1e-2, NoiseOn::All);
+    assert!(decay.contains(&true) && decay.contains(&false));
+    for on in [NoiseOn::Weights, NoiseOn::Others] {
+        let (_, part) = run(1e-2, on);
+        for (i, &d) in decay.iter().enumerate() {
+            let want = if on.includes(d) { &all[i] } else { &plain[i] };
+            assert_eq!(&part[i], want, "{on:?}, tensor {i}");
+        }
+        let moved = (0..decay.len()).any(|i| on.includes(decay[i]) && all[i] != plain[i]);
+        assert!(moved, "{on:?}: the noise changes some chosen tensor");
     }
 }
 

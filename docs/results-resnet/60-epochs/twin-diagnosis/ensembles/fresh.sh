@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # From fresh models: per seed S (the model's and the batches'), STEPS steps with 156 of linear
 # warm-up to lr 0.1 and then 0.1 held (the plateau protocol), the same batches in normlab and
-# PyTorch float32; appends the mean train loss over sixths of the steps to OUT.
-#   fresh.sh STEPS OUT S...   (from the repository root; see from-state.sh)
+# PyTorch float32; appends the mean train loss over sixths of the steps to OUT. `STREAM=train`
+# draws the batches as `norm-cli train --seed S` does (normlab's side is its run); the default
+# draws them from the generator the model's weights came from.
+#   [STREAM=train] fresh.sh STEPS OUT S...   (from the repository root; see from-state.sh)
 set -euo pipefail
 steps=$1; out=$2; shift 2
 for s in "$@"; do
   d=$(mktemp -d)
-  target/release/examples/dump_steps "$d" resnet8 batch 16 32 "$steps" 0.1 "fresh:$s" 0 "$s" 156 > /dev/null
+  target/release/examples/dump_steps "$d" resnet8 batch 16 32 "$steps" 0.1 "fresh:$s" 0 "${STREAM:+$STREAM:}$s" 156 > /dev/null
   ~/torch/bin/python tools/torch_twin.py --threads 1 --no-float64 --check-steps "$d" | grep loss_windows >> "$out"
   rm -rf "$d"
 done

@@ -1,16 +1,19 @@
-"""Summarises fresh.jsonl, from-p3.jsonl and handover.jsonl (in DIR, default this folder):
+"""Summarises fresh.jsonl, fresh-train.jsonl, from-p3.jsonl, handover.jsonl and paired-60.jsonl (in DIR, default this folder):
 means ± standard errors per window of steps, and the paired differences."""
 import json, os, statistics as st, sys
 D = (sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))) + "/"
 def ms(v): return (st.mean(v), st.stdev(v)/len(v)**.5 if len(v)>1 else float('nan'))
-print("== fresh (same init and batches; 156 warm-up, lr 0.1 held; windows of 130 steps)")
-rows=[json.loads(l)["loss_windows"] for l in open('' + D + 'fresh.jsonl')]
-n=len(rows); print("streams", n, [r["stream_seed"] for r in rows])
-for w in range(6):
-    a,b=ms([r["normlab"][w] for r in rows]), ms([r["torch32"][w] for r in rows])
-    d=ms([r["normlab"][w]-r["torch32"][w] for r in rows])
-    ahead=sum(r["normlab"][w]>r["torch32"][w] for r in rows)
-    print(f"window {w}: normlab {a[0]:.3f}±{a[1]:.3f} torch32 {b[0]:.3f}±{b[1]:.3f} paired {d[0]:+.4f}±{d[1]:.4f} (torch lower in {ahead}/{n})")
+def fresh(name, what):
+    print(f"== fresh, {what} (same init and batches; 156 warm-up, lr 0.1 held; windows of 130 steps)")
+    rows=[json.loads(l)["loss_windows"] for l in open(D + name)]
+    n=len(rows); print("streams", n, [r["stream_seed"] for r in rows])
+    for w in range(6):
+        a,b=ms([r["normlab"][w] for r in rows]), ms([r["torch32"][w] for r in rows])
+        d=ms([r["normlab"][w]-r["torch32"][w] for r in rows])
+        ahead=sum(r["normlab"][w]>r["torch32"][w] for r in rows)
+        print(f"window {w}: normlab {a[0]:.3f}±{a[1]:.3f} torch32 {b[0]:.3f}±{b[1]:.3f} paired {d[0]:+.4f}±{d[1]:.4f} (torch lower in {ahead}/{n})")
+fresh('fresh.jsonl', "batches from the model's generator")
+fresh('fresh-train.jsonl', "batches as norm-cli train --seed S draws them")
 print("== from normlab's plateau state p3 (312 steps at 0.1, windows of 52)")
 rows=[json.loads(l)["loss_windows"] for l in open('' + D + 'from-p3.jsonl')]
 n=len(rows)
@@ -37,3 +40,12 @@ for l in open(D + 'paired-60.jsonl'):
     cells = "  ".join(f"{k} {100 - 100 * v['test_acc_before']:.1f} / {100 - 100 * v['test_acc_after']:.1f}" for k, v in e.items())
     print(f"seed {r['seed']}, stream {r.get('stream', str(r['seed']))}: {cells}; last train-loss sixth "
           f"{r['loss_windows']['normlab'][-1]:.4f} / {r['loss_windows']['torch32'][-1]:.4f}")
+diffs = {}
+for l in open(D + 'paired-60.jsonl'):
+    r = json.loads(l)
+    e = {k: 100 - 100 * r[k]["recalibrated"]["test_acc_before"] for k in ("normlab", "torch32")}
+    kind = "train:S" if r.get("stream", "").startswith("train:") else "generator"
+    diffs.setdefault(kind, []).append(e["normlab"] - e["torch32"])
+for kind, v in diffs.items():
+    m = ms(v)
+    print(f"normlab minus torch32, as trained, streams {kind}: {m[0]:+.2f} ± {m[1]:.2f} points (s.e., n={len(v)}; torch better in {sum(x > 0 for x in v)})")
