@@ -537,6 +537,8 @@ def check_steps(a):
     x = np.fromfile(os.path.join(d, "x.bin"), dtype="<f4").reshape(steps, b, 3, 32, 32)
     y = np.fromfile(os.path.join(d, "labels.bin"), dtype="<u8").astype(np.int64).reshape(steps, b)
     a.running_from = meta["running_from"]
+    # A segment of a longer run (dump_steps offset=, total=): step t is step offset + t of it.
+    offset = meta.get("offset", 0)
     start = read_ckpt(os.path.join(d, "start.safetensors"))
     meta_norm = start[0]["norm"]
 
@@ -546,8 +548,7 @@ def check_steps(a):
         opt = torch.optim.SGD(param_groups(model, meta["weight_decay"]), lr=meta["lr"], momentum=meta["momentum"])
         states, losses = {}, []
         warmup, schedule = meta.get("warmup", 0), meta.get("schedule", "step")
-        # A segment of a longer run (dump_steps offset=, total=): step t is step offset + t of it.
-        offset, total = meta.get("offset", 0), meta.get("total", steps)
+        total = meta.get("total", steps)
         total = total if schedule == "cosine" else 4 * total  # "step": held, as dump_steps
         for t in range(steps):
             for g in opt.param_groups:
@@ -589,7 +590,7 @@ def check_steps(a):
             for label, mine, ref in (("normlab_vs_torch64", ours, s64[k]), ("torch32_vs_torch64", s32[k], s64[k]),
                                      ("normlab_vs_torch32", ours, s32[k])):
                 row[part][label], row[part][label + "_worst_tensor"] = worst(mine, ref, running)
-        i = k - meta.get("offset", 0) - 1
+        i = k - offset - 1
         row["loss"] = {"normlab": meta["losses"][i], "torch32": l32[i], "torch64": l64[i]}
         print(json.dumps(row))
         sys.stdout.flush()

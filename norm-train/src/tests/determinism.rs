@@ -247,25 +247,31 @@ fn resnets_and_workers_are_bit_identical_for_1_and_2_threads() {
     }
 }
 
+/// One epoch of the plain CNN with BatchNorm at batch 24, with gradient noise `scale` on `on`.
+fn noisy_config(scale: f32, on: NoiseOn) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        epochs: 1,
+        batch: 24,
+        grad_noise: scale,
+        grad_noise_on: on,
+        ..TrainConfig::default()
+    };
+    cfg.model = ModelConfig::new(
+        cfg.model.widths,
+        NormChoice::Norm(NormKind::Batch),
+        DEFAULT_GROUPS,
+        DEFAULT_EPS,
+    );
+    cfg
+}
+
 /// `grad_noise_on` splits the noise between the weights and the rest: after one step, the
 /// chosen tensors hold what noise on every tensor gives them, the others what no noise gives.
 #[test]
 fn gradient_noise_on_a_part_gets_that_parts_draws() {
     let split = data::synthetic(1, 24, 8);
     let run = |scale: f32, on: NoiseOn| {
-        let mut cfg = TrainConfig {
-            epochs: 1,
-            batch: 24,
-            grad_noise: scale,
-            grad_noise_on: on,
-            ..TrainConfig::default()
-        };
-        cfg.model = ModelConfig::new(
-            cfg.model.widths,
-            NormChoice::Norm(NormKind::Batch),
-            DEFAULT_GROUPS,
-            DEFAULT_EPS,
-        );
+        let cfg = noisy_config(scale, on);
         let out = in_pool(1, || train(&cfg, &split, &mut |_| {}).unwrap());
         let params = out.model.params();
         let decay: Vec<bool> = params.iter().map(|p| p.decay).collect();
@@ -293,18 +299,7 @@ fn gradient_noise_on_a_part_gets_that_parts_draws() {
 fn gradient_noise_is_seeded_and_off_by_default() {
     let split = data::synthetic(1, 96, 32);
     let noisy = |scale: f32| {
-        let mut cfg = TrainConfig {
-            epochs: 1,
-            batch: 24,
-            grad_noise: scale,
-            ..TrainConfig::default()
-        };
-        cfg.model = ModelConfig::new(
-            cfg.model.widths,
-            NormChoice::Norm(NormKind::Batch),
-            DEFAULT_GROUPS,
-            DEFAULT_EPS,
-        );
+        let cfg = noisy_config(scale, NoiseOn::All);
         let out = in_pool(2, || train(&cfg, &split, &mut |_| {}).unwrap());
         out.model
             .params()
