@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Criterion benches of an older build against this one, interleaved (old, new; per norm; ROUNDS
-# rounds, default 3):
+# Criterion benches of an older build against this one, interleaved (per norm, old then new in odd
+# rounds and new then old in even ones; ROUNDS rounds, default 3):
 #   tools/bench_old_new.sh OLD_CHECKOUT [FILTER [NORMS]]   (FILTER: a criterion bench filter,
 #   default simd_rayon, e.g. '/2x64x32x32/simd_1t' for the small shape on 1 thread; NORMS:
 #   default "batch_norm group_norm instance_norm layer_norm". Both checkouts built with
@@ -27,8 +27,12 @@ for v in old new; do
   for n in $norms; do exe[$v:$n]=$(grep -m1 "/$n-[0-9a-f]*\$" <<<"$list"); done
 done
 for round in $(seq "${ROUNDS:-3}"); do
+  # Old first in odd rounds, new first in even ones (A B B A ...): a disturbance that comes and
+  # goes with the period of two runs would otherwise always land on the same build.
+  order="old new"
+  if ((round % 2 == 0)); then order="new old"; fi
   for n in $norms; do
-    for v in old new; do
+    for v in $order; do
       b=${exe[$v:$n]}
       d=$(mktemp -d) # criterion writes its samples under the working directory
       (cd "$d" && "${pin[@]}" "$b" --bench "$filter" --warm-up-time 0.5 \
