@@ -10,14 +10,14 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use normlab_benches::floor::{axpb, axpb_rayon};
-use normlab_benches::{data, print_setup, shapes};
+use normlab_benches::{Lines, data, print_setup, shapes};
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
     print_setup();
     for shape in shapes() {
-        let x = data(shape.len(), 1);
-        let mut y = vec![0.0f32; shape.len()];
+        let x = Lines::of(&data(shape.len(), 1));
+        let mut y = Lines::zeros(shape.len());
         let mut group = c.benchmark_group(format!("bandwidth/axpb/{shape}"));
         group
             .sample_size(10)

@@ -94,8 +94,8 @@ fn run(case: &str) -> Result<(), BoxError> {
         }
         ["floor" | "floor-stream", shape] => {
             let s = parse_shape(case, shape)?;
-            let x = normlab_benches::data(s.len(), 1);
-            let mut y = vec![0.0f32; s.len()];
+            let x = normlab_benches::Lines::of(&normlab_benches::data(s.len(), 1));
+            let mut y = normlab_benches::Lines::zeros(s.len());
             let f = match parts[0] {
                 "floor" => floor::axpb_rayon,
                 _ => floor::axpb_stream_rayon,

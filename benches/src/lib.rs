@@ -63,19 +63,58 @@ fn rayon_threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// The buffers of one forward + backward call with affine parameters.
+/// `f32` values that start on a 64-byte boundary, as PyTorch's CPU allocator aligns its
+/// tensors. Where a buffer starts moves the SIMD loops by up to about 10 % (a vector that
+/// straddles two cache lines costs two; docs/performance.md, "Alignment"), and a `Vec` starts
+/// wherever the allocator's history puts it, so every timed buffer is one of these.
+pub struct Lines {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl Lines {
+    /// A copy of `v`, starting on a cache line.
+    pub fn of(v: &[f32]) -> Lines {
+        let mut l = Lines::zeros(v.len());
+        l.copy_from_slice(v);
+        l
+    }
+
+    /// `len` zeros, starting on a cache line.
+    pub fn zeros(len: usize) -> Lines {
+        let buf = vec![0.0f32; len + 15];
+        let start = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
+        Lines { buf, start, len }
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// The buffers of one forward + backward call with affine parameters, each on a cache line.
 pub struct Buffers {
     pub shape: Nchw,
-    pub x: Vec<f32>,
-    pub dy: Vec<f32>,
-    pub gamma: Vec<f32>,
-    pub beta: Vec<f32>,
-    pub y: Vec<f32>,
-    pub mean: Vec<f32>,
-    pub rstd: Vec<f32>,
-    pub dx: Vec<f32>,
-    pub dgamma: Vec<f32>,
-    pub dbeta: Vec<f32>,
+    pub x: Lines,
+    pub dy: Lines,
+    pub gamma: Lines,
+    pub beta: Lines,
+    pub y: Lines,
+    pub mean: Lines,
+    pub rstd: Lines,
+    pub dx: Lines,
+    pub dgamma: Lines,
+    pub dbeta: Lines,
 }
 
 impl Buffers {
@@ -85,16 +124,16 @@ impl Buffers {
         let len = shape.len();
         Self {
             shape,
-            x: data(len, 1),
-            dy: data(len, 2),
-            gamma: data(params, 3),
-            beta: data(params, 4),
-            y: vec![0.0; len],
-            mean: vec![0.0; stats],
-            rstd: vec![0.0; stats],
-            dx: vec![0.0; len],
-            dgamma: vec![0.0; params],
-            dbeta: vec![0.0; params],
+            x: Lines::of(&data(len, 1)),
+            dy: Lines::of(&data(len, 2)),
+            gamma: Lines::of(&data(params, 3)),
+            beta: Lines::of(&data(params, 4)),
+            y: Lines::zeros(len),
+            mean: Lines::zeros(stats),
+            rstd: Lines::zeros(stats),
+            dx: Lines::zeros(len),
+            dgamma: Lines::zeros(params),
+            dbeta: Lines::zeros(params),
         }
     }
 

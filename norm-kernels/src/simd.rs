@@ -91,17 +91,42 @@ fn fence() {
     };
 }
 
-/// Runs an elementwise output body `$f::<P>(lo, hi)` over `0..$y.len()` for `$sink`: cached in
-/// one piece, or streamed after a cached head up to the first 32-byte boundary of `$y`. The
-/// bodies' per-element arithmetic does not depend on where the split falls.
+/// Outputs at least this long are written from their first 32-byte boundary on, after a short
+/// head ([`cached_head`]): a vector store that straddles two cache lines costs about two, and
+/// buffers from the allocator often start 16 bytes past a boundary (11–13 % on GroupNorm's
+/// small shapes, docs/performance.md "Alignment"). Shorter runs would pay more in the head.
+const ALIGN_FROM: usize = 256;
+
+/// The head [`by_sink`] writes before the vectors of a cached output: up to `y`'s first 32-byte
+/// boundary if `y` is long, else none.
+#[inline(always)]
+fn cached_head(y: &[f32]) -> usize {
+    if y.len() >= ALIGN_FROM {
+        aligned_head(y)
+    } else {
+        0
+    }
+}
+
+/// Runs an elementwise output body `$f::<P>(lo, hi)` over `0..$y.len()` for `$sink`, after a
+/// head up to the first 32-byte boundary of `$y` ([`cached_head`] when cached; always when
+/// streamed, which needs it). The bodies' per-element arithmetic does not depend on where the
+/// split falls.
 macro_rules! by_sink {
     ($sink:expr, $y:expr, |$lo:ident, $hi:ident, $P:ident| $body:expr) => {{
         let len = $y.len();
         match $sink {
             Sink::Cached => {
                 type $P = ViaCache;
-                let ($lo, $hi) = (0, len);
-                $body
+                let h = cached_head($y);
+                {
+                    let ($lo, $hi) = (0, h);
+                    $body
+                }
+                {
+                    let ($lo, $hi) = (h, len);
+                    $body
+                }
             }
             Sink::Streamed => {
                 let h = aligned_head($y);
@@ -356,8 +381,11 @@ pub(crate) fn center_scale_shift_pieces(
     match sink {
         Sink::Cached => by_centre!(c, |K| {
             for (lo, hi, a, b) in pieces {
-                let (xp, yp) = (&x[lo..hi], &mut y[lo..hi]);
-                center_scale_shift_ahead_to::<ViaCache, K>(xp, yp, (c, a, b), at(lo, hi));
+                let h = lo + cached_head(&y[lo..hi]);
+                for (lo, hi) in [(lo, h), (h, hi)] {
+                    let (xp, yp) = (&x[lo..hi], &mut y[lo..hi]);
+                    center_scale_shift_ahead_to::<ViaCache, K>(xp, yp, (c, a, b), at(lo, hi));
+                }
             }
         }),
         // Streamed stores need each piece's own aligned head.

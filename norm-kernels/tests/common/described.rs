@@ -60,10 +60,29 @@ pub fn bufs(shape: Nchw, stats: usize, params: usize) -> Bufs {
 
 /// The forward and backward through the descriptor.
 pub fn described(norm: &Norm, mode: Mode, shape: Nchw, inp: &Inputs, par: Parallelism) -> Outs {
+    described_at(norm, mode, shape, inp, par, (0, 0))
+}
+
+/// [`described`] with `x`, `dy` starting `at.0` values and `y`, `dx` `at.1` values into their
+/// buffers (where the caller's buffers start must not change a bit).
+pub fn described_at(
+    norm: &Norm,
+    mode: Mode,
+    shape: Nchw,
+    inp: &Inputs,
+    par: Parallelism,
+    at: (usize, usize),
+) -> Outs {
+    let shifted = |v: &[f32], k: usize| [vec![0.0; k], v.to_vec()].concat();
+    let (xb, dyb) = (shifted(&inp.x, at.0), shifted(&inp.dy, at.0));
+    let (x, dy) = (&xb[at.0..], &dyb[at.0..]);
     let params = norm.affine_shape(shape).iter().product();
     let (mut rm, mut rv, mut nbt) = (inp.rm.clone(), inp.rv.clone(), 3u64);
     let mut saved = vec![f32::NAN; norm.saved_len(shape, mode)];
-    let [mut y, _, _, mut dx, mut dg, mut db] = bufs(shape, 0, params);
+    let (mut dg, mut db) = (vec![f32::NAN; params], vec![f32::NAN; params]);
+    let mut yb = vec![f32::NAN; at.1 + shape.len()];
+    let mut dxb = yb.clone();
+    let (y, dx) = (&mut yb[at.1..], &mut dxb[at.1..]);
     let running = norm.tracks_running().then_some(RunningStats {
         mean: &mut rm,
         var: &mut rv,
@@ -71,21 +90,21 @@ pub fn described(norm: &Norm, mode: Mode, shape: Nchw, inp: &Inputs, par: Parall
     });
     let fwd = Forward {
         shape,
-        x: &inp.x,
+        x,
         affine: inp.affine(norm),
         running,
-        y: &mut y,
+        y,
         saved: &mut saved,
     };
     norm.forward(mode, fwd, par).unwrap();
     let bwd = Backward {
         shape,
-        x: &inp.x,
-        dy: &inp.dy,
+        x,
+        dy,
         saved: &saved,
         gamma: inp.gamma(norm),
         grads: Grads {
-            dx: &mut dx,
+            dx,
             affine: Some(AffineGrads {
                 dgamma: &mut dg,
                 dbeta: &mut db,
@@ -94,10 +113,10 @@ pub fn described(norm: &Norm, mode: Mode, shape: Nchw, inp: &Inputs, par: Parall
     };
     norm.backward(mode, bwd, par).unwrap();
     Outs {
-        y: bits(&y),
+        y: bits(&yb[at.1..]),
         saved: bits(&saved),
         running: (bits(&rm), bits(&rv), nbt),
-        dx: bits(&dx),
+        dx: bits(&dxb[at.1..]),
         dgamma: bits(&dg),
         dbeta: bits(&db),
     }
