@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch twin of norm-train: the same models, recipe and worker protocol, on a folder written
-by `norm-cli data export` (CIFAR-10 binary files). Not part of CI; needs torch (and numpy).
+by `norm-cli data export` (CIFAR-10 binary files). Not part of CI; needs torch and numpy, and
+safetensors for the modes that read or write checkpoints.
 
 Modes
   train (default)  one JSON line per cell on stdout, in the shape of a results.jsonl line

@@ -349,21 +349,18 @@ fn center_scale_shift_ahead_to<P: Put, K: Centre>(
         let (xj, yj) = (&xi[LANES..], &mut yi[LANES..]);
         P::put(yj, K::at(load(xj), sv, mv).mul_add(av, bv));
     };
-    // Whole lines, the first `hinted` with a hint each, zipped by value (as
-    // `center_scale_shift_to`) and with no per-line test of `ahead`.
-    let n = x.len() / LINE * LINE;
-    let hinted = (ahead.len().div_ceil(LINE) * LINE).min(n);
-    let (x0, x1) = x[..n].split_at(hinted);
-    let (y0, y1) = y[..n].split_at_mut(hinted);
-    let lines = x0.chunks_exact(LINE).zip(y0.chunks_exact_mut(LINE));
-    for ((xi, yi), ai) in lines.zip(ahead.chunks(LINE)) {
-        prefetch(ai);
+    // One loop that tests `ahead` per line: splitting off the hinted lines to save that test
+    // ran the L3-resident 32x64x32x32 forward 10-12 % slower (docs/performance.md, "Alignment").
+    let mut xs = x.chunks_exact(LINE);
+    let mut ys = y.chunks_exact_mut(LINE);
+    let mut next = ahead.chunks(LINE);
+    for (xi, yi) in (&mut xs).zip(&mut ys) {
+        if let Some(l) = next.next() {
+            prefetch(l);
+        }
         line(xi, yi);
     }
-    for (xi, yi) in x1.chunks_exact(LINE).zip(y1.chunks_exact_mut(LINE)) {
-        line(xi, yi);
-    }
-    center_scale_shift_to::<P, K>(&x[n..], &mut y[n..], c, a, b);
+    center_scale_shift_to::<P, K>(xs.remainder(), ys.into_remainder(), c, a, b);
 }
 
 /// [`center_scale_shift_ahead`] over consecutive pieces of `x` (GroupNorm's channel planes):

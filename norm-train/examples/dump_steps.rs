@@ -33,22 +33,25 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
     let all: Vec<String> = std::env::args().skip(1).collect();
-    let (opts, args): (Vec<String>, Vec<String>) = all.into_iter().partition(|a| a.contains('='));
+    // An option is `offset=K`, `total=T` or `save=a,b`; other arguments may hold '=' too (a
+    // norm's settings, a path).
+    let option = |a: &String| {
+        a.split_once('=')
+            .filter(|(k, _)| matches!(*k, "offset" | "total" | "save"))
+    };
+    let (opts, args): (Vec<String>, Vec<String>) =
+        all.into_iter().partition(|a| option(a).is_some());
     let (mut offset, mut total, mut save) = (0usize, None, None);
-    for o in &opts {
-        let (k, v) = o.split_once('=').unwrap_or_default();
+    for (k, v) in opts.iter().filter_map(option) {
         match k {
             "offset" => offset = v.parse()?,
             "total" => total = Some(v.parse::<usize>()?),
-            "save" => {
+            _ => {
                 save = Some(
                     v.split(',')
                         .map(str::parse)
                         .collect::<Result<Vec<usize>, _>>()?,
                 )
-            }
-            _ => {
-                return Err(format!("option {o:?}: expected offset=K, total=T or save=a,b").into());
             }
         }
     }

@@ -8,7 +8,7 @@ convolution and linear FLOPs (counted by PyTorch's flop counter) over the cores'
 throughput (measured in the same rounds by peer.rs's `fma` cases).
 
 One-time set-up (not in CI; see docs/performance.md):
-    python3 -m venv ~/torch && ~/torch/bin/pip install torch numpy
+    python3 -m venv ~/torch && ~/torch/bin/pip install torch numpy safetensors
 
 Usage (from the repository root):
     python3 tools/peer/run.py --out docs/peer-$(hostname).md
