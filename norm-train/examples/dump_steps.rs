@@ -31,18 +31,19 @@ use rand_chacha::ChaCha8Rng;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `a` as an option `offset=K`, `total=T` or `save=a,b`; other arguments may hold '=' too (a
+/// norm's settings, a path).
+fn option(a: &str) -> Option<(&str, &str)> {
+    a.split_once('=')
+        .filter(|(k, _)| matches!(*k, "offset" | "total" | "save"))
+}
+
 fn main() -> Result<(), BoxError> {
     let all: Vec<String> = std::env::args().skip(1).collect();
-    // An option is `offset=K`, `total=T` or `save=a,b`; other arguments may hold '=' too (a
-    // norm's settings, a path).
-    let option = |a: &String| {
-        a.split_once('=')
-            .filter(|(k, _)| matches!(*k, "offset" | "total" | "save"))
-    };
     let (opts, args): (Vec<String>, Vec<String>) =
         all.into_iter().partition(|a| option(a).is_some());
     let (mut offset, mut total, mut save) = (0usize, None, None);
-    for (k, v) in opts.iter().filter_map(option) {
+    for (k, v) in opts.iter().filter_map(|o| option(o)) {
         match k {
             "offset" => offset = v.parse()?,
             "total" => total = Some(v.parse::<usize>()?),
