@@ -93,7 +93,7 @@ fn fence() {
 
 /// Outputs at least this long are written from their first 32-byte boundary on, after a short
 /// head ([`cached_head`]): a vector store that straddles two cache lines costs about two, and
-/// buffers from the allocator often start 16 bytes past a boundary (11–13 % on GroupNorm's
+/// buffers from the allocator often start 16 bytes past a boundary (up to 12 % on GroupNorm's
 /// small shapes, docs/performance.md "Alignment"). Shorter runs would pay more in the head.
 const ALIGN_FROM: usize = 256;
 
