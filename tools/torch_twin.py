@@ -604,24 +604,38 @@ def check_steps(a):
                                        "torch64": means(l64)}}))
 
 
+def step_grad_measures(mine, ref, w64):
+    """One step's measures of one tool's gradients `mine` against PyTorch's float64 `ref` (lists
+    of per-tensor arrays in parameter order), each tensor relative to its largest float64
+    gradient (floored at 1e-3 of the model's largest): the worst element; the RMS of the
+    deviation over the RMS of the gradient (--grad-noise's unit), the median over tensors; a
+    bias rather than noise, the whole deviation e projected on the gradient, <e, g>/<g, g>, and
+    on the weights, <e, w>/(|w| |g|) (a drift like weight decay's); and the projection per
+    tensor, to find a bias confined to one layer (a norm's γ, say)."""
+    top = max(np.abs(r).max() for r in ref)
+    worst, rel, per_tensor = 0.0, [], []
+    for v, r in zip(mine, ref):
+        floor = 1e-3 * top
+        worst = max(worst, np.abs(v - r).max() / max(np.abs(r).max(), floor))
+        rel.append(np.sqrt(np.mean((v - r) ** 2)) / max(np.sqrt(np.mean(r * r)), floor))
+        per_tensor.append(float((v - r) @ r) / max(float(r @ r), 1e-300))
+    g = np.concatenate(ref)
+    e = np.concatenate(mine) - g
+    gg = float(g @ g)
+    return {"worst": float(worst), "rms": float(np.median(rel)), "along_grad": float(e @ g) / gg,
+            "along_weights": float(e @ w64) / (np.linalg.norm(w64) * np.sqrt(gg)), "per_tensor": per_tensor}
+
+
 def check_step_grads(a, d, meta, x, y, start):
     """With lr 0 every step of `dump_steps` is at the same weights: compares each step's
-    gradients (normlab's grads.bin; PyTorch's in float32) with PyTorch's in float64, relative to
-    each tensor's largest float64 gradient (floored at 1e-3 of the model's largest)."""
+    gradients (normlab's grads.bin; PyTorch's in float32) with PyTorch's in float64
+    ([`step_grad_measures`]), and summarises the steps."""
     names = meta["params"]
     raw = np.fromfile(os.path.join(d, "grads.bin"), dtype="<f4").astype(np.float64).reshape(meta["steps"], -1)
     models = {dt: twin_of(a, start, meta["workers"], dt) for dt in (torch.float32, torch.float64)}
-    errs = {"normlab": [], "torch32": []}
-    # Also in --grad-noise's unit: the RMS of the deviation over the RMS of the tensor's float64
-    # gradient, the median over tensors (each step).
-    rms = {"normlab": [], "torch32": []}
-    # A bias rather than noise: the whole model's deviation e projected on the float64 gradient,
-    # <e, g>/<g, g>, and on the weights, <e, w>/(|w| |g|) (a drift like weight decay's).
     w64 = np.concatenate([dict(models[torch.float64].named_parameters())[n].detach().double().numpy().ravel()
                           for n in names])
-    bias = {k: {"along_grad": [], "along_weights": []} for k in errs}
-    # Per tensor: <e_i, g_i>/<g_i, g_i>, to find a bias confined to one layer (a norm's γ, say).
-    per_tensor = {k: [[] for _ in names] for k in errs}
+    steps = {"normlab": [], "torch32": []}
     for t in range(meta["steps"]):
         g = {}
         for dt, m in models.items():
@@ -630,41 +644,27 @@ def check_step_grads(a, d, meta, x, y, start):
             F.cross_entropy(m(torch.from_numpy(x[t]).to(dt)), torch.from_numpy(y[t])).backward()
             params = dict(m.named_parameters())
             g[dt] = [params[n].grad.double().numpy().ravel() for n in names]
-        top = max(np.abs(v).max() for v in g[torch.float64])
-        at, worst, rel = 0, {"normlab": 0.0, "torch32": 0.0}, {"normlab": [], "torch32": []}
-        for i, ref in enumerate(g[torch.float64]):
-            den = max(np.abs(ref).max(), 1e-3 * top)
-            mine = {"normlab": raw[t, at:at + ref.size], "torch32": g[torch.float32][i]}
-            ref_rms = max(np.sqrt(np.mean(ref * ref)), 1e-3 * top)
-            for k, v in mine.items():
-                worst[k] = max(worst[k], np.abs(v - ref).max() / den)
-                rel[k].append(np.sqrt(np.mean((v - ref) ** 2)) / ref_rms)
-                per_tensor[k][i].append(float((v - ref) @ ref) / max(float(ref @ ref), 1e-300))
-            at += ref.size
-        ref_all = np.concatenate(g[torch.float64])
-        mine_all = {"normlab": raw[t], "torch32": np.concatenate(g[torch.float32])}
-        gg = float(ref_all @ ref_all)
-        for k in errs:
-            errs[k].append(float(worst[k]))
-            rms[k].append(float(np.median(rel[k])))
-            e = mine_all[k] - ref_all
-            bias[k]["along_grad"].append(float(e @ ref_all) / gg)
-            bias[k]["along_weights"].append(float(e @ w64) / (np.linalg.norm(w64) * np.sqrt(gg)))
+        ref = g[torch.float64]
+        cuts = np.cumsum([r.size for r in ref])[:-1]
+        mine = {"normlab": np.split(raw[t], cuts), "torch32": g[torch.float32]}
+        for k, v in mine.items():
+            steps[k].append(step_grad_measures(v, ref, w64))
     out = {"steps": meta["steps"]}
-    for k, v in errs.items():
-        v = np.array(v)
+    for k, ms in steps.items():
+        v = np.array([m["worst"] for m in ms])
+        rms = [m["rms"] for m in ms]
         out[k + "_vs_torch64"] = {"median": float(np.median(v)), "max": float(v.max()),
                                  "steps_above_1e-4": int((v > 1e-4).sum()),
-                                 "rms_relative_median": float(np.median(rms[k])),
-                                 "rms_relative_mean": float(np.mean(rms[k])),
-                                 "rms_relative_max": float(np.max(rms[k]))}
-        for part, b in bias[k].items():
-            b = np.array(b)
+                                 "rms_relative_median": float(np.median(rms)),
+                                 "rms_relative_mean": float(np.mean(rms)),
+                                 "rms_relative_max": float(np.max(rms))}
+        for part in ("along_grad", "along_weights"):
+            b = np.array([m[part] for m in ms])
             out[k + "_vs_torch64"]["bias_" + part] = [float(b.mean()), float(b.std(ddof=1) / np.sqrt(len(b)))]
         # The three tensors whose bias stands out most from their own step-to-step spread.
         ts = []
-        for name, b in zip(names, per_tensor[k]):
-            b = np.array(b)
+        for i, name in enumerate(names):
+            b = np.array([m["per_tensor"][i] for m in ms])
             se = b.std(ddof=1) / np.sqrt(len(b))
             ts.append((abs(b.mean()) / se if se > 0 else 0.0, name, float(b.mean()), float(se)))
         out[k + "_vs_torch64"]["bias_along_grad_top_tensors"] = [

@@ -6,10 +6,11 @@
 # draws them from the generator the model's weights came from.
 #   [STREAM=train] fresh.sh STEPS OUT S...   (from the repository root; see from-state.sh)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 steps=$1; out=$2; shift 2
 for s in "$@"; do
   d=$(mktemp -d)
-  target/release/examples/dump_steps "$d" resnet8 batch 16 32 "$steps" 0.1 "fresh:$s" 0 "${STREAM:+$STREAM:}$s" 156 > /dev/null
-  ~/torch/bin/python tools/torch_twin.py --threads 1 --no-float64 --check-steps "$d" | grep loss_windows >> "$out"
+  dump "$d" "$steps" 0.1 "fresh:$s" 0 "${STREAM:+$STREAM:}$s" 156
+  twin "$d" --no-float64 | grep loss_windows >> "$out"
   rm -rf "$d"
 done

@@ -10,12 +10,12 @@
 #   [STREAM=train] paired-60.sh OUT S...   (from the repository root; see from-state.sh; needs ~8 GB of disk
 #   and of memory per run for the 9,360 batches)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 out=$1; shift
 for s in "$@"; do
   d=$(mktemp -d)
-  target/release/examples/dump_steps "$d" resnet8 batch 16 32 9360 0.1 "fresh:$s" 0 "${STREAM:+$STREAM:}$s" 156 cosine > /dev/null
-  ~/torch/bin/python tools/torch_twin.py --threads 1 --no-float64 --check-steps "$d" \
-    --save-final "$d/T.safetensors" | grep loss_windows > "$d/windows.json"
+  dump "$d" 9360 0.1 "fresh:$s" 0 "${STREAM:+$STREAM:}$s" 156 cosine
+  twin "$d" --no-float64 --save-final "$d/T.safetensors" | grep loss_windows > "$d/windows.json"
   ev() { target/release/norm-cli eval --checkpoint "$1" --train-size 5000 --test-size 1000 --recalibrate-bn 5000 --json; }
   python3 - "$s" "${STREAM:+$STREAM:}$s" "$(ev "$d/after_9360.safetensors")" "$(ev "$d/T.safetensors")" "$d/windows.json" >> "$out" <<'PY'
 import json, sys
