@@ -5,21 +5,12 @@
 
 mod common;
 
-use common::described::{described_at, inputs};
+use common::described::{described_at, every_norm, inputs};
 use norm_kernels::*;
 
 #[test]
 fn buffer_offsets_change_no_bit() {
-    let norms = [
-        Norm::Batch(BatchNorm::default()),
-        Norm::Layer(LayerNorm::default()),
-        Norm::Instance(InstanceNorm {
-            track_running_stats: true,
-            ..InstanceNorm::default()
-        }),
-        Norm::Group(GroupNorm::new(8)),
-        Norm::BatchRenorm(BatchRenorm::default()),
-    ];
+    let norms = every_norm();
     // Planes long enough for the output passes' aligned head, and odd ones.
     for shape in [Nchw::new(2, 16, 16, 20), Nchw::new(3, 8, 17, 19)] {
         for norm in &norms {

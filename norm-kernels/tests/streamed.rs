@@ -8,24 +8,11 @@ mod common;
 
 use std::process::Command;
 
-use common::described::{described, inputs};
+use common::described::{described, every_norm, inputs};
 use norm_kernels::*;
 
 /// Set in the child: print the digests instead of comparing.
 const CHILD: &str = "NORMLAB_STREAMED_TEST_CHILD";
-
-fn norms() -> Vec<Norm> {
-    vec![
-        Norm::Batch(BatchNorm::default()),
-        Norm::Layer(LayerNorm::default()),
-        Norm::Instance(InstanceNorm {
-            track_running_stats: true,
-            ..InstanceNorm::default()
-        }),
-        Norm::Group(GroupNorm::new(8)),
-        Norm::BatchRenorm(BatchRenorm::default()),
-    ]
-}
 
 /// FNV-1a over every bit the call wrote: y, saved values, running statistics, dx, dγ, dβ.
 fn digest(norm: &Norm, mode: Mode, shape: Nchw, par: Parallelism) -> u64 {
@@ -56,7 +43,7 @@ fn digests() -> Vec<String> {
     let mut out = Vec::new();
     // Odd planes (outputs start anywhere relative to 32 bytes), and aligned ones.
     for shape in [Nchw::new(3, 16, 17, 19), Nchw::new(2, 32, 32, 32)] {
-        for norm in norms() {
+        for norm in every_norm() {
             for mode in [Mode::Train, Mode::Eval] {
                 for par in [Parallelism::None, Parallelism::Rayon] {
                     let d = digest(&norm, mode, shape, par);

@@ -6,6 +6,20 @@ use norm_kernels::*;
 
 pub use super::running::Inputs;
 
+/// One of each norm, with running statistics where the norm can keep them.
+pub fn every_norm() -> Vec<Norm> {
+    vec![
+        Norm::Batch(BatchNorm::default()),
+        Norm::Layer(LayerNorm::default()),
+        Norm::Instance(InstanceNorm {
+            track_running_stats: true,
+            ..InstanceNorm::default()
+        }),
+        Norm::Group(GroupNorm::new(8)),
+        Norm::BatchRenorm(BatchRenorm::default()),
+    ]
+}
+
 /// The inputs of one call, with gamma and beta of the norm's affine length.
 pub fn inputs(norm: &Norm, shape: Nchw, seed: u64) -> Inputs {
     let params = norm.affine_shape(shape).iter().product();
