@@ -12,9 +12,8 @@ set -euo pipefail
 old=${1:?usage: tools/bench_old_new.sh OLD_CHECKOUT [FILTER [NORMS]]}
 filter=${2:-simd_rayon}
 norms=${3:-batch_norm group_norm instance_norm layer_norm}
-new=$(cd "$(dirname "$0")/.." && pwd)
-pin=()
-if [ -n "${CPU:-}" ]; then pin=(taskset -c "$CPU"); fi
+here=$(cd "$(dirname "$0")" && pwd)
+new=$(dirname "$here")
 # The bench binaries cargo names for checkout $1, asked once (`ls -t` would also find the
 # test-profile builds of the same benches that `cargo test` leaves beside them).
 benches() {
@@ -33,19 +32,7 @@ for round in $(seq "${ROUNDS:-3}"); do
   if ((round % 2 == 0)); then order="new old"; fi
   for n in $norms; do
     for v in $order; do
-      b=${exe[$v:$n]}
-      d=$(mktemp -d) # criterion writes its samples under the working directory
-      (cd "$d" && "${pin[@]}" "$b" --bench "$filter" --warm-up-time 0.5 \
-        --measurement-time "${MT:-1.5}" --noplot >/dev/null 2>&1)
-      python3 - "$d" "$round" "$v" <<'PY'
-import json, pathlib, statistics, sys
-d, r, v = sys.argv[1:]
-for f in sorted(pathlib.Path(d).rglob("new/sample.json")):
-    s = json.load(open(f))
-    per = [t / i / 1e3 for t, i in zip(s["times"], s["iters"])]
-    print(r, v, f.parts[-4] + "/" + f.parts[-3], f"{statistics.median(per):.2f}", f"{min(per):.2f}")
-PY
-      rm -rf "$d"
+      "$here/bench_once.sh" "${exe[$v:$n]}" "$filter" "$round" "$v"
     done
   done
 done
