@@ -612,10 +612,9 @@ def step_grad_measures(mine, ref, w64):
     bias rather than noise, the whole deviation e projected on the gradient, <e, g>/<g, g>, and
     on the weights, <e, w>/(|w| |g|) (a drift like weight decay's); and the projection per
     tensor, to find a bias confined to one layer (a norm's γ, say)."""
-    top = max(np.abs(r).max() for r in ref)
+    floor = 1e-3 * max(np.abs(r).max() for r in ref)
     worst, rel, per_tensor = 0.0, [], []
     for v, r in zip(mine, ref):
-        floor = 1e-3 * top
         worst = max(worst, np.abs(v - r).max() / max(np.abs(r).max(), floor))
         rel.append(np.sqrt(np.mean((v - r) ** 2)) / max(np.sqrt(np.mean(r * r)), floor))
         per_tensor.append(float((v - r) @ r) / max(float(r @ r), 1e-300))
